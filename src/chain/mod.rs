@@ -1,0 +1,112 @@
+//! Everything that talks to an Electrum server: chain status for now; the watcher,
+//! broadcast and fee estimates live here too.
+
+use bitcoin::{BlockHash, Network};
+use electrum_client::{Client, ConfigBuilder, ElectrumApi};
+use serde::Serialize;
+
+/// Errors from talking to the Electrum server.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The server could not be reached or answered with a protocol error.
+    #[error("electrum server {url}: {source}")]
+    Electrum {
+        url: String,
+        #[source]
+        source: electrum_client::Error,
+    },
+    /// The server serves a chain other than the configured network.
+    #[error("electrum server {url} serves genesis {genesis}, not the {network} chain")]
+    WrongNetwork {
+        url: String,
+        genesis: String,
+        network: Network,
+    },
+}
+
+/// One snapshot of what the server says.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainStatus {
+    pub network: Network,
+    pub tip_height: u32,
+    pub tip_hash: BlockHash,
+    pub server_version: String,
+    pub protocol_version: String,
+    /// The server's estimate for confirmation within 6 blocks, in sat/kvB rounded up;
+    /// `None` when the server has no estimate (regtest answers -1).
+    pub fee_estimate_sat_per_kvb_6_blocks: Option<u64>,
+    /// The server's minimum relay fee in sat/kvB, rounded up.
+    pub relay_fee_sat_per_kvb: u64,
+}
+
+/// Connect once and read the tip, the server version and its fee estimate.
+pub fn status(url: &str, network: Network) -> Result<ChainStatus, ChainError> {
+    let err = |source| ChainError::Electrum {
+        url: url.to_owned(),
+        source,
+    };
+    let config = ConfigBuilder::new()
+        .timeout(Some(std::time::Duration::from_secs(10)))
+        .retry(1)
+        .build();
+    let client = Client::from_config(url, config).map_err(err)?;
+    let version = client.server_features().map_err(err)?;
+    // The server sends the genesis hash as hex in display (reversed) byte order.
+    let genesis: String = version
+        .genesis_hash
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let expected = bitcoin::constants::genesis_block(network).block_hash();
+    if genesis != expected.to_string() {
+        return Err(ChainError::WrongNetwork {
+            url: url.to_owned(),
+            genesis,
+            network,
+        });
+    }
+    let tip = client.block_headers_subscribe().map_err(err)?;
+    let estimate = client.estimate_fee(6, None).map_err(err)?;
+    let relay = client.relay_fee().map_err(err)?;
+    Ok(ChainStatus {
+        network,
+        tip_height: u32::try_from(tip.height).unwrap_or(u32::MAX),
+        tip_hash: tip.header.block_hash(),
+        server_version: version.server_version,
+        protocol_version: version.protocol_max,
+        fee_estimate_sat_per_kvb_6_blocks: btc_per_kvb_to_sat(estimate),
+        relay_fee_sat_per_kvb: btc_per_kvb_to_sat(relay).unwrap_or(0),
+    })
+}
+
+/// The Electrum protocol gives fee rates as a float of BTC/kvB; this is the one place
+/// they become integers: sat/kvB, rounded up (a fee rate that errs high still
+/// confirms). Negative (no estimate), NaN, infinite or absurd (≥ 1 BTC/kvB) → `None`.
+pub fn btc_per_kvb_to_sat(btc_per_kvb: f64) -> Option<u64> {
+    if !btc_per_kvb.is_finite() || btc_per_kvb <= 0.0 || btc_per_kvb >= 1.0 {
+        return None;
+    }
+    // Round away float noise in the ninth decimal first (1e-06 arrives as 9.99...e-07).
+    let sats = (btc_per_kvb * 100_000_000.0 * 1_000.0).round() / 1_000.0;
+    Some(sats.ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::btc_per_kvb_to_sat;
+
+    #[test]
+    fn electrum_fee_floats_become_integer_sats_rounded_up() {
+        assert_eq!(btc_per_kvb_to_sat(0.000_001), Some(100));
+        assert_eq!(
+            btc_per_kvb_to_sat(0.000_009_999_999_999_999_999),
+            Some(1_000)
+        );
+        assert_eq!(btc_per_kvb_to_sat(0.000_010_01), Some(1_001));
+        assert_eq!(btc_per_kvb_to_sat(0.000_000_001_5), Some(1));
+        assert_eq!(btc_per_kvb_to_sat(-1.0), None);
+        assert_eq!(btc_per_kvb_to_sat(f64::NAN), None);
+        assert_eq!(btc_per_kvb_to_sat(f64::INFINITY), None);
+        assert_eq!(btc_per_kvb_to_sat(2.0), None);
+    }
+}

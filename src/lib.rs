@@ -1,0 +1,7 @@
+//! btc-escrow: a Bitcoin-native collateral escrow for crypto-backed loans.
+//!
+//! The layout follows DESIGN.md §11: `loan/` and `policy/` are pure domain code,
+//! `store/` is the only module that touches sled, `chain/` the only one that talks to
+//! Electrum, `api/` the only one that knows HTTP.
+
+pub mod chain;
