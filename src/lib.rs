@@ -5,3 +5,6 @@
 //! Electrum, `api/` the only one that knows HTTP.
 
 pub mod chain;
+pub mod keys;
+pub mod policy;
+pub mod tx;

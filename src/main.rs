@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "btc-escrow",
@@ -22,6 +24,15 @@ enum Command {
     /// What the Electrum server says about the chain.
     #[command(subcommand)]
     Chain(ChainCmd),
+    /// Party keys.
+    #[command(subcommand)]
+    Key(cli::KeyCmd),
+    /// Escrow policy templates and descriptors.
+    #[command(subcommand)]
+    Policy(cli::PolicyCmd),
+    /// Build, sign and finalize escrow spends.
+    #[command(subcommand)]
+    Psbt(cli::PsbtCmd),
 }
 
 #[derive(Subcommand)]
@@ -63,5 +74,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
+        Command::Key(cmd) => cli::key(cmd),
+        Command::Policy(cmd) => cli::policy(cmd),
+        Command::Psbt(cmd) => cli::psbt(cmd),
     }
 }

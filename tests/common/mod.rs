@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod escrow;
 pub mod wallet;
 
 use std::io::{Read, Write};

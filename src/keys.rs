@@ -1,0 +1,423 @@
+//! Party keys: account keys with origin, per-escrow derivation, and the arbiter's key
+//! file (mode 0600, never logged, `Debug` redacted).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpriv, Xpub};
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{Network, NetworkKind};
+use miniscript::descriptor::{DescriptorPublicKey, DescriptorXKey, Wildcard};
+
+/// Errors about keys; each names the key or file and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("{field}: not an account key with origin ([fingerprint/path]xpub): {reason}")]
+    Parse { field: String, reason: String },
+    #[error("{field}: the key has no origin ([fingerprint/48'/coin'/account'/2'])")]
+    MissingOrigin { field: String },
+    #[error("{field}: an account key must not carry a derivation path or wildcard after the xpub")]
+    HasDerivation { field: String },
+    #[error("{field}: the key is for {found:?} but the service runs on {expected}")]
+    WrongNetwork {
+        field: String,
+        found: NetworkKind,
+        expected: Network,
+    },
+    #[error("{field}: a single public key is not an account key; give an xpub/tpub")]
+    NotExtended { field: String },
+    #[error("{first} and {second} are the same account key; every party needs its own")]
+    Duplicate { first: String, second: String },
+    #[error("escrow index {0} is hardened or too large (must be below 2^31)")]
+    BadIndex(u32),
+    #[error("key file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("key derivation failed: {0}")]
+    Bip32(#[from] bitcoin::bip32::Error),
+}
+
+/// The coin type of BIP48 paths for a network.
+pub fn coin_type(network: Network) -> u32 {
+    match NetworkKind::from(network) {
+        NetworkKind::Main => 0,
+        NetworkKind::Test => 1,
+    }
+}
+
+/// The BIP48 P2WSH account path `m/48'/coin'/account'/2'`.
+pub fn account_path(network: Network, account: u32) -> DerivationPath {
+    DerivationPath::from(vec![
+        ChildNumber::from_hardened_idx(48).expect("48 < 2^31"),
+        ChildNumber::from_hardened_idx(coin_type(network)).expect("coin type < 2^31"),
+        ChildNumber::from_hardened_idx(account).unwrap_or(ChildNumber::Hardened { index: 0 }),
+        ChildNumber::from_hardened_idx(2).expect("2 < 2^31"),
+    ])
+}
+
+/// Which chain of an account a per-escrow key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chain {
+    /// `/0/i`: the party's key in the 2-of-3.
+    Multisig = 0,
+    /// `/1/i`: the lender's timelocked default key, the borrower's recovery key.
+    Timelocked = 1,
+}
+
+/// A party's registered account key, with origin, checked against the network.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountKey {
+    key: DescriptorXKey<Xpub>,
+}
+
+impl AccountKey {
+    /// Parse `[fingerprint/path]xpub` and check it belongs to `network`. `field` names
+    /// the input in errors (e.g. "borrower").
+    pub fn parse(field: &str, text: &str, network: Network) -> Result<Self, KeyError> {
+        let parsed = DescriptorPublicKey::from_str(text.trim()).map_err(|e| KeyError::Parse {
+            field: field.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let key = match parsed {
+            DescriptorPublicKey::XPub(x) => x,
+            DescriptorPublicKey::Single(_) | DescriptorPublicKey::MultiXPub(_) => {
+                return Err(KeyError::NotExtended {
+                    field: field.to_owned(),
+                })
+            }
+        };
+        if key.origin.is_none() {
+            return Err(KeyError::MissingOrigin {
+                field: field.to_owned(),
+            });
+        }
+        if !key.derivation_path.is_empty() || key.wildcard != Wildcard::None {
+            return Err(KeyError::HasDerivation {
+                field: field.to_owned(),
+            });
+        }
+        if key.xkey.network != NetworkKind::from(network) {
+            return Err(KeyError::WrongNetwork {
+                field: field.to_owned(),
+                found: key.xkey.network,
+                expected: network,
+            });
+        }
+        Ok(Self { key })
+    }
+
+    /// The account key of a master private key at `path` (with origin).
+    pub fn from_master(
+        master: &Xpriv,
+        path: &DerivationPath,
+        secp: &Secp256k1<All>,
+    ) -> Result<Self, KeyError> {
+        let account = master.derive_priv(secp, path)?;
+        Ok(Self {
+            key: DescriptorXKey {
+                origin: Some((master.fingerprint(secp), path.clone())),
+                xkey: Xpub::from_priv(secp, &account),
+                derivation_path: DerivationPath::default(),
+                wildcard: Wildcard::None,
+            },
+        })
+    }
+
+    pub fn master_fingerprint(&self) -> Fingerprint {
+        self.key
+            .origin
+            .as_ref()
+            .map(|(fp, _)| *fp)
+            .expect("an AccountKey always has an origin (checked in parse)")
+    }
+
+    pub fn xpub(&self) -> &Xpub {
+        &self.key.xkey
+    }
+
+    /// The key `<account>/chain/index` as a definite descriptor key (origin kept, so
+    /// PSBTs carry the full path from the master fingerprint).
+    pub fn derive(&self, chain: Chain, index: u32) -> Result<DescriptorPublicKey, KeyError> {
+        let child = ChildNumber::from_normal_idx(index).map_err(|_| KeyError::BadIndex(index))?;
+        Ok(DescriptorPublicKey::XPub(DescriptorXKey {
+            origin: self.key.origin.clone(),
+            xkey: self.key.xkey,
+            derivation_path: DerivationPath::from(vec![
+                ChildNumber::Normal {
+                    index: chain as u32,
+                },
+                child,
+            ]),
+            wildcard: Wildcard::None,
+        }))
+    }
+}
+
+impl fmt::Display for AccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        DescriptorPublicKey::XPub(self.key.clone()).fmt(f)
+    }
+}
+
+impl fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccountKey({self})")
+    }
+}
+
+/// Refuse the same account key registered for two parties.
+pub fn check_distinct(keys: &[(&str, &AccountKey)]) -> Result<(), KeyError> {
+    for (i, (name_a, a)) in keys.iter().enumerate() {
+        for (name_b, b) in &keys[i + 1..] {
+            if a.xpub() == b.xpub() {
+                return Err(KeyError::Duplicate {
+                    first: (*name_a).to_owned(),
+                    second: (*name_b).to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A master private key read from a file holding an xprv/tprv or a BIP39 mnemonic.
+pub struct SigningKey {
+    master: Xpriv,
+}
+
+impl SigningKey {
+    /// Parse an xprv/tprv (the BIP32 root) or a BIP39 mnemonic (empty passphrase).
+    pub fn parse(text: &str, network: Network) -> Result<Self, KeyError> {
+        let text = text.trim();
+        if let Ok(master) = Xpriv::from_str(text) {
+            return Ok(Self { master });
+        }
+        let mnemonic = bip39::Mnemonic::parse(text).map_err(|e| KeyError::Parse {
+            field: "key".to_owned(),
+            reason: format!("neither an xprv nor a BIP39 mnemonic ({e})"),
+        })?;
+        let master = Xpriv::new_master(network, &mnemonic.to_seed(""))?;
+        Ok(Self { master })
+    }
+
+    pub fn from_file(path: &Path, network: Network) -> Result<Self, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, network)
+    }
+
+    pub fn master(&self) -> &Xpriv {
+        &self.master
+    }
+
+    pub fn fingerprint(&self, secp: &Secp256k1<All>) -> Fingerprint {
+        self.master.fingerprint(secp)
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+/// The service's own key: a BIP32 master key in `<data dir>/arbiter.key`, mode 0600.
+pub struct ArbiterKey {
+    signing: SigningKey,
+    network: Network,
+}
+
+impl ArbiterKey {
+    pub const FILE_NAME: &'static str = "arbiter.key";
+
+    /// Create a new random arbiter key in `data_dir` (refusing to overwrite one).
+    pub fn create(data_dir: &Path, network: Network) -> Result<Self, KeyError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join(Self::FILE_NAME);
+        let file_err = |reason: String| KeyError::File {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| file_err(e.to_string()))?;
+        let mut seed = [0u8; 32];
+        bitcoin::secp256k1::rand::RngCore::fill_bytes(
+            &mut bitcoin::secp256k1::rand::thread_rng(),
+            &mut seed,
+        );
+        let master = Xpriv::new_master(network, &seed)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                file_err(format!(
+                    "cannot create ({e}); an existing key is never overwritten"
+                ))
+            })?;
+        file.write_all(format!("{master}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| file_err(e.to_string()))?;
+        Ok(Self {
+            signing: SigningKey { master },
+            network,
+        })
+    }
+
+    /// Load the arbiter key, refusing a file readable or writable by group or others.
+    pub fn load(data_dir: &Path, network: Network) -> Result<Self, KeyError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = data_dir.join(Self::FILE_NAME);
+        let meta = std::fs::metadata(&path).map_err(|e| KeyError::File {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::File {
+                path,
+                reason: format!("mode {mode:o} lets others read it; chmod 600 it"),
+            });
+        }
+        let signing = SigningKey::from_file(&path, network)?;
+        if signing.master.network != NetworkKind::from(network) {
+            return Err(KeyError::File {
+                path,
+                reason: format!("the key is not for {network}"),
+            });
+        }
+        Ok(Self { signing, network })
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    /// The arbiter's account key (`m/48'/coin'/0'/2'`) with origin.
+    pub fn account(&self, secp: &Secp256k1<All>) -> Result<AccountKey, KeyError> {
+        AccountKey::from_master(&self.signing.master, &account_path(self.network, 0), secp)
+    }
+}
+
+impl fmt::Debug for ArbiterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArbiterKey({}, <redacted>)", self.network)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(seed: u8, network: Network) -> AccountKey {
+        let secp = Secp256k1::new();
+        let master = Xpriv::new_master(network, &[seed; 32]).unwrap();
+        AccountKey::from_master(&master, &account_path(network, 0), &secp).unwrap()
+    }
+
+    #[test]
+    fn account_key_round_trips_and_checks_network() {
+        let key = account(1, Network::Regtest);
+        let text = key.to_string();
+        assert!(text.starts_with('['), "{text}");
+        assert_eq!(
+            AccountKey::parse("borrower", &text, Network::Regtest).unwrap(),
+            key
+        );
+        let err = AccountKey::parse("borrower", &text, Network::Bitcoin).unwrap_err();
+        assert!(matches!(err, KeyError::WrongNetwork { .. }), "{err}");
+        assert!(err.to_string().starts_with("borrower"), "{err}");
+    }
+
+    #[test]
+    fn account_key_needs_origin_and_no_derivation() {
+        let key = account(2, Network::Regtest);
+        let bare = key.xpub().to_string();
+        assert!(matches!(
+            AccountKey::parse("lender", &bare, Network::Regtest),
+            Err(KeyError::MissingOrigin { .. })
+        ));
+        let derived = format!("{key}/0/*");
+        assert!(matches!(
+            AccountKey::parse("lender", &derived, Network::Regtest),
+            Err(KeyError::HasDerivation { .. })
+        ));
+        assert!(matches!(
+            AccountKey::parse("lender", "nonsense", Network::Regtest),
+            Err(KeyError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_accounts_are_refused() {
+        let a = account(3, Network::Regtest);
+        let b = account(4, Network::Regtest);
+        assert!(check_distinct(&[("borrower", &a), ("lender", &b)]).is_ok());
+        let err = check_distinct(&[("borrower", &a), ("lender", &b), ("arbiter", &a)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "borrower and arbiter are the same account key; every party needs its own"
+        );
+    }
+
+    #[test]
+    fn derived_keys_differ_per_chain_and_index() {
+        let a = account(5, Network::Regtest);
+        let k00 = a.derive(Chain::Multisig, 0).unwrap();
+        let k10 = a.derive(Chain::Timelocked, 0).unwrap();
+        let k01 = a.derive(Chain::Multisig, 1).unwrap();
+        assert_ne!(k00, k10);
+        assert_ne!(k00, k01);
+        assert!(k00.to_string().ends_with("/0/0"), "{k00}");
+        assert!(a.derive(Chain::Multisig, 1 << 31).is_err());
+    }
+
+    #[test]
+    fn arbiter_key_file_is_private_and_redacted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let created = ArbiterKey::create(dir.path(), Network::Regtest).unwrap();
+        let path = dir.path().join(ArbiterKey::FILE_NAME);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(
+            ArbiterKey::create(dir.path(), Network::Regtest).is_err(),
+            "never overwrites"
+        );
+        let loaded = ArbiterKey::load(dir.path(), Network::Regtest).unwrap();
+        let secp = Secp256k1::new();
+        assert_eq!(
+            created.account(&secp).unwrap(),
+            loaded.account(&secp).unwrap()
+        );
+        let debug = format!("{loaded:?} {:?}", loaded.signing_key());
+        let secret = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !debug.contains(secret.trim()) && debug.contains("redacted"),
+            "{debug}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ArbiterKey::load(dir.path(), Network::Regtest).unwrap_err();
+        assert!(err.to_string().contains("644"), "{err}");
+        assert!(ArbiterKey::load(dir.path(), Network::Bitcoin).is_err());
+    }
+
+    #[test]
+    fn signing_key_reads_xprv_or_mnemonic() {
+        let secp = Secp256k1::new();
+        let m = bip39::Mnemonic::parse(
+            "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about",
+        )
+        .unwrap();
+        let from_words = SigningKey::parse(&m.to_string(), Network::Regtest).unwrap();
+        let xprv = from_words.master().to_string();
+        let from_xprv = SigningKey::parse(&xprv, Network::Regtest).unwrap();
+        assert_eq!(from_words.fingerprint(&secp), from_xprv.fingerprint(&secp));
+        // BIP32 test vector of the "abandon ... about" mnemonic.
+        assert_eq!(from_words.fingerprint(&secp).to_string(), "73c5da0a");
+        assert!(SigningKey::parse("not a key", Network::Regtest).is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! Merging a party's co-signed PSBT into the service's own copy: only if the unsigned
+//! transaction is identical, only partial signatures are taken, and each is verified
+//! against the sighash computed from the service's copy before it is kept.
+
+use bitcoin::ecdsa::Signature;
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::{Message, Secp256k1, Verification};
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::PublicKey;
+
+use super::{check_inputs, TxError};
+
+/// Why a co-signed PSBT was refused. The service's copy is never changed by a refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("unsigned transaction differs: {0}")]
+    TxDiffers(String),
+    #[error("co-signed PSBT: {0}")]
+    BadInput(#[from] TxError),
+    #[error(
+        "input {index}: signature of {key} uses sighash {found}; only SIGHASH_ALL is accepted"
+    )]
+    NonAllSighash {
+        index: usize,
+        key: PublicKey,
+        found: EcdsaSighashType,
+    },
+    #[error("input {index}: {key} is not a key of this escrow")]
+    UnknownKey { index: usize, key: PublicKey },
+    #[error("input {index}: the signature of {key} does not verify")]
+    BadSignature { index: usize, key: PublicKey },
+    #[error("input {index}: cannot compute the sighash: {reason}")]
+    Sighash { index: usize, reason: String },
+    #[error("the co-signed PSBT carries no new signature")]
+    NothingNew,
+}
+
+fn differences(ours: &bitcoin::Transaction, theirs: &bitcoin::Transaction) -> String {
+    let mut what = Vec::new();
+    if ours.version != theirs.version {
+        what.push("version".to_owned());
+    }
+    if ours.lock_time != theirs.lock_time {
+        what.push(format!(
+            "nLockTime {} != {}",
+            theirs.lock_time, ours.lock_time
+        ));
+    }
+    if ours.input.len() != theirs.input.len() {
+        what.push(format!(
+            "{} inputs instead of {}",
+            theirs.input.len(),
+            ours.input.len()
+        ));
+    } else {
+        for (i, (a, b)) in ours.input.iter().zip(&theirs.input).enumerate() {
+            if a.previous_output != b.previous_output {
+                what.push(format!("input {i} spends {}", b.previous_output));
+            }
+            if a.sequence != b.sequence {
+                what.push(format!("input {i} sequence {}", b.sequence));
+            }
+            if a.script_sig != b.script_sig || a.witness != b.witness {
+                what.push(format!("input {i} carries a scriptSig or witness"));
+            }
+        }
+    }
+    if ours.output.len() != theirs.output.len() {
+        what.push(format!(
+            "{} outputs instead of {}",
+            theirs.output.len(),
+            ours.output.len()
+        ));
+    } else {
+        for (i, (a, b)) in ours.output.iter().zip(&theirs.output).enumerate() {
+            if a.value != b.value {
+                what.push(format!(
+                    "output {i} amount {} instead of {}",
+                    b.value, a.value
+                ));
+            }
+            if a.script_pubkey != b.script_pubkey {
+                what.push(format!("output {i} script"));
+            }
+        }
+    }
+    what.join(", ")
+}
+
+/// Return `ours` with the verified partial signatures of `theirs` added, or an error
+/// (and `ours` untouched).
+pub fn merge<C: Verification>(
+    ours: &Psbt,
+    theirs: &Psbt,
+    secp: &Secp256k1<C>,
+) -> Result<Psbt, MergeError> {
+    if ours.unsigned_tx != theirs.unsigned_tx {
+        return Err(MergeError::TxDiffers(differences(
+            &ours.unsigned_tx,
+            &theirs.unsigned_tx,
+        )));
+    }
+    check_inputs(theirs)?;
+    let mut merged = ours.clone();
+    let mut cache = SighashCache::new(&ours.unsigned_tx);
+    let mut added = 0;
+    for (index, (mine, their)) in merged.inputs.iter_mut().zip(&theirs.inputs).enumerate() {
+        let (Some(script), Some(utxo)) = (&mine.witness_script, &mine.witness_utxo) else {
+            return Err(MergeError::Sighash {
+                index,
+                reason: "the service's copy lacks witness_script or witness_utxo".into(),
+            });
+        };
+        for (key, sig) in &their.partial_sigs {
+            let Signature {
+                signature,
+                sighash_type,
+            } = *sig;
+            if sighash_type != EcdsaSighashType::All {
+                return Err(MergeError::NonAllSighash {
+                    index,
+                    key: *key,
+                    found: sighash_type,
+                });
+            }
+            if !mine.bip32_derivation.contains_key(&key.inner) {
+                return Err(MergeError::UnknownKey { index, key: *key });
+            }
+            let sighash = cache
+                .p2wsh_signature_hash(index, script, utxo.value, EcdsaSighashType::All)
+                .map_err(|e| MergeError::Sighash {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            let msg = Message::from(sighash);
+            secp.verify_ecdsa(&msg, &signature, &key.inner)
+                .map_err(|_| MergeError::BadSignature { index, key: *key })?;
+            if mine.partial_sigs.insert(*key, *sig).is_none() {
+                added += 1;
+            }
+        }
+    }
+    if added == 0 {
+        return Err(MergeError::NothingNew);
+    }
+    Ok(merged)
+}
