@@ -65,21 +65,10 @@ fn spend_by(path: PathName, deposits: &[Amount]) -> anyhow::Result<()> {
         .script_get_history(&escrow.script_pubkey())?
         .iter()
         .any(|e| e.tx_hash == txid));
-    let prevouts: Vec<_> = tx
-        .input
-        .iter()
-        .map(|i| {
-            electrum
-                .transaction_get(&i.previous_output.txid)
-                .map(|t| t.output[i.previous_output.vout as usize].clone())
-        })
-        .collect::<Result<_, _>>()?;
-    let observed = escrow.classify_spend(
-        &parties.secp,
-        &electrum.transaction_get(&txid)?,
-        0,
-        &prevouts,
-    )?;
+    let first = tx.input[0].previous_output;
+    let spent = electrum.transaction_get(&first.txid)?.output[first.vout as usize].clone();
+    let observed =
+        escrow.classify_spend(&parties.secp, &electrum.transaction_get(&txid)?, 0, &spent)?;
     ensure!(observed.path == path, "classified as {:?}", observed.path);
     Ok(())
 }

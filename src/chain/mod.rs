@@ -1,5 +1,16 @@
-//! Everything that talks to an Electrum server: chain status for now; the watcher,
-//! broadcast and fee estimates live here too.
+//! Everything that talks to an Electrum server: the escrow watcher, broadcast, fee
+//! estimates and the one-shot chain status.
+
+pub mod broadcast;
+pub mod fees;
+pub mod watcher;
+
+pub use broadcast::BroadcastError;
+pub use fees::{FeeEstimate, FeePolicy, FeeSource};
+pub use watcher::{
+    Backoff, ChainEvent, ChainUpdate, ConnectionStatus, Deposit, EscrowState, Spend, TxStatus,
+    WatchError, Watcher, WatcherConfig,
+};
 
 use bitcoin::{BlockHash, Network};
 use electrum_client::{Client, ConfigBuilder, ElectrumApi};

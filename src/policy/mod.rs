@@ -499,6 +499,11 @@ pub struct EscrowDescriptor {
     heights: EscrowHeights,
     network: Network,
     paths: Vec<SpendingPath>,
+    // Derived once: deriving the five keys costs about half a millisecond, and the
+    // watcher asks for the script of thousands of escrows on every sync.
+    script_pubkey: ScriptBuf,
+    witness_script: ScriptBuf,
+    pubkey_roles: BTreeMap<bitcoin::PublicKey, Role>,
 }
 
 impl EscrowDescriptor {
@@ -544,7 +549,25 @@ impl EscrowDescriptor {
             })
             .collect();
         paths.sort_by_key(|p| (p.name, p.after_height));
+        let definite = descriptor
+            .at_derivation_index(0)
+            .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
+        let secp = Secp256k1::verification_only();
+        let mut pubkey_roles = BTreeMap::new();
+        for (key, role) in &roles {
+            let derived = key
+                .clone()
+                .at_derivation_index(0)
+                .and_then(|k| k.derive_public_key(&secp))
+                .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
+            pubkey_roles.insert(derived, *role);
+        }
         Ok(Self {
+            script_pubkey: definite.script_pubkey(),
+            witness_script: definite
+                .explicit_script()
+                .map_err(|e| PolicyError::Descriptor(e.to_string()))?,
+            pubkey_roles,
             descriptor,
             roles,
             heights,
@@ -636,19 +659,16 @@ impl EscrowDescriptor {
     }
 
     pub fn address(&self) -> Address {
-        self.definite()
-            .address(self.network)
-            .expect("a wsh descriptor always has an address")
+        Address::from_script(&self.script_pubkey, self.network)
+            .expect("a P2WSH script always has an address")
     }
 
     pub fn script_pubkey(&self) -> ScriptBuf {
-        self.definite().script_pubkey()
+        self.script_pubkey.clone()
     }
 
     pub fn witness_script(&self) -> ScriptBuf {
-        self.definite()
-            .explicit_script()
-            .expect("a wsh descriptor has an explicit script")
+        self.witness_script.clone()
     }
 
     pub fn paths(&self) -> &[SpendingPath] {
@@ -669,11 +689,7 @@ impl EscrowDescriptor {
 
     /// The role of a concrete public key, if it is one of the escrow's.
     pub fn role_of(&self, key: &bitcoin::PublicKey) -> Option<Role> {
-        let secp = Secp256k1::verification_only();
-        self.roles.iter().find_map(|(k, r)| {
-            let definite = k.clone().at_derivation_index(0).ok()?;
-            (definite.derive_public_key(&secp).ok()? == *key).then_some(*r)
-        })
+        self.pubkey_roles.get(key).copied()
     }
 
     /// Which path an input spending this escrow used: the witness is run through
@@ -684,15 +700,12 @@ impl EscrowDescriptor {
         secp: &Secp256k1<C>,
         tx: &Transaction,
         input_index: usize,
-        prevouts: &[TxOut],
+        spent: &TxOut,
     ) -> Result<ObservedSpend, PolicyError> {
         let input = tx
             .input
             .get(input_index)
             .ok_or_else(|| PolicyError::Descriptor(format!("no input {input_index}")))?;
-        let spent = prevouts.get(input_index).ok_or_else(|| {
-            PolicyError::Descriptor(format!("no prevout for input {input_index}"))
-        })?;
         if spent.script_pubkey != self.script_pubkey() {
             return Err(PolicyError::Descriptor(format!(
                 "input {input_index} does not spend this escrow"
@@ -706,7 +719,8 @@ impl EscrowDescriptor {
             tx.lock_time,
         )
         .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
-        let prevouts = bitcoin::sighash::Prevouts::All(prevouts);
+        // Segwit v0 SIGHASH_ALL commits to this input's amount only.
+        let prevouts = bitcoin::sighash::Prevouts::One(input_index, spent);
         let mut signers = BTreeSet::new();
         let mut after = None;
         for step in interpreter.iter(secp, tx, input_index, &prevouts) {

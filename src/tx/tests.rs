@@ -150,11 +150,7 @@ fn every_path_builds_signs_and_finalizes_with_an_honest_fee() {
                     &f.secp,
                     &tx,
                     0,
-                    &psbt
-                        .inputs
-                        .iter()
-                        .map(|i| i.witness_utxo.clone().unwrap())
-                        .collect::<Vec<_>>(),
+                    psbt.inputs[0].witness_utxo.as_ref().unwrap(),
                 )
                 .unwrap();
             assert_eq!(observed.path, path);

@@ -107,6 +107,13 @@ impl TestWallet {
         Ok(tx)
     }
 
+    /// Sign, finalize and broadcast a PSBT built from `self.wallet`.
+    pub fn sign_and_broadcast(&mut self, psbt: bitcoin::Psbt) -> anyhow::Result<Transaction> {
+        let tx = self.sign_and_extract(psbt)?;
+        self.broadcast(&tx)?;
+        Ok(tx)
+    }
+
     fn sign_and_extract(&mut self, mut psbt: bitcoin::Psbt) -> anyhow::Result<Transaction> {
         psbt.sign(&self.signer, self.wallet.secp_ctx())
             .map_err(|(_, e)| anyhow!("signing: {e:?}"))?;

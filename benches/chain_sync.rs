@@ -1,0 +1,98 @@
+//! Watch 2,000 escrow scripts, each funded once, on a local regtest electrs: time the
+//! first full sync, the incremental sync after one new block, and the first sync done
+//! one script per request. Prints its figures (a bench binary, not criterion: each
+//! figure needs a fresh chain state).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::Instant;
+
+use anyhow::Context;
+use bitcoin::{Amount, FeeRate, Network};
+use btc_escrow::chain::{Watcher, WatcherConfig};
+use common::escrow::Parties;
+use common::wallet::TestWallet;
+use common::Regtest;
+use electrum_client::ElectrumApi;
+
+const ESCROWS: usize = 2_000;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let env = Regtest::start()?;
+    let mut wallet = TestWallet::new(&env)?;
+    wallet.fund(&env, 5)?;
+    let parties = Parties::new()?;
+    let t = Instant::now();
+    let tip = env.height()?;
+    let escrows = (0..ESCROWS as u32)
+        .map(|i| parties.escrow_at(tip, i, 1_000, 2_000))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!(
+        "instantiated {ESCROWS} escrow descriptors in {:?}",
+        t.elapsed()
+    );
+
+    // Two transactions of 1,000 outputs each (a standard transaction stays < 100 kvB).
+    for chunk in escrows.chunks(1_000) {
+        let mut builder = wallet.wallet.build_tx();
+        for e in chunk {
+            builder.add_recipient(e.script_pubkey(), Amount::from_sat(10_000));
+        }
+        builder.fee_rate(FeeRate::from_sat_per_vb(1).context("1 sat/vB")?);
+        let psbt = builder.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+        wallet.sign_and_broadcast(psbt)?;
+    }
+    env.mine(1)?;
+
+    let mut config = WatcherConfig::new(&env.electrum_url, Network::Regtest);
+    config.batch_size = 100;
+    let mut w = Watcher::new(config);
+    for (i, e) in escrows.iter().enumerate() {
+        w.register(&format!("loan-{i}"), e.clone())?;
+    }
+    let t = Instant::now();
+    let first = w.sync()?;
+    let first_time = t.elapsed();
+    let funded = first
+        .escrows
+        .iter()
+        .filter(|e| !e.deposits.is_empty())
+        .count();
+    anyhow::ensure!(funded == ESCROWS, "{funded} of {ESCROWS} escrows funded");
+    for round in 1..=3 {
+        env.mine(1)?;
+        let t = Instant::now();
+        let next = w.sync()?;
+        anyhow::ensure!(next.tip.height == env.height()?);
+        println!(
+            "watcher, incremental sync after new block #{round}: {:?}",
+            t.elapsed()
+        );
+    }
+    println!("watcher, first full sync of {ESCROWS} scripts: {first_time:?}");
+
+    // The same histories fetched one script per request, and batched.
+    let client = env.electrum()?;
+    let scripts: Vec<_> = escrows.iter().map(|e| e.script_pubkey()).collect();
+    let t = Instant::now();
+    for s in &scripts {
+        client.script_get_history(s)?;
+    }
+    println!(
+        "histories of {ESCROWS} scripts one request each: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    for chunk in scripts.chunks(100) {
+        client.batch_script_get_history(chunk.iter().map(|s| s.as_script()))?;
+    }
+    println!(
+        "histories of {ESCROWS} scripts in batches of 100: {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
