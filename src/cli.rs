@@ -96,6 +96,95 @@ pub enum PsbtCmd {
     Finalize,
 }
 
+#[derive(Subcommand)]
+pub enum OracleCmd {
+    /// Query the configured sources once: every quote, what was dropped and why, and
+    /// the aggregate (exit 1 when there is no price).
+    Price {
+        /// TOML file with an [oracle] section (default: Kraken, Bitstamp, Coinbase).
+        #[arg(long, env = "BTC_ESCROW_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+const DEFAULT_ORACLE: &str = r#"
+[oracle]
+quorum = 2
+[[oracle.sources]]
+name = "kraken"
+kind = "kraken"
+[[oracle.sources]]
+name = "bitstamp"
+kind = "bitstamp"
+[[oracle.sources]]
+name = "coinbase"
+kind = "coinbase"
+"#;
+
+pub fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
+    use btc_escrow::oracle::{ticker::poll_once, OracleConfig};
+    let OracleCmd::Price { config } = cmd;
+    let text = match &config {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => DEFAULT_ORACLE.to_owned(),
+    };
+    let config = OracleConfig::from_toml(&text)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (sources, _) = config.build(now);
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("btc-escrow/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(poll_once(
+        &client,
+        &sources,
+        &config.currency,
+        &config.rules(),
+    ));
+    let (used, dropped) = match &result {
+        Ok(p) => (&p.used, &p.dropped),
+        Err(n) => (&n.used, &n.dropped),
+    };
+    for q in used {
+        eprintln!(
+            "used     {:<12} {} {}.{:02}",
+            q.source,
+            q.currency,
+            q.price_minor / 100,
+            q.price_minor % 100
+        );
+    }
+    for d in dropped {
+        eprintln!(
+            "dropped  {:<12} {}",
+            d.source,
+            serde_json::to_string(&d.reason)?
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    match result {
+        Ok(p) => {
+            eprintln!(
+                "price: {} {}.{:02} per BTC",
+                p.currency,
+                p.price_minor / 100,
+                p.price_minor % 100
+            );
+            Ok(())
+        }
+        Err(n) => bail!("no price: {}", n.reason),
+    }
+}
+
 pub fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     let KeyCmd::New { network } = cmd;
     let secp = Secp256k1::new();

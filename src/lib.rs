@@ -6,5 +6,6 @@
 
 pub mod chain;
 pub mod keys;
+pub mod oracle;
 pub mod policy;
 pub mod tx;

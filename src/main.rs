@@ -33,6 +33,9 @@ enum Command {
     /// Build, sign and finalize escrow spends.
     #[command(subcommand)]
     Psbt(cli::PsbtCmd),
+    /// The BTC price oracle.
+    #[command(subcommand)]
+    Oracle(cli::OracleCmd),
 }
 
 #[derive(Subcommand)]
@@ -77,5 +80,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => cli::key(cmd),
         Command::Policy(cmd) => cli::policy(cmd),
         Command::Psbt(cmd) => cli::psbt(cmd),
+        Command::Oracle(cmd) => cli::oracle(cmd),
     }
 }

@@ -1,0 +1,301 @@
+//! Price sources: adapters for exchange tickers in their real JSON shapes (including
+//! their error shapes), a generic JSON-pointer source, and a manual operator price.
+//! HTTP goes through reqwest (rustls); bodies are read up to a limit; no response can
+//! make a source panic.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::decimal::{parse_price, price_from_json};
+use super::Quote;
+
+/// Bodies larger than this are refused (a ticker answer is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Why a source gave no quote; stored as evidence, so serializable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceError {
+    #[error("no answer within {after_ms} ms")]
+    Timeout { after_ms: u64 },
+    #[error("cannot reach the source: {message}")]
+    Connect { message: String },
+    #[error("HTTP status {status}")]
+    Http { status: u16 },
+    #[error("the body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("empty body")]
+    Empty,
+    #[error("malformed JSON: {message}")]
+    Malformed { message: String },
+    #[error("the exchange reports an error: {message}")]
+    Exchange { message: String },
+    #[error("field {field} is missing")]
+    MissingField { field: String },
+    #[error("bad price: {message}")]
+    BadPrice { message: String },
+    #[error("bad timestamp: {message}")]
+    BadTimestamp { message: String },
+    #[error("the operator has set no manual price")]
+    ManualUnset,
+}
+
+/// An operator-set price, shared between the operator's handle and the source.
+#[derive(Debug, Clone, Default)]
+pub struct ManualPrice(Arc<Mutex<Option<(u64, u64)>>>);
+
+impl ManualPrice {
+    /// Set the price (minor units per BTC) as of `at` (unix seconds).
+    pub fn set(&self, price_minor: u64, at: u64) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = Some((price_minor, at));
+        }
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = None;
+        }
+    }
+
+    fn get(&self) -> Option<(u64, u64)> {
+        self.0.lock().ok().and_then(|p| *p)
+    }
+}
+
+/// What a source is.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// `GET /0/public/Ticker?pair=XBTUSD`: `{"error":[],"result":{"XXBTZUSD":{"c":["price","vol"],…}}}`.
+    Kraken,
+    /// `GET /api/v2/ticker/btcusd/`: `{"last":"…","timestamp":"…",…}`.
+    Bitstamp,
+    /// `GET /v2/prices/BTC-USD/spot`: `{"data":{"amount":"…","base":"BTC","currency":"USD"}}`.
+    Coinbase,
+    /// Any JSON: RFC 6901 pointers to the price and optionally a unix-seconds timestamp.
+    Json {
+        price_pointer: String,
+        timestamp_pointer: Option<String>,
+    },
+    Manual(ManualPrice),
+}
+
+/// A configured source.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    pub url: String,
+    pub timeout: Duration,
+    pub currency: String,
+}
+
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, SourceError> {
+    if let Some(len) = response.content_length() {
+        if len > MAX_BODY_BYTES as u64 {
+            return Err(SourceError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| SourceError::Connect {
+        message: e.to_string(),
+    })? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(SourceError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn field<'a>(v: &'a Value, pointer: &str) -> Result<&'a Value, SourceError> {
+    v.pointer(pointer).ok_or_else(|| SourceError::MissingField {
+        field: pointer.to_owned(),
+    })
+}
+
+fn price(v: &Value) -> Result<u64, SourceError> {
+    price_from_json(v, 2).map_err(|e| SourceError::BadPrice {
+        message: e.to_string(),
+    })
+}
+
+fn timestamp(v: &Value) -> Result<u64, SourceError> {
+    let bad = || SourceError::BadTimestamp {
+        message: v.to_string(),
+    };
+    match v {
+        Value::Number(n) => n.as_u64().ok_or_else(bad),
+        Value::String(s) => s.trim().parse().map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+impl Source {
+    /// Fetch one quote; `now` (unix seconds) stands in for sources without timestamps.
+    pub async fn fetch(&self, client: &reqwest::Client, now: u64) -> Result<Quote, SourceError> {
+        if let SourceKind::Manual(manual) = &self.kind {
+            let (price_minor, at) = manual.get().ok_or(SourceError::ManualUnset)?;
+            return Ok(self.quote(price_minor, at));
+        }
+        let timeout_ms = self.timeout.as_millis() as u64;
+        let work = async {
+            let response =
+                client
+                    .get(&self.url)
+                    .send()
+                    .await
+                    .map_err(|e| SourceError::Connect {
+                        message: e.to_string(),
+                    })?;
+            let status = response.status();
+            let body = read_body(response).await?;
+            Ok::<_, SourceError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| SourceError::Timeout {
+                after_ms: timeout_ms,
+            })??;
+        // Exchanges send their error shapes with 4xx/5xx statuses too: read the
+        // message when there is one, else report the status.
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        if !status.is_success() {
+            if let Some(message) = json.as_ref().and_then(|j| self.error_message(j)) {
+                return Err(SourceError::Exchange { message });
+            }
+            return Err(SourceError::Http {
+                status: status.as_u16(),
+            });
+        }
+        if body.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(SourceError::Empty);
+        }
+        let json = match json {
+            Some(j) => j,
+            None => {
+                let message = serde_json::from_slice::<Value>(&body)
+                    .err()
+                    .map_or_else(String::new, |e| e.to_string());
+                return Err(SourceError::Malformed { message });
+            }
+        };
+        if let Some(message) = self.error_message(&json) {
+            return Err(SourceError::Exchange { message });
+        }
+        self.parse(&json, now)
+    }
+
+    fn quote(&self, price_minor: u64, at: u64) -> Quote {
+        Quote {
+            source: self.name.clone(),
+            price_minor,
+            currency: self.currency.clone(),
+            at,
+        }
+    }
+
+    /// The exchange's own error shape, if the body is one.
+    fn error_message(&self, json: &Value) -> Option<String> {
+        match self.kind {
+            SourceKind::Kraken => json
+                .get("error")
+                .and_then(Value::as_array)
+                .filter(|errors| !errors.is_empty())
+                .map(|errors| {
+                    errors
+                        .iter()
+                        .map(|e| e.as_str().unwrap_or("?").to_owned())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            SourceKind::Bitstamp => {
+                let is_error = json.get("status").and_then(Value::as_str) == Some("error");
+                let text = json
+                    .get("reason")
+                    .or_else(|| json.get("message"))
+                    .map(|r| r.as_str().map_or_else(|| r.to_string(), str::to_owned));
+                if is_error || (json.get("last").is_none() && text.is_some()) {
+                    Some(text.unwrap_or_else(|| "error".into()))
+                } else {
+                    None
+                }
+            }
+            SourceKind::Coinbase => json
+                .get("errors")
+                .and_then(Value::as_array)
+                .filter(|errors| !errors.is_empty())
+                .map(|errors| {
+                    errors
+                        .iter()
+                        .map(|e| {
+                            e.get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("?")
+                                .to_owned()
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }),
+            SourceKind::Json { .. } | SourceKind::Manual(_) => None,
+        }
+    }
+
+    fn parse(&self, json: &Value, now: u64) -> Result<Quote, SourceError> {
+        match &self.kind {
+            SourceKind::Kraken => {
+                let pairs =
+                    field(json, "/result")?
+                        .as_object()
+                        .ok_or(SourceError::MissingField {
+                            field: "/result".into(),
+                        })?;
+                let (_, ticker) = pairs.iter().next().ok_or(SourceError::MissingField {
+                    field: "/result/<pair>".into(),
+                })?;
+                Ok(self.quote(price(field(ticker, "/c/0")?)?, now))
+            }
+            SourceKind::Bitstamp => {
+                let at = timestamp(field(json, "/timestamp")?)?;
+                Ok(self.quote(price(field(json, "/last")?)?, at))
+            }
+            SourceKind::Coinbase => {
+                let currency = field(json, "/data/currency")?.as_str().unwrap_or_default();
+                let base = field(json, "/data/base")?.as_str().unwrap_or_default();
+                if base != "BTC" {
+                    return Err(SourceError::BadPrice {
+                        message: format!("quote for {base}, not BTC"),
+                    });
+                }
+                let mut q = self.quote(price(field(json, "/data/amount")?)?, now);
+                q.currency = currency.to_owned();
+                Ok(q)
+            }
+            SourceKind::Json {
+                price_pointer,
+                timestamp_pointer,
+            } => {
+                let at = match timestamp_pointer {
+                    Some(p) => timestamp(field(json, p)?)?,
+                    None => now,
+                };
+                Ok(self.quote(price(field(json, price_pointer)?)?, at))
+            }
+            SourceKind::Manual(_) => unreachable!("handled before any HTTP"),
+        }
+    }
+}
+
+/// Parse an operator's decimal price text (e.g. "64250.12") into minor units.
+pub fn parse_manual_price(text: &str) -> Result<u64, SourceError> {
+    parse_price(text, 2).map_err(|e| SourceError::BadPrice {
+        message: e.to_string(),
+    })
+}
