@@ -6,6 +6,8 @@
 
 pub mod chain;
 pub mod keys;
+pub mod loan;
 pub mod oracle;
 pub mod policy;
+pub mod store;
 pub mod tx;

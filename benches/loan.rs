@@ -1,0 +1,134 @@
+//! Loan book costs: answering a price tick with the liquidation-price index versus a
+//! full scan, for books of 10k, 100k and 1M active loans and ticks breaching 0, 10
+//! and 1,000 of them; and store transitions per second, durable and buffered.
+
+use std::hint::black_box;
+
+use bitcoin::{Amount, Network};
+use btc_escrow::loan::calc::liquidation_price;
+use btc_escrow::loan::index::{IndexedLoan, LiquidationIndex};
+use btc_escrow::loan::money::{Bps, Currency, Fiat, Price};
+use btc_escrow::loan::{apply, Input, Loan, LoanState, LoanTerms, TermsInput};
+use btc_escrow::store::{Durability, Store};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+
+const NOW: u64 = 1_800_000_000;
+
+fn usd() -> Currency {
+    Currency::new("USD").expect("valid code")
+}
+
+fn book_loan(i: u64) -> IndexedLoan {
+    IndexedLoan {
+        principal: Fiat::new(5_000_000, usd()),
+        apr: Bps(1_000),
+        activated_at: NOW,
+        repaid: 0,
+        // Distinct collateral, so distinct liquidation prices.
+        collateral: Amount::from_sat(100_000_000 + i * 1_000),
+        threshold: Bps(8_000),
+    }
+}
+
+fn index_ticks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("price_tick");
+    group.sample_size(10);
+    for n in [10_000u64, 100_000, 1_000_000] {
+        let mut index = LiquidationIndex::new(usd(), 86_400);
+        for i in 0..n {
+            index.upsert(&format!("loan-{i}"), book_loan(i), NOW);
+        }
+        for k in [0u64, 10, 1_000] {
+            // Loan i's liquidation price falls with i: the price of loan k-1 breaches
+            // exactly loans 0..k.
+            let lp = |i: u64| {
+                liquidation_price(5_000_000, book_loan(i).collateral, Bps(8_000))
+                    .expect("owes money")
+            };
+            let price = Price::new(if k == 0 { lp(0) + 1 } else { lp(k - 1) }, usd());
+            let found = index.breached(price, NOW).len() as u64;
+            assert_eq!(found, k, "the tick must breach {k} loans");
+            group.bench_with_input(BenchmarkId::new(format!("index/{n}"), k), &price, |b, p| {
+                b.iter(|| black_box(index.breached(*p, NOW)))
+            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("full_scan/{n}"), k),
+                &price,
+                |b, p| b.iter(|| black_box(index.scan(*p, NOW))),
+            );
+        }
+    }
+    group.finish();
+}
+
+fn transitions(c: &mut Criterion) {
+    let terms = LoanTerms::new(
+        TermsInput {
+            principal: Fiat::new(10_000_000, usd()),
+            apr: Bps(1_000),
+            term_secs: 86_400,
+            initial_ltv: Bps(5_000),
+            margin_call_ltv: Bps(7_000),
+            liquidation_ltv: Bps(8_000),
+            hard_liquidation_ltv: None,
+            liquidation_penalty: Bps(500),
+            hysteresis: Bps(200),
+            confirm_ticks: 2,
+            grace_blocks: 10,
+            recovery_delay_blocks: 10,
+            funding_deadline: NOW + 1_000,
+            borrower_return_address:
+                "bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85".into(),
+            lender_payout_address:
+                "bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85".into(),
+            min_confirmations: 1,
+        },
+        Network::Regtest,
+        NOW,
+    )
+    .expect("valid terms");
+    let mut group = c.benchmark_group("store_transition");
+    for durability in [Durability::Buffered, Durability::Durable] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let offered = Loan::offered("bench", terms.clone());
+        let (mut loan, events) = apply(
+            &offered,
+            &Input::Accepted {
+                now: NOW,
+                escrow_index: 0,
+                descriptor: "wsh(x)".into(),
+                required_collateral: Amount::ONE_BTC,
+            },
+        )
+        .expect("legal");
+        store
+            .insert_loan(&loan, &events, Durability::Durable)
+            .expect("insert");
+        group.bench_function(format!("{durability:?}"), |b| {
+            b.iter(|| {
+                let confirmed = if loan.state == LoanState::Active {
+                    Amount::ZERO
+                } else {
+                    Amount::ONE_BTC
+                };
+                let (next, events) = apply(
+                    &loan,
+                    &Input::CollateralObserved {
+                        now: NOW,
+                        confirmed,
+                    },
+                )
+                .expect("legal");
+                store
+                    .apply(loan.version, &next, &events, durability)
+                    .expect("stored");
+                loan = next;
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, index_ticks, transitions);
+criterion_main!(benches);

@@ -1,0 +1,345 @@
+//! Loan arithmetic in integers (u128 intermediates, checked). Every rounding site says
+//! its direction and whom it protects.
+
+use bitcoin::Amount;
+use serde::{Deserialize, Serialize};
+
+use super::money::{Bps, Fiat, MoneyError, Price, BPS_DENOM, SATS_PER_BTC};
+
+/// Seconds in the 365-day year that APRs are quoted over.
+pub const SECS_PER_YEAR: u128 = 365 * 24 * 3600;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CalcError {
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+    #[error("the fee {fee} exceeds the collateral {collateral}")]
+    FeeExceedsCollateral { fee: Amount, collateral: Amount },
+    #[error("the price is zero")]
+    ZeroPrice,
+    #[error("arithmetic overflow")]
+    Overflow,
+}
+
+fn to_u64(v: u128) -> Result<u64, CalcError> {
+    u64::try_from(v).map_err(|_| CalcError::Overflow)
+}
+
+/// Simple interest on `principal` at `apr` for `elapsed_secs`. Rounds UP: the lender
+/// is never short-changed by a fraction of a cent.
+pub fn interest(principal: u64, apr: Bps, elapsed_secs: u64) -> Result<u64, CalcError> {
+    let num = u128::from(principal)
+        .checked_mul(u128::from(apr.0))
+        .and_then(|v| v.checked_mul(u128::from(elapsed_secs)))
+        .ok_or(CalcError::Overflow)?;
+    to_u64(num.div_ceil(BPS_DENOM * SECS_PER_YEAR))
+}
+
+/// What is owed at `now`: principal + interest accrued since `activated_at`, minus
+/// repayments (never below zero).
+pub fn owed(
+    principal: Fiat,
+    apr: Bps,
+    activated_at: u64,
+    now: u64,
+    repaid: u64,
+) -> Result<Fiat, CalcError> {
+    let accrued = interest(principal.minor, apr, now.saturating_sub(activated_at))?;
+    let gross = principal
+        .minor
+        .checked_add(accrued)
+        .ok_or(CalcError::Overflow)?;
+    Ok(Fiat::new(gross.saturating_sub(repaid), principal.currency))
+}
+
+/// Value of `collateral` at `price`, in minor units. Rounds DOWN: collateral is never
+/// counted as worth more than it is (protects the lender).
+pub fn collateral_value(collateral: Amount, price: Price) -> u64 {
+    let v = u128::from(collateral.to_sat()) * u128::from(price.minor_per_btc) / SATS_PER_BTC;
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+/// LTV = owed / (collateral × price), in basis points. Rounds UP: a loan is never shown
+/// safer than it is. No collateral or a zero price gives [`Bps::MAX`].
+pub fn ltv(owed: Fiat, collateral: Amount, price: Price) -> Result<Bps, CalcError> {
+    if owed.currency != price.currency {
+        return Err(MoneyError::CurrencyMismatch(owed.currency, price.currency).into());
+    }
+    if owed.minor == 0 {
+        return Ok(Bps(0));
+    }
+    let denom = u128::from(collateral.to_sat()) * u128::from(price.minor_per_btc);
+    if denom == 0 {
+        return Ok(Bps::MAX);
+    }
+    // owed ≤ 2^64, × 10^12 < 2^104: no overflow.
+    let num = u128::from(owed.minor) * BPS_DENOM * SATS_PER_BTC;
+    Ok(Bps(u32::try_from(num.div_ceil(denom)).unwrap_or(u32::MAX)))
+}
+
+/// Collateral needed so that LTV ≤ `max_ltv` at `price`. Rounds UP (protects the
+/// lender: never a satoshi too little).
+pub fn required_collateral(owed: Fiat, max_ltv: Bps, price: Price) -> Result<Amount, CalcError> {
+    if owed.currency != price.currency {
+        return Err(MoneyError::CurrencyMismatch(owed.currency, price.currency).into());
+    }
+    let denom = u128::from(max_ltv.0) * u128::from(price.minor_per_btc);
+    if denom == 0 {
+        return Err(CalcError::ZeroPrice);
+    }
+    let sats = (u128::from(owed.minor) * BPS_DENOM * SATS_PER_BTC).div_ceil(denom);
+    Ok(Amount::from_sat(to_u64(sats)?))
+}
+
+/// The highest price (minor units per BTC) at which [`ltv`] reaches `threshold`: the
+/// loan is breached exactly when `price <= liquidation_price(..)`. `None` when no
+/// positive price breaches it (nothing owed), `Some(u64::MAX)` when every price does
+/// (no collateral).
+///
+/// Derivation: ltv = ceil(owed·10^12 / (sats·p)) ≥ T ⟺ owed·10^12 / (sats·p) > T−1
+/// ⟺ p < owed·10^12 / ((T−1)·sats) ⟺ p ≤ floor((owed·10^12 − 1) / ((T−1)·sats)).
+pub fn liquidation_price(owed_minor: u64, collateral: Amount, threshold: Bps) -> Option<u64> {
+    if owed_minor == 0 {
+        return None;
+    }
+    if collateral == Amount::ZERO || threshold.0 <= 1 {
+        return Some(u64::MAX);
+    }
+    let num = u128::from(owed_minor) * BPS_DENOM * SATS_PER_BTC - 1;
+    let den = u128::from(threshold.0 - 1) * u128::from(collateral.to_sat());
+    let p = num / den;
+    (p > 0).then(|| u64::try_from(p).unwrap_or(u64::MAX))
+}
+
+/// How the collateral is divided by a liquidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    pub lender: Amount,
+    pub borrower: Amount,
+    pub fee: Amount,
+}
+
+/// Liquidation split: the lender gets owed × (1 + penalty) in sats at `price`
+/// (rounded UP: the lender is made whole), capped at collateral − fee; the borrower
+/// gets the rest, which pays the fee first; a borrower share below `dust` goes to the
+/// lender rather than being unspendable. Always `lender + borrower + fee == collateral`.
+pub fn liquidation_split(
+    owed: Fiat,
+    penalty: Bps,
+    price: Price,
+    collateral: Amount,
+    fee: Amount,
+    dust: Amount,
+) -> Result<Split, CalcError> {
+    if owed.currency != price.currency {
+        return Err(MoneyError::CurrencyMismatch(owed.currency, price.currency).into());
+    }
+    if price.minor_per_btc == 0 {
+        return Err(CalcError::ZeroPrice);
+    }
+    let available = collateral
+        .checked_sub(fee)
+        .ok_or(CalcError::FeeExceedsCollateral { fee, collateral })?;
+    let claim_minor = u128::from(owed.minor) * (BPS_DENOM + u128::from(penalty.0));
+    let claim_sats =
+        (claim_minor * SATS_PER_BTC).div_ceil(BPS_DENOM * u128::from(price.minor_per_btc));
+    let lender = Amount::from_sat(u64::try_from(claim_sats).unwrap_or(u64::MAX)).min(available);
+    let mut borrower = available - lender;
+    let mut lender = lender;
+    if borrower < dust {
+        lender += borrower;
+        borrower = Amount::ZERO;
+    }
+    Ok(Split {
+        lender,
+        borrower,
+        fee,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loan::money::Currency;
+    use proptest::prelude::*;
+
+    fn usd() -> Currency {
+        Currency::new("USD").unwrap()
+    }
+    fn fiat(m: u64) -> Fiat {
+        Fiat::new(m, usd())
+    }
+    fn price(p: u64) -> Price {
+        Price::new(p, usd())
+    }
+
+    #[test]
+    fn interest_rounds_up() {
+        // $100 at 10 % for one second: 100_00 × 1000 / (10^4 × 31_536_000) cents = tiny → 1 cent.
+        assert_eq!(interest(10_000, Bps(1_000), 1), Ok(1));
+        assert_eq!(interest(10_000, Bps(1_000), 0), Ok(0));
+        // Exactly one year at 10 % of $100 = $10.
+        assert_eq!(interest(10_000, Bps(1_000), 31_536_000), Ok(1_000));
+        assert_eq!(
+            owed(fiat(10_000), Bps(1_000), 0, 31_536_000, 500)
+                .unwrap()
+                .minor,
+            10_500
+        );
+        assert_eq!(
+            owed(fiat(10_000), Bps(1_000), 0, 31_536_000, 1_000_000)
+                .unwrap()
+                .minor,
+            0
+        );
+    }
+
+    #[test]
+    fn ltv_rounds_up_and_handles_the_edges() {
+        // $50,000 owed on 1 BTC at $100,000: exactly 50 %.
+        assert_eq!(
+            ltv(fiat(5_000_000), Amount::ONE_BTC, price(10_000_000)),
+            Ok(Bps(5_000))
+        );
+        // One cent more: 50.00001 % → rounds up to 5001 bps.
+        assert_eq!(
+            ltv(fiat(5_000_001), Amount::ONE_BTC, price(10_000_000)),
+            Ok(Bps(5_001))
+        );
+        assert_eq!(ltv(fiat(1), Amount::ZERO, price(10_000_000)), Ok(Bps::MAX));
+        assert_eq!(ltv(fiat(0), Amount::ZERO, price(0)), Ok(Bps(0)));
+        let eur = Price::new(1, Currency::new("EUR").unwrap());
+        assert!(ltv(fiat(1), Amount::ONE_BTC, eur).is_err());
+    }
+
+    #[test]
+    fn collateral_value_rounds_down_and_required_collateral_up() {
+        assert_eq!(collateral_value(Amount::from_sat(1), price(99_999_999)), 0);
+        assert_eq!(
+            collateral_value(Amount::ONE_BTC, price(6_400_000)),
+            6_400_000
+        );
+        // $50,000 at 50 % max LTV and $100,000/BTC: exactly 1 BTC.
+        assert_eq!(
+            required_collateral(fiat(5_000_000), Bps(5_000), price(10_000_000)),
+            Ok(Amount::ONE_BTC)
+        );
+        // One cent more needs two cents more collateral: 20 sats, exactly.
+        assert_eq!(
+            required_collateral(fiat(5_000_001), Bps(5_000), price(10_000_000)),
+            Ok(Amount::from_sat(100_000_020))
+        );
+        // 1 cent at 50 % and 3 cents/BTC: 66_666_666.67 sats, rounded up.
+        assert_eq!(
+            required_collateral(fiat(1), Bps(5_000), price(3)),
+            Ok(Amount::from_sat(66_666_667))
+        );
+    }
+
+    #[test]
+    fn liquidation_price_is_the_exact_boundary() {
+        let owed = 5_000_000;
+        let sats = Amount::ONE_BTC;
+        let t = Bps(8_000);
+        let p = liquidation_price(owed, sats, t).unwrap();
+        assert!(ltv(fiat(owed), sats, price(p)).unwrap() >= t);
+        assert!(ltv(fiat(owed), sats, price(p + 1)).unwrap() < t);
+        assert_eq!(liquidation_price(0, sats, t), None);
+        assert_eq!(liquidation_price(1, Amount::ZERO, t), Some(u64::MAX));
+    }
+
+    #[test]
+    fn split_pays_the_lender_first_and_the_fee_from_the_borrower() {
+        // Owed $50,000 + 5 % = $52,500 at $100,000/BTC = 0.525 BTC.
+        let s = liquidation_split(
+            fiat(5_000_000),
+            Bps(500),
+            price(10_000_000),
+            Amount::ONE_BTC,
+            Amount::from_sat(1_000),
+            Amount::from_sat(330),
+        )
+        .unwrap();
+        assert_eq!(s.lender, Amount::from_sat(52_500_000));
+        assert_eq!(
+            s.borrower,
+            Amount::from_sat(100_000_000 - 52_500_000 - 1_000)
+        );
+        // Underwater: the lender gets everything but the fee.
+        let s = liquidation_split(
+            fiat(20_000_000),
+            Bps(500),
+            price(10_000_000),
+            Amount::ONE_BTC,
+            Amount::from_sat(1_000),
+            Amount::from_sat(330),
+        )
+        .unwrap();
+        assert_eq!(
+            (s.lender, s.borrower),
+            (Amount::from_sat(99_999_000), Amount::ZERO)
+        );
+        // A borrower share below dust goes to the lender.
+        // Lender 99_998_800 sats leaves the borrower 200 sats, below a 330-sat dust limit.
+        let s = liquidation_split(
+            fiat(9_999_880),
+            Bps(0),
+            price(10_000_000),
+            Amount::ONE_BTC,
+            Amount::from_sat(1_000),
+            Amount::from_sat(330),
+        )
+        .unwrap();
+        assert_eq!(s.borrower, Amount::ZERO);
+        assert_eq!(s.lender + s.fee, Amount::ONE_BTC);
+        assert!(liquidation_split(
+            fiat(1),
+            Bps(0),
+            price(1),
+            Amount::from_sat(10),
+            Amount::from_sat(11),
+            Amount::ZERO
+        )
+        .is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn ltv_is_monotonic(owed in 1u64..=1_000_000_000_000_000, sats in 1u64..=2_100_000_000_000_000, p in 1u64..=1_000_000_000_000, d in 1u64..1_000_000) {
+            let base = ltv(fiat(owed), Amount::from_sat(sats), price(p)).unwrap();
+            prop_assert!(ltv(fiat(owed.saturating_add(d)), Amount::from_sat(sats), price(p)).unwrap() >= base);
+            prop_assert!(ltv(fiat(owed), Amount::from_sat(sats), price(p.saturating_add(d))).unwrap() <= base);
+            prop_assert!(ltv(fiat(owed), Amount::from_sat(sats.saturating_add(d)), price(p)).unwrap() <= base);
+        }
+
+        #[test]
+        fn split_always_sums_to_the_collateral(owed in 0u64..=1_000_000_000_000_000, penalty in 0u32..=5_000, p in 1u64..=1_000_000_000_000, sats in 0u64..=2_100_000_000_000_000, fee in 0u64..100_000, dust in 0u64..1_000) {
+            let collateral = Amount::from_sat(sats);
+            match liquidation_split(fiat(owed), Bps(penalty), price(p), collateral, Amount::from_sat(fee), Amount::from_sat(dust)) {
+                Ok(s) => {
+                    prop_assert_eq!(s.lender + s.borrower + s.fee, collateral);
+                    prop_assert!(s.lender <= collateral);
+                }
+                Err(_) => prop_assert!(fee > sats),
+            }
+        }
+
+        #[test]
+        fn liquidation_price_matches_ltv(owed in 1u64..=1_000_000_000_000_000, sats in 1u64..=2_100_000_000_000_000, t in 2u32..10_000, p in 1u64..=1_000_000_000_000) {
+            let breached = ltv(fiat(owed), Amount::from_sat(sats), price(p)).unwrap() >= Bps(t);
+            let by_price = liquidation_price(owed, Amount::from_sat(sats), Bps(t)).is_some_and(|lp| p <= lp);
+            prop_assert_eq!(breached, by_price);
+        }
+
+        #[test]
+        fn no_overflow_on_extremes(owed in 0u64..=u64::MAX, sats in 0u64..=2_100_000_000_000_000, p in 0u64..=1_000_000_000_000, secs in 0u64..=10_000_000_000) {
+            let _ = ltv(fiat(owed), Amount::from_sat(sats), price(p));
+            let _ = required_collateral(fiat(owed), Bps(5_000), price(p));
+            let _ = owed_checked(owed, secs);
+        }
+    }
+
+    fn owed_checked(principal: u64, secs: u64) -> Result<Fiat, CalcError> {
+        owed(fiat(principal), Bps(10_000), 0, secs, 0)
+    }
+}

@@ -1,0 +1,227 @@
+//! The liquidation-price index: active loans ordered by the price at which they breach
+//! their liquidation LTV, so a price tick finds the breached loans in O(log n + k)
+//! instead of scanning the book.
+//!
+//! Interest drift: what is owed grows every second, so a loan's liquidation price
+//! creeps up. The index uses a **conservative key with a bounded re-key schedule**: a
+//! loan is keyed by its liquidation price at the end of a window (`rekey_secs` ahead),
+//! which is at least its liquidation price at any moment inside the window, so no
+//! breached loan can be missed; when the window ends the loan is re-keyed. Candidates
+//! are then checked exactly, so a tick returns exactly the loans a full scan finds.
+
+use std::collections::{BTreeSet, HashMap};
+
+use bitcoin::Amount;
+
+use super::calc;
+use super::money::{Bps, Currency, Fiat, Price};
+
+/// What the index needs to know of a loan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedLoan {
+    pub principal: Fiat,
+    pub apr: Bps,
+    pub activated_at: u64,
+    pub repaid: u64,
+    pub collateral: Amount,
+    /// The LTV at which the loan is breached (its liquidation LTV).
+    pub threshold: Bps,
+}
+
+impl IndexedLoan {
+    fn owed(&self, now: u64) -> Fiat {
+        calc::owed(
+            self.principal,
+            self.apr,
+            self.activated_at,
+            now.max(self.activated_at),
+            self.repaid,
+        )
+        .unwrap_or(Fiat::new(u64::MAX, self.principal.currency))
+    }
+
+    /// Exactly: is the LTV at `price` and `now` at or above the threshold?
+    pub fn breached(&self, price: Price, now: u64) -> bool {
+        calc::ltv(self.owed(now), self.collateral, price).is_ok_and(|ltv| ltv >= self.threshold)
+    }
+}
+
+struct Entry {
+    loan: IndexedLoan,
+    key: Option<u64>,
+    until: u64,
+}
+
+/// Loans by conservative liquidation price, for one currency.
+pub struct LiquidationIndex {
+    currency: Currency,
+    rekey_secs: u64,
+    by_price: BTreeSet<(u64, String)>,
+    schedule: BTreeSet<(u64, String)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl LiquidationIndex {
+    /// `rekey_secs`: the window a key stays valid (shorter: fewer false candidates,
+    /// more re-keying).
+    pub fn new(currency: Currency, rekey_secs: u64) -> Self {
+        Self {
+            currency,
+            rekey_secs: rekey_secs.max(1),
+            by_price: BTreeSet::new(),
+            schedule: BTreeSet::new(),
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn unlink(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        if let Some(k) = entry.key {
+            self.by_price.remove(&(k, id.to_owned()));
+        }
+        self.schedule.remove(&(entry.until, id.to_owned()));
+        Some(entry)
+    }
+
+    /// Insert or re-key a loan (call when collateral, repayments or terms change).
+    pub fn upsert(&mut self, id: &str, loan: IndexedLoan, now: u64) {
+        self.unlink(id);
+        let until = now.saturating_add(self.rekey_secs);
+        // Owed grows with time, so the liquidation price at `until` bounds the window.
+        let key = calc::liquidation_price(loan.owed(until).minor, loan.collateral, loan.threshold);
+        if let Some(k) = key {
+            self.by_price.insert((k, id.to_owned()));
+        }
+        self.schedule.insert((until, id.to_owned()));
+        self.entries
+            .insert(id.to_owned(), Entry { loan, key, until });
+    }
+
+    pub fn remove(&mut self, id: &str) {
+        self.unlink(id);
+    }
+
+    /// Re-key every loan whose window ended by `now`.
+    fn rekey_due(&mut self, now: u64) {
+        while let Some((until, id)) = self.schedule.first().cloned() {
+            if until > now {
+                break;
+            }
+            if let Some(entry) = self.unlink(&id) {
+                self.upsert(&id, entry.loan, now);
+            }
+        }
+    }
+
+    /// The loans breached at `price` and `now`, in order of liquidation price (most
+    /// under water first).
+    pub fn breached(&mut self, price: Price, now: u64) -> Vec<String> {
+        if price.currency != self.currency {
+            return Vec::new();
+        }
+        self.rekey_due(now);
+        let mut out = Vec::new();
+        for (_, id) in self
+            .by_price
+            .range((price.minor_per_btc, String::new())..)
+            .rev()
+        {
+            let entry = &self.entries[id];
+            if entry.loan.breached(price, now) {
+                out.push(id.clone());
+            }
+        }
+        out
+    }
+
+    /// The same answer by checking every loan (for tests and benchmarks).
+    pub fn scan(&self, price: Price, now: u64) -> Vec<String> {
+        if price.currency != self.currency {
+            return Vec::new();
+        }
+        let mut out: Vec<(u64, String)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.loan.breached(price, now))
+            .map(|(id, e)| (e.key.unwrap_or(0), id.clone()))
+            .collect();
+        out.sort();
+        out.into_iter().rev().map(|(_, id)| id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn usd() -> Currency {
+        Currency::new("USD").unwrap()
+    }
+
+    fn loan(principal: u64, apr: u32, collateral: u64, threshold: u32) -> IndexedLoan {
+        IndexedLoan {
+            principal: Fiat::new(principal, usd()),
+            apr: Bps(apr),
+            activated_at: 0,
+            repaid: 0,
+            collateral: Amount::from_sat(collateral),
+            threshold: Bps(threshold),
+        }
+    }
+
+    #[test]
+    fn finds_the_breached_loans_and_follows_interest() {
+        let mut idx = LiquidationIndex::new(usd(), 3_600);
+        // $50,000 on 1 BTC, liquidation at 80 %: the exact LTV reaches 80 % at
+        // $62,500; as the LTV rounds up, it shows 80.00 % up to $62,507.81.
+        idx.upsert("a", loan(5_000_000, 1_000, 100_000_000, 8_000), 0);
+        idx.upsert("b", loan(1_000_000, 1_000, 100_000_000, 8_000), 0);
+        let p = |m| Price::new(m, usd());
+        assert_eq!(idx.breached(p(6_250_000), 0), vec!["a".to_owned()]);
+        assert_eq!(idx.breached(p(6_250_781), 0), vec!["a".to_owned()]);
+        assert!(idx.breached(p(6_250_782), 0).is_empty());
+        // A year of 10 % interest later: owed $55,000, breached below $68,750.
+        let year = 31_536_000;
+        assert_eq!(idx.breached(p(6_875_000), year), vec!["a".to_owned()]);
+        idx.remove("a");
+        assert!(idx.breached(p(6_875_000), year).is_empty());
+        assert!(idx
+            .breached(Price::new(1, Currency::new("EUR").unwrap()), 0)
+            .is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// For random books and random price paths (time moving forward), the index
+        /// returns exactly the loans a full scan finds.
+        #[test]
+        fn index_equals_full_scan(
+            book in proptest::collection::vec((1u64..1_000_000_000_000, 0u32..5_000, 1u64..2_000_000_000_000, 100u32..9_999, 0u64..10_000_000), 1..60),
+            path in proptest::collection::vec((1u64..1_000_000_000, 0u64..5_000_000), 1..20),
+            rekey in 1u64..10_000_000,
+        ) {
+            let mut idx = LiquidationIndex::new(usd(), rekey);
+            for (i, (principal, apr, sats, threshold, activated)) in book.iter().enumerate() {
+                let mut l = loan(*principal, *apr, *sats, *threshold);
+                l.activated_at = *activated;
+                idx.upsert(&i.to_string(), l, 0);
+            }
+            let mut now = 0u64;
+            for (price, step) in path {
+                now += step;
+                let p = Price::new(price, usd());
+                prop_assert_eq!(idx.breached(p, now), idx.scan(p, now));
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The loan domain, pure (no I/O): money types, validated terms, the arithmetic of
+//! owed amounts, LTV and liquidation splits, the lifecycle state machine, and the
+//! liquidation-price index the engine consults on every price tick.
+
+pub mod calc;
+pub mod index;
+pub mod money;
+pub mod state;
+pub mod terms;
+
+pub use money::{Bps, Currency, Fiat, Price};
+pub use state::{apply, Event, Input, LiquidationReason, Loan, LoanState, TransitionError, TxKind};
+pub use terms::{LoanTerms, TermsError, TermsInput};

@@ -1,0 +1,278 @@
+//! Loan terms, validated at construction: one error variant per invalid field.
+
+use std::str::FromStr;
+
+use bitcoin::address::NetworkUnchecked;
+use bitcoin::{Address, Network};
+use serde::{Deserialize, Serialize};
+
+use super::money::{Bps, Fiat};
+
+/// Highest APR accepted: 100 % a year.
+pub const MAX_APR: Bps = Bps(10_000);
+/// Longest term accepted: ten years.
+pub const MAX_TERM_SECS: u64 = 10 * 365 * 24 * 3600;
+/// Largest principal accepted, in minor units (10^15: ten trillion dollars).
+pub const MAX_PRINCIPAL_MINOR: u64 = 1_000_000_000_000_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TermsError {
+    #[error("principal: must be above zero and at most {MAX_PRINCIPAL_MINOR} minor units")]
+    Principal,
+    #[error("apr: at most {MAX_APR}")]
+    Apr,
+    #[error("term_secs: must be above zero and at most ten years")]
+    Term,
+    #[error("initial_ltv: must be above zero and below margin_call_ltv")]
+    InitialLtv,
+    #[error("margin_call_ltv: must be above initial_ltv and below liquidation_ltv")]
+    MarginCallLtv,
+    #[error("liquidation_ltv: must be above margin_call_ltv and below 10000 bps")]
+    LiquidationLtv,
+    #[error("hard_liquidation_ltv: must be at least liquidation_ltv and below 10000 bps")]
+    HardLiquidationLtv,
+    #[error("liquidation_penalty: at most 5000 bps")]
+    LiquidationPenalty,
+    #[error("hysteresis: must be below margin_call_ltv - initial_ltv")]
+    Hysteresis,
+    #[error("confirm_ticks: must be at least 1")]
+    ConfirmTicks,
+    #[error("grace_blocks: must be at least 1")]
+    GraceBlocks,
+    #[error("recovery_delay_blocks: must be at least 1")]
+    RecoveryDelayBlocks,
+    #[error("funding_deadline: must be in the future")]
+    FundingDeadline,
+    #[error("borrower_return_address: {0}")]
+    BorrowerReturnAddress(String),
+    #[error("lender_payout_address: {0}")]
+    LenderPayoutAddress(String),
+    #[error("min_confirmations: must be between 1 and 100")]
+    MinConfirmations,
+}
+
+/// Terms as the lender offers them (unchecked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermsInput {
+    pub principal: Fiat,
+    pub apr: Bps,
+    pub term_secs: u64,
+    pub initial_ltv: Bps,
+    pub margin_call_ltv: Bps,
+    pub liquidation_ltv: Bps,
+    pub hard_liquidation_ltv: Option<Bps>,
+    pub liquidation_penalty: Bps,
+    pub hysteresis: Bps,
+    pub confirm_ticks: u32,
+    pub grace_blocks: u32,
+    pub recovery_delay_blocks: u32,
+    /// Unix seconds.
+    pub funding_deadline: u64,
+    pub borrower_return_address: String,
+    pub lender_payout_address: String,
+    pub min_confirmations: u32,
+}
+
+/// Validated terms (construct with [`LoanTerms::new`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoanTerms {
+    input: TermsInput,
+    network: Network,
+}
+
+fn address(text: &str, network: Network) -> Result<Address, String> {
+    Address::<NetworkUnchecked>::from_str(text)
+        .map_err(|e| format!("{text:?} is not an address ({e})"))?
+        .require_network(network)
+        .map_err(|_| format!("{text} is not a {network} address"))
+}
+
+impl LoanTerms {
+    /// Check every field; `now` (unix seconds) dates the funding deadline check.
+    pub fn new(input: TermsInput, network: Network, now: u64) -> Result<Self, TermsError> {
+        let t = &input;
+        if t.principal.minor == 0 || t.principal.minor > MAX_PRINCIPAL_MINOR {
+            return Err(TermsError::Principal);
+        }
+        if t.apr > MAX_APR {
+            return Err(TermsError::Apr);
+        }
+        if t.term_secs == 0 || t.term_secs > MAX_TERM_SECS {
+            return Err(TermsError::Term);
+        }
+        if t.initial_ltv.0 == 0 || t.initial_ltv >= t.margin_call_ltv {
+            return Err(TermsError::InitialLtv);
+        }
+        if t.margin_call_ltv >= t.liquidation_ltv {
+            return Err(TermsError::MarginCallLtv);
+        }
+        if t.liquidation_ltv.0 >= 10_000 {
+            return Err(TermsError::LiquidationLtv);
+        }
+        if let Some(hard) = t.hard_liquidation_ltv {
+            if hard < t.liquidation_ltv || hard.0 >= 10_000 {
+                return Err(TermsError::HardLiquidationLtv);
+            }
+        }
+        if t.liquidation_penalty.0 > 5_000 {
+            return Err(TermsError::LiquidationPenalty);
+        }
+        if t.hysteresis.0 >= t.margin_call_ltv.0 - t.initial_ltv.0 {
+            return Err(TermsError::Hysteresis);
+        }
+        if t.confirm_ticks == 0 {
+            return Err(TermsError::ConfirmTicks);
+        }
+        if t.grace_blocks == 0 {
+            return Err(TermsError::GraceBlocks);
+        }
+        if t.recovery_delay_blocks == 0 {
+            return Err(TermsError::RecoveryDelayBlocks);
+        }
+        if t.funding_deadline <= now {
+            return Err(TermsError::FundingDeadline);
+        }
+        address(&t.borrower_return_address, network).map_err(TermsError::BorrowerReturnAddress)?;
+        address(&t.lender_payout_address, network).map_err(TermsError::LenderPayoutAddress)?;
+        if t.min_confirmations == 0 || t.min_confirmations > 100 {
+            return Err(TermsError::MinConfirmations);
+        }
+        Ok(Self { input, network })
+    }
+
+    pub fn get(&self) -> &TermsInput {
+        &self.input
+    }
+
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    pub fn borrower_return_address(&self) -> Address {
+        address(&self.input.borrower_return_address, self.network)
+            .expect("checked in LoanTerms::new")
+    }
+
+    pub fn lender_payout_address(&self) -> Address {
+        address(&self.input.lender_payout_address, self.network).expect("checked in LoanTerms::new")
+    }
+
+    /// The escrow's absolute heights, fixed when the borrower accepts at `tip`:
+    /// maturity is the term in 10-minute blocks (rounded up), plus the grace blocks;
+    /// recovery follows after the recovery delay.
+    pub fn escrow_heights(&self, tip: u32) -> Option<(u32, u32)> {
+        let term_blocks = u32::try_from(self.input.term_secs.div_ceil(600)).ok()?;
+        let default_height = tip
+            .checked_add(term_blocks)?
+            .checked_add(self.input.grace_blocks)?;
+        let recovery_height = default_height.checked_add(self.input.recovery_delay_blocks)?;
+        (recovery_height < 500_000_000).then_some((default_height, recovery_height))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::loan::money::Currency;
+
+    pub const NOW: u64 = 1_800_000_000;
+
+    pub fn input() -> TermsInput {
+        TermsInput {
+            principal: Fiat::new(10_000_000, Currency::new("USD").unwrap()),
+            apr: Bps(1_000),
+            term_secs: 30 * 24 * 3600,
+            initial_ltv: Bps(5_000),
+            margin_call_ltv: Bps(7_000),
+            liquidation_ltv: Bps(8_000),
+            hard_liquidation_ltv: Some(Bps(9_000)),
+            liquidation_penalty: Bps(500),
+            hysteresis: Bps(200),
+            confirm_ticks: 3,
+            grace_blocks: 144,
+            recovery_delay_blocks: 1_000,
+            funding_deadline: NOW + 86_400,
+            borrower_return_address:
+                "bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85".into(),
+            lender_payout_address: "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080".into(),
+            min_confirmations: 1,
+        }
+    }
+
+    pub fn terms() -> LoanTerms {
+        LoanTerms::new(input(), Network::Regtest, NOW).unwrap()
+    }
+
+    #[test]
+    fn good_terms_pass_and_heights_follow() {
+        let t = terms();
+        assert_eq!(
+            t.escrow_heights(100),
+            Some((100 + 4_320 + 144, 100 + 4_320 + 144 + 1_000))
+        );
+    }
+
+    #[test]
+    fn each_bad_field_has_its_error() {
+        type Edit = fn(&mut TermsInput);
+        let cases: Vec<(Edit, TermsError)> = vec![
+            (|t| t.principal.minor = 0, TermsError::Principal),
+            (
+                |t| t.principal.minor = MAX_PRINCIPAL_MINOR + 1,
+                TermsError::Principal,
+            ),
+            (|t| t.apr = Bps(10_001), TermsError::Apr),
+            (|t| t.term_secs = 0, TermsError::Term),
+            (|t| t.initial_ltv = Bps(0), TermsError::InitialLtv),
+            (|t| t.initial_ltv = Bps(7_000), TermsError::InitialLtv),
+            (
+                |t| t.margin_call_ltv = Bps(8_000),
+                TermsError::MarginCallLtv,
+            ),
+            (
+                |t| t.liquidation_ltv = Bps(10_000),
+                TermsError::LiquidationLtv,
+            ),
+            (
+                |t| t.hard_liquidation_ltv = Some(Bps(7_999)),
+                TermsError::HardLiquidationLtv,
+            ),
+            (
+                |t| t.hard_liquidation_ltv = Some(Bps(10_000)),
+                TermsError::HardLiquidationLtv,
+            ),
+            (
+                |t| t.liquidation_penalty = Bps(5_001),
+                TermsError::LiquidationPenalty,
+            ),
+            (|t| t.hysteresis = Bps(2_000), TermsError::Hysteresis),
+            (|t| t.confirm_ticks = 0, TermsError::ConfirmTicks),
+            (|t| t.grace_blocks = 0, TermsError::GraceBlocks),
+            (
+                |t| t.recovery_delay_blocks = 0,
+                TermsError::RecoveryDelayBlocks,
+            ),
+            (|t| t.funding_deadline = NOW, TermsError::FundingDeadline),
+            (|t| t.min_confirmations = 0, TermsError::MinConfirmations),
+        ];
+        for (edit, want) in cases {
+            let mut i = input();
+            edit(&mut i);
+            assert_eq!(LoanTerms::new(i, Network::Regtest, NOW).unwrap_err(), want);
+        }
+        let mut i = input();
+        i.borrower_return_address = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4".into();
+        assert!(matches!(
+            LoanTerms::new(i, Network::Regtest, NOW),
+            Err(TermsError::BorrowerReturnAddress(_))
+        ));
+        let mut i = input();
+        i.lender_payout_address = "nonsense".into();
+        assert!(matches!(
+            LoanTerms::new(i, Network::Regtest, NOW),
+            Err(TermsError::LenderPayoutAddress(_))
+        ));
+        let err = TermsError::LiquidationLtv.to_string();
+        assert!(err.starts_with("liquidation_ltv"), "{err}");
+    }
+}

@@ -1,0 +1,447 @@
+//! Persistence in one sled database: one tree per record kind (loans, events, parties,
+//! tokens, psbts, meta), every value wrapped with a version, a schema version checked
+//! at open. A loan's transition and its events are written in one transaction; writes
+//! marked [`Durability::Durable`] are flushed before the call returns — use it before a
+//! signature leaves the process or a transaction is broadcast. This is the only module
+//! that knows sled (its README calls it beta; keep it replaceable).
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::loan::{Event, Loan};
+
+/// The database layout version this build writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The value envelope version this build writes and understands.
+pub const VALUE_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(String),
+    #[error("the database has schema version {found}; this build understands up to {SCHEMA_VERSION}: upgrade btc-escrow")]
+    FutureSchema { found: u32 },
+    #[error("{kind} {key}: written by a newer version (value version {found} > {VALUE_VERSION})")]
+    FutureValue {
+        kind: &'static str,
+        key: String,
+        found: u32,
+    },
+    #[error("{kind} {key}: unreadable: {reason}")]
+    Corrupt {
+        kind: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("loan {id}: stored version {found}, expected {expected} (a concurrent change)")]
+    VersionConflict {
+        id: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("loan {id}: already exists")]
+    Exists { id: String },
+    #[error("loan {id}: not found")]
+    NotFound { id: String },
+    #[error("id {0:?}: 1-64 characters of A-Z a-z 0-9 - _")]
+    BadId(String),
+    #[error("the escrow index space is exhausted")]
+    IndexExhausted,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// Whether a write must be on disk before the call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed before returning: required before signing or broadcasting.
+    Durable,
+    /// Written, flushed by sled's background flusher soon after.
+    Buffered,
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a, T> {
+    v: u32,
+    data: &'a T,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeVersion {
+    v: u32,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn<T> {
+    data: T,
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(&EnvelopeOut {
+        v: VALUE_VERSION,
+        data: value,
+    })
+    .expect("serializing our own types to JSON cannot fail")
+}
+
+fn decode<T: DeserializeOwned>(
+    kind: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+        kind,
+        key: key.to_owned(),
+        reason: e.to_string(),
+    };
+    let v: EnvelopeVersion = serde_json::from_slice(bytes).map_err(corrupt)?;
+    if v.v > VALUE_VERSION {
+        return Err(StoreError::FutureValue {
+            kind,
+            key: key.to_owned(),
+            found: v.v,
+        });
+    }
+    let e: EnvelopeIn<T> = serde_json::from_slice(bytes).map_err(corrupt)?;
+    Ok(e.data)
+}
+
+fn check_id(id: &str) -> Result<(), StoreError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadId(id.to_owned()))
+    }
+}
+
+fn event_key(loan_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(loan_id.len() + 9);
+    k.extend_from_slice(loan_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// An event as stored: its place in the loan's log and in the global log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub loan_id: String,
+    pub loan_seq: u64,
+    pub global_seq: u64,
+    pub event: Event,
+}
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_EVENT_SEQ: &[u8] = b"event_seq";
+const META_NEXT_INDEX: &[u8] = b"next_escrow_index";
+
+fn read_u64(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// The store.
+pub struct Store {
+    db: sled::Db,
+    loans: sled::Tree,
+    events: sled::Tree,
+    parties: sled::Tree,
+    tokens: sled::Tree,
+    psbts: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Open (or create) the database in `dir`, refusing one written by a newer schema.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir).map_err(db_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(db_err);
+        let store = Self {
+            loans: tree("loans")?,
+            events: tree("events")?,
+            parties: tree("parties")?,
+            tokens: tree("tokens")?,
+            psbts: tree("psbts")?,
+            meta: tree("meta")?,
+            db,
+        };
+        match store.meta.get(META_SCHEMA).map_err(db_err)? {
+            None => {
+                store
+                    .meta
+                    .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(db_err)?;
+                store.db.flush().map_err(db_err)?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        kind: "meta",
+                        key: "schema".into(),
+                        reason: "not a u32".into(),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::FutureSchema { found });
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    fn finish(&self, durability: Durability) -> Result<(), StoreError> {
+        if durability == Durability::Durable {
+            self.db.flush().map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    /// Flush everything written so far.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.finish(Durability::Durable)
+    }
+
+    /// Record a new loan with its first events.
+    pub fn insert_loan(
+        &self,
+        loan: &Loan,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        self.write(None, loan, events, durability)
+    }
+
+    /// Record a transition: `after` replaces the stored loan only if the stored one is
+    /// still at `before_version`; its events are appended; all in one transaction.
+    pub fn apply(
+        &self,
+        before_version: u64,
+        after: &Loan,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        self.write(Some(before_version), after, events, durability)
+    }
+
+    fn write(
+        &self,
+        before: Option<u64>,
+        loan: &Loan,
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        check_id(&loan.id)?;
+        let first_seq = loan
+            .event_count
+            .checked_sub(events.len() as u64)
+            .ok_or_else(|| StoreError::Corrupt {
+                kind: "loan",
+                key: loan.id.clone(),
+                reason: "event_count is below the number of new events".into(),
+            })?;
+        let value = encode(loan);
+        let result = (&self.loans, &self.events, &self.meta).transaction(|(loans, evs, meta)| {
+            let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+            match (loans.get(loan.id.as_bytes())?, before) {
+                (Some(_), None) => {
+                    return Err(abort(StoreError::Exists {
+                        id: loan.id.clone(),
+                    }))
+                }
+                (None, Some(_)) => {
+                    return Err(abort(StoreError::NotFound {
+                        id: loan.id.clone(),
+                    }))
+                }
+                (Some(bytes), Some(expected)) => {
+                    let stored: Loan = decode("loan", &loan.id, &bytes).map_err(abort)?;
+                    if stored.version != expected {
+                        return Err(abort(StoreError::VersionConflict {
+                            id: loan.id.clone(),
+                            expected,
+                            found: stored.version,
+                        }));
+                    }
+                }
+                (None, None) => {}
+            }
+            let mut global = read_u64(meta.get(META_EVENT_SEQ)?);
+            for (i, event) in events.iter().enumerate() {
+                global += 1;
+                let loan_seq = first_seq + i as u64;
+                let stored = StoredEvent {
+                    loan_id: loan.id.clone(),
+                    loan_seq,
+                    global_seq: global,
+                    event: event.clone(),
+                };
+                evs.insert(event_key(&loan.id, loan_seq), encode(&stored))?;
+            }
+            meta.insert(META_EVENT_SEQ, &global.to_be_bytes())?;
+            loans.insert(loan.id.as_bytes(), value.clone())?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => self.finish(durability),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(db_err(e)),
+        }
+    }
+
+    pub fn loan(&self, id: &str) -> Result<Option<Loan>, StoreError> {
+        self.loans
+            .get(id.as_bytes())
+            .map_err(db_err)?
+            .map(|b| decode("loan", id, &b))
+            .transpose()
+    }
+
+    pub fn loans(&self) -> Result<Vec<Loan>, StoreError> {
+        self.loans
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                decode("loan", &String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
+    /// A loan's events in order.
+    pub fn events(&self, loan_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut prefix = loan_id.as_bytes().to_vec();
+        prefix.push(0);
+        self.events
+            .scan_prefix(prefix)
+            .map(|r| {
+                let (_, v) = r.map_err(db_err)?;
+                decode("event", loan_id, &v)
+            })
+            .collect()
+    }
+
+    /// The next escrow index. Always durable: an index handed out is on disk first, so
+    /// it is never handed out again, crash or not.
+    pub fn allocate_escrow_index(&self) -> Result<u32, StoreError> {
+        let result = self.meta.transaction(|meta| {
+            let next = read_u64(meta.get(META_NEXT_INDEX)?);
+            if next >= 1 << 31 {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::IndexExhausted,
+                ));
+            }
+            meta.insert(META_NEXT_INDEX, &(next + 1).to_be_bytes())?;
+            Ok(next as u32)
+        });
+        let index = match result {
+            Ok(i) => i,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(db_err(e)),
+        };
+        self.flush()?;
+        Ok(index)
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        tree: &sled::Tree,
+        key: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        tree.insert(key.as_bytes(), encode(value)).map_err(db_err)?;
+        self.finish(durability)
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        kind: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        tree.get(key.as_bytes())
+            .map_err(db_err)?
+            .map(|b| decode(kind, key, &b))
+            .transpose()
+    }
+
+    pub fn put_party<T: Serialize>(
+        &self,
+        id: &str,
+        party: &T,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        check_id(id)?;
+        self.put(&self.parties, id, party, d)
+    }
+
+    pub fn party<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
+        self.get(&self.parties, "party", id)
+    }
+
+    /// API tokens, keyed by their hash (never the token itself).
+    pub fn put_token<T: Serialize>(
+        &self,
+        token_hash: &str,
+        record: &T,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        self.put(&self.tokens, token_hash, record, d)
+    }
+
+    pub fn token<T: DeserializeOwned>(&self, token_hash: &str) -> Result<Option<T>, StoreError> {
+        self.get(&self.tokens, "token", token_hash)
+    }
+
+    /// A loan's PSBT of one kind (e.g. "liquidation"), as base64 text.
+    pub fn put_psbt(
+        &self,
+        loan_id: &str,
+        kind: &str,
+        psbt_base64: &str,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        check_id(loan_id)?;
+        self.put(&self.psbts, &format!("{loan_id}/{kind}"), &psbt_base64, d)
+    }
+
+    pub fn psbt(&self, loan_id: &str, kind: &str) -> Result<Option<String>, StoreError> {
+        self.get(&self.psbts, "psbt", &format!("{loan_id}/{kind}"))
+    }
+
+    #[doc(hidden)]
+    /// Test support: write raw bytes under a loan id (to simulate a future version).
+    pub fn put_raw_loan(&self, id: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.loans.insert(id.as_bytes(), bytes).map_err(db_err)?;
+        self.flush()
+    }
+
+    #[doc(hidden)]
+    /// Test support: set the stored schema version.
+    pub fn put_raw_schema(&self, version: u32) -> Result<(), StoreError> {
+        self.meta
+            .insert(META_SCHEMA, &version.to_be_bytes())
+            .map_err(db_err)?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests;

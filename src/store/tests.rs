@@ -1,0 +1,146 @@
+use super::*;
+use crate::loan::terms::tests::{terms, NOW};
+use crate::loan::{apply, Input};
+use bitcoin::Amount;
+
+fn accepted() -> (Loan, Vec<Event>) {
+    let loan = Loan::offered("loan-1", terms());
+    apply(
+        &loan,
+        &Input::Accepted {
+            now: NOW,
+            escrow_index: 0,
+            descriptor: "wsh(x)".into(),
+            required_collateral: Amount::ONE_BTC,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_record_kind_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let offered = Loan::offered("loan-1", terms());
+        store
+            .insert_loan(&offered, &[], Durability::Buffered)
+            .unwrap();
+        let (next, events) = accepted();
+        store.apply(0, &next, &events, Durability::Durable).unwrap();
+        store
+            .put_party(
+                "lender-1",
+                &serde_json::json!({"xpub": "tpub..."}),
+                Durability::Buffered,
+            )
+            .unwrap();
+        store
+            .put_token(
+                "hash-of-token",
+                &serde_json::json!({"party": "lender-1", "role": "lender"}),
+                Durability::Buffered,
+            )
+            .unwrap();
+        store
+            .put_psbt("loan-1", "liquidation", "cHNidP8BAA==", Durability::Durable)
+            .unwrap();
+        assert_eq!(store.allocate_escrow_index().unwrap(), 0);
+        assert_eq!(store.allocate_escrow_index().unwrap(), 1);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let (next, _) = accepted();
+    assert_eq!(store.loan("loan-1").unwrap(), Some(next));
+    assert_eq!(store.loans().unwrap().len(), 1);
+    let events = store.events("loan-1").unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].loan_seq, events[0].global_seq), (0, 1));
+    let party: serde_json::Value = store.party("lender-1").unwrap().unwrap();
+    assert_eq!(party["xpub"], "tpub...");
+    let token: serde_json::Value = store.token("hash-of-token").unwrap().unwrap();
+    assert_eq!(token["role"], "lender");
+    assert_eq!(
+        store.psbt("loan-1", "liquidation").unwrap().as_deref(),
+        Some("cHNidP8BAA==")
+    );
+    assert_eq!(
+        store.allocate_escrow_index().unwrap(),
+        2,
+        "indexes continue after a reopen"
+    );
+}
+
+#[test]
+fn a_stale_version_is_a_conflict_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .insert_loan(&Loan::offered("loan-1", terms()), &[], Durability::Buffered)
+        .unwrap();
+    let (next, events) = accepted();
+    store
+        .apply(0, &next, &events, Durability::Buffered)
+        .unwrap();
+    let err = store
+        .apply(0, &next, &events, Durability::Buffered)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::VersionConflict {
+                expected: 0,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        store.events("loan-1").unwrap().len(),
+        1,
+        "no duplicate events"
+    );
+    assert!(matches!(
+        store.insert_loan(&Loan::offered("loan-1", terms()), &[], Durability::Buffered),
+        Err(StoreError::Exists { .. })
+    ));
+    assert!(matches!(
+        store.insert_loan(
+            &Loan::offered("bad id!", terms()),
+            &[],
+            Durability::Buffered
+        ),
+        Err(StoreError::BadId(_))
+    ));
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path())
+        .unwrap()
+        .put_raw_schema(SCHEMA_VERSION + 1)
+        .unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::FutureSchema { found } if found == SCHEMA_VERSION + 1),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_value_from_a_newer_version_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .put_raw_loan(
+            "loan-9",
+            br#"{"v": 2, "data": {"id": "loan-9", "state": "something_new"}}"#,
+        )
+        .unwrap();
+    let err = store.loan("loan-9").unwrap_err();
+    assert!(
+        matches!(err, StoreError::FutureValue { found: 2, .. }),
+        "{err}"
+    );
+}
