@@ -683,106 +683,152 @@ impl Watcher {
     }
 }
 
+/// How one transaction's place changed between two snapshots.
+enum Change {
+    Seen,
+    Confirmed(u32),
+    ReorgedOut,
+    Gone,
+}
+
+fn changes(old: Option<&TxStatus>, new: Option<&TxStatus>) -> Vec<Change> {
+    let confirmed = |s: &TxStatus| match s {
+        TxStatus::Confirmed { height, .. } => Some(Change::Confirmed(*height)),
+        TxStatus::Unconfirmed => None,
+    };
+    match (old, new) {
+        (None, Some(n)) => std::iter::once(Change::Seen).chain(confirmed(n)).collect(),
+        (Some(_), None) => vec![Change::Gone],
+        (Some(o), Some(n)) if !o.same_place(n) => {
+            // Leaving a block is a reorg, whether or not another block has it now.
+            let left = o.is_confirmed().then_some(Change::ReorgedOut);
+            left.into_iter().chain(confirmed(n)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Events turning `before` into `after` (one escrow).
 fn diff(before: Option<&EscrowState>, after: &EscrowState, events: &mut Vec<ChainEvent>) {
-    let loan_id = &after.loan_id;
-    let old_deposits: BTreeMap<OutPoint, &Deposit> = before
-        .map(|b| b.deposits.iter().map(|d| (d.outpoint, d)).collect())
-        .unwrap_or_default();
-    let new_deposits: BTreeSet<OutPoint> = after.deposits.iter().map(|d| d.outpoint).collect();
-    for d in &after.deposits {
-        match old_deposits.get(&d.outpoint) {
-            None => {
-                events.push(ChainEvent::DepositSeen {
-                    loan_id: loan_id.clone(),
-                    outpoint: d.outpoint,
-                    amount: d.amount,
-                    status: d.status,
-                });
-                if let TxStatus::Confirmed { height, .. } = d.status {
-                    events.push(ChainEvent::DepositConfirmed {
-                        loan_id: loan_id.clone(),
-                        outpoint: d.outpoint,
-                        height,
-                    });
-                }
-            }
-            Some(old) if !old.status.same_place(&d.status) => match d.status {
-                TxStatus::Confirmed { height, .. } => {
-                    if old.status.is_confirmed() {
-                        events.push(ChainEvent::DepositReorgedOut {
-                            loan_id: loan_id.clone(),
-                            outpoint: d.outpoint,
-                        });
+    let loan_id = || after.loan_id.clone();
+    let deposits = |s: Option<&EscrowState>| -> BTreeMap<OutPoint, Deposit> {
+        s.map(|s| s.deposits.iter().map(|d| (d.outpoint, d.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (old, new) = (deposits(before), deposits(Some(after)));
+    for outpoint in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
+        let (o, n) = (old.get(outpoint), new.get(outpoint));
+        for change in changes(o.map(|d| &d.status), n.map(|d| &d.status)) {
+            let outpoint = *outpoint;
+            events.push(match change {
+                Change::Seen => {
+                    let d = n.expect("seen means present now");
+                    ChainEvent::DepositSeen {
+                        loan_id: loan_id(),
+                        outpoint,
+                        amount: d.amount,
+                        status: d.status,
                     }
-                    events.push(ChainEvent::DepositConfirmed {
-                        loan_id: loan_id.clone(),
-                        outpoint: d.outpoint,
-                        height,
-                    });
                 }
-                TxStatus::Unconfirmed => events.push(ChainEvent::DepositReorgedOut {
-                    loan_id: loan_id.clone(),
-                    outpoint: d.outpoint,
-                }),
-            },
-            Some(_) => {}
+                Change::Confirmed(height) => ChainEvent::DepositConfirmed {
+                    loan_id: loan_id(),
+                    outpoint,
+                    height,
+                },
+                Change::ReorgedOut => ChainEvent::DepositReorgedOut {
+                    loan_id: loan_id(),
+                    outpoint,
+                },
+                Change::Gone => ChainEvent::DepositGone {
+                    loan_id: loan_id(),
+                    outpoint,
+                },
+            });
         }
     }
-    for outpoint in old_deposits.keys().filter(|o| !new_deposits.contains(*o)) {
-        events.push(ChainEvent::DepositGone {
-            loan_id: loan_id.clone(),
-            outpoint: *outpoint,
-        });
+    let spends = |s: Option<&EscrowState>| -> BTreeMap<Txid, Spend> {
+        s.map(|s| s.spends.iter().map(|x| (x.txid, x.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (old, new) = (spends(before), spends(Some(after)));
+    for txid in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
+        let (o, n) = (old.get(txid), new.get(txid));
+        for change in changes(o.map(|x| &x.status), n.map(|x| &x.status)) {
+            let txid = *txid;
+            events.push(match change {
+                Change::Seen => {
+                    let x = n.expect("seen means present now");
+                    ChainEvent::SpendSeen {
+                        loan_id: loan_id(),
+                        txid,
+                        status: x.status,
+                        path: x.path.clone(),
+                    }
+                }
+                Change::Confirmed(height) => ChainEvent::SpendConfirmed {
+                    loan_id: loan_id(),
+                    txid,
+                    height,
+                },
+                Change::ReorgedOut => ChainEvent::SpendReorgedOut {
+                    loan_id: loan_id(),
+                    txid,
+                },
+                Change::Gone => ChainEvent::SpendGone {
+                    loan_id: loan_id(),
+                    txid,
+                },
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::Hash;
+
+    fn confirmed(height: u32, hash: u8) -> TxStatus {
+        TxStatus::Confirmed {
+            height,
+            block_hash: BlockHash::from_byte_array([hash; 32]),
+            confirmations: 1,
+        }
     }
 
-    let old_spends: BTreeMap<Txid, &Spend> = before
-        .map(|b| b.spends.iter().map(|s| (s.txid, s)).collect())
-        .unwrap_or_default();
-    let new_spends: BTreeSet<Txid> = after.spends.iter().map(|s| s.txid).collect();
-    for txid in old_spends.keys().filter(|t| !new_spends.contains(*t)) {
-        events.push(ChainEvent::SpendGone {
-            loan_id: loan_id.clone(),
-            txid: *txid,
-        });
+    fn kinds(c: Vec<Change>) -> Vec<String> {
+        c.into_iter()
+            .map(|c| match c {
+                Change::Seen => "seen".to_owned(),
+                Change::Confirmed(h) => format!("confirmed@{h}"),
+                Change::ReorgedOut => "reorged".to_owned(),
+                Change::Gone => "gone".to_owned(),
+            })
+            .collect()
     }
-    for s in &after.spends {
-        match old_spends.get(&s.txid) {
-            None => {
-                events.push(ChainEvent::SpendSeen {
-                    loan_id: loan_id.clone(),
-                    txid: s.txid,
-                    status: s.status,
-                    path: s.path.clone(),
-                });
-                if let TxStatus::Confirmed { height, .. } = s.status {
-                    events.push(ChainEvent::SpendConfirmed {
-                        loan_id: loan_id.clone(),
-                        txid: s.txid,
-                        height,
-                    });
-                }
-            }
-            Some(old) if !old.status.same_place(&s.status) => match s.status {
-                TxStatus::Confirmed { height, .. } => {
-                    if old.status.is_confirmed() {
-                        events.push(ChainEvent::SpendReorgedOut {
-                            loan_id: loan_id.clone(),
-                            txid: s.txid,
-                        });
-                    }
-                    events.push(ChainEvent::SpendConfirmed {
-                        loan_id: loan_id.clone(),
-                        txid: s.txid,
-                        height,
-                    });
-                }
-                TxStatus::Unconfirmed => events.push(ChainEvent::SpendReorgedOut {
-                    loan_id: loan_id.clone(),
-                    txid: s.txid,
-                }),
-            },
-            Some(_) => {}
-        }
+
+    #[test]
+    fn status_changes_become_events() {
+        let u = TxStatus::Unconfirmed;
+        assert_eq!(kinds(changes(None, Some(&u))), ["seen"]);
+        assert_eq!(
+            kinds(changes(None, Some(&confirmed(5, 1)))),
+            ["seen", "confirmed@5"]
+        );
+        assert_eq!(
+            kinds(changes(Some(&u), Some(&confirmed(5, 1)))),
+            ["confirmed@5"]
+        );
+        assert_eq!(
+            kinds(changes(Some(&confirmed(5, 1)), Some(&u))),
+            ["reorged"]
+        );
+        // Same height, another block: out of one block, into another.
+        assert_eq!(
+            kinds(changes(Some(&confirmed(5, 1)), Some(&confirmed(5, 2)))),
+            ["reorged", "confirmed@5"]
+        );
+        assert!(changes(Some(&confirmed(5, 1)), Some(&confirmed(5, 1))).is_empty());
+        assert_eq!(kinds(changes(Some(&u), None)), ["gone"]);
     }
 }

@@ -272,6 +272,36 @@ fn input_name(input: &Input) -> &'static str {
     }
 }
 
+impl TxKind {
+    /// The state that waits for this transaction to confirm.
+    fn pending_state(self) -> LoanState {
+        match self {
+            TxKind::Liquidation => LoanState::Liquidating,
+            TxKind::Release => LoanState::Releasing,
+        }
+    }
+
+    /// The state its confirmation leads to.
+    fn done_state(self) -> LoanState {
+        match self {
+            TxKind::Liquidation => LoanState::Liquidated,
+            TxKind::Release => LoanState::Closed,
+        }
+    }
+}
+
+/// A confirmation or reorg must be about the transaction the service broadcast.
+fn check_recorded(loan: &Loan, kind: TxKind, txid: Txid) -> Result<(), TransitionError> {
+    if loan.broadcast.is_some_and(|(_, t)| t != txid) {
+        return Err(TransitionError::UnknownTx {
+            id: loan.id.clone(),
+            kind,
+            txid,
+        });
+    }
+    Ok(())
+}
+
 /// Apply `input` to `loan`. On success the returned loan has `version` bumped by one
 /// when anything changed; on error nothing changed.
 pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), TransitionError> {
@@ -423,94 +453,29 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 events.push(Event::Repaid);
             }
         }
-        (
-            S::Liquidating,
-            Input::TxBroadcast {
-                kind: TxKind::Liquidation,
-                txid,
-            },
-        )
-        | (
-            S::Releasing,
-            Input::TxBroadcast {
-                kind: TxKind::Release,
-                txid,
-            },
-        ) => {
-            let kind = if loan.state == S::Liquidating {
-                TxKind::Liquidation
-            } else {
-                TxKind::Release
-            };
-            next.broadcast = Some((kind, *txid));
-            events.push(Event::TxBroadcast { kind, txid: *txid });
+        (state, Input::TxBroadcast { kind, txid }) if state == kind.pending_state() => {
+            next.broadcast = Some((*kind, *txid));
+            events.push(Event::TxBroadcast {
+                kind: *kind,
+                txid: *txid,
+            });
         }
-        (
-            S::Liquidating,
-            Input::TxConfirmed {
-                kind: TxKind::Liquidation,
-                txid,
-            },
-        )
-        | (
-            S::Releasing,
-            Input::TxConfirmed {
-                kind: TxKind::Release,
-                txid,
-            },
-        ) => {
-            let kind = if loan.state == S::Liquidating {
-                TxKind::Liquidation
-            } else {
-                TxKind::Release
-            };
-            if loan.broadcast.is_some_and(|(_, t)| t != *txid) {
-                return Err(TransitionError::UnknownTx {
-                    id: loan.id.clone(),
-                    kind,
-                    txid: *txid,
-                });
-            }
-            next.state = if kind == TxKind::Liquidation {
-                S::Liquidated
-            } else {
-                S::Closed
-            };
-            next.broadcast = Some((kind, *txid));
-            events.push(Event::TxConfirmed { kind, txid: *txid });
+        (state, Input::TxConfirmed { kind, txid }) if state == kind.pending_state() => {
+            check_recorded(loan, *kind, *txid)?;
+            next.state = kind.done_state();
+            next.broadcast = Some((*kind, *txid));
+            events.push(Event::TxConfirmed {
+                kind: *kind,
+                txid: *txid,
+            });
         }
-        (
-            S::Liquidated,
-            Input::TxReorgedOut {
-                kind: TxKind::Liquidation,
-                txid,
-            },
-        )
-        | (
-            S::Closed,
-            Input::TxReorgedOut {
-                kind: TxKind::Release,
-                txid,
-            },
-        ) => {
-            let kind = if loan.state == S::Liquidated {
-                TxKind::Liquidation
-            } else {
-                TxKind::Release
-            };
-            if loan.broadcast.is_some_and(|(_, t)| t != *txid) {
-                return Err(TransitionError::UnknownTx {
-                    id: loan.id.clone(),
-                    kind,
-                    txid: *txid,
-                });
-            }
-            next.state = if kind == TxKind::Liquidation {
-                S::Liquidating
-            } else {
-                S::Releasing
-            };
-            events.push(Event::TxReorgedOut { kind, txid: *txid });
+        (state, Input::TxReorgedOut { kind, txid }) if state == kind.done_state() => {
+            check_recorded(loan, *kind, *txid)?;
+            next.state = kind.pending_state();
+            events.push(Event::TxReorgedOut {
+                kind: *kind,
+                txid: *txid,
+            });
         }
         (_, Input::SpentByUnknownTx { txid, path })
             if loan.is_funded() && loan.state != S::ClosedOnChain =>
