@@ -155,23 +155,6 @@ impl Rpc {
             .with_context(|| format!("connecting to bitcoind RPC on port {}", self.port))?;
         stream.set_read_timeout(Some(WAIT))?;
         stream.set_nodelay(true)?;
-        // bitcoind writes headers and body separately; with our delayed ACK and its
-        // Nagle every call would wait 40 ms. Ask the kernel to ACK at once.
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let one: libc::c_int = 1;
-            // SAFETY: a valid socket fd and a c_int option value of the right size.
-            unsafe {
-                libc::setsockopt(
-                    stream.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_QUICKACK,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
         // One write: split writes meet Nagle + delayed ACK and cost 40 ms per call.
         let request = format!(
             "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Basic {auth}\r\n\
@@ -209,8 +192,23 @@ pub struct Regtest {
 impl Regtest {
     /// Start bitcoind and electrs, mine one block (bitcoind leaves initial block
     /// download only then, and electrs waits for that) and wait until electrs has
-    /// indexed it.
+    /// indexed it. Free ports are probed, then bound by the daemons: another test may
+    /// take one in between, so a failed start is retried on new ports.
     pub fn start() -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once() {
+                Ok(env) => return Ok(env),
+                Err(e) if format!("{e:#}").contains("regtest/setup") => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .expect("three attempts were made")
+            .context("starting bitcoind + electrs"))
+    }
+
+    fn start_once() -> anyhow::Result<Self> {
         let bitcoind_exe = find_exe("BITCOIND_EXE", CORE_DIR, "bitcoind")?;
         let electrs_exe = find_exe("ELECTRS_EXE", ELECTRS_DIR, "electrs")?;
         let dir = tempfile::Builder::new()
