@@ -170,7 +170,11 @@ pub fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
             serde_json::to_string(&d.reason)?
         );
     }
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    let json = match &result {
+        Ok(p) => json!({ "price": p }),
+        Err(n) => json!({ "no_price": n }),
+    };
+    println!("{}", serde_json::to_string_pretty(&json)?);
     match result {
         Ok(p) => {
             eprintln!(

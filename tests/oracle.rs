@@ -490,7 +490,11 @@ async fn the_cli_prints_the_aggregate() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    ensure!(json["Ok"]["price_minor"] == 6_400_100, "{json}");
+    ensure!(json["price"]["price_minor"] == 6_400_100, "{json}");
+    ensure!(
+        json["price"]["used"].as_array().map(Vec::len) == Some(3),
+        "{json}"
+    );
     c.set(Answer::Status500);
     let out = run(config.clone()).await??;
     let stderr = String::from_utf8_lossy(&out.stderr);
