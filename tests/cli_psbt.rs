@@ -195,3 +195,104 @@ fn policy_check_names_the_broken_guarantee() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Scenario: keys and addresses of another network are refused, naming the flag.
+#[test]
+fn wrong_network_keys_and_addresses_are_refused() -> anyhow::Result<()> {
+    let key = |network: &str| -> anyhow::Result<String> {
+        let k: serde_json::Value =
+            serde_json::from_str(&ok(&["key", "new", "--network", network], None)?)?;
+        Ok(k["xpub"].as_str().context("xpub")?.to_owned())
+    };
+    let (b, l, a, mainnet) = (
+        key("regtest")?,
+        key("regtest")?,
+        key("regtest")?,
+        key("bitcoin")?,
+    );
+    let compile = |borrower: &str| {
+        run(
+            &[
+                "policy",
+                "compile",
+                "--network",
+                "regtest",
+                "--borrower",
+                borrower,
+                "--lender",
+                &l,
+                "--arbiter",
+                &a,
+                "--index",
+                "0",
+                "--default-height",
+                "500",
+                "--recovery-height",
+                "600",
+            ],
+            None,
+        )
+    };
+    let (success, _, stderr) = compile(&mainnet)?;
+    ensure!(
+        !success && stderr.contains("borrower") && stderr.contains("regtest"),
+        "{stderr}"
+    );
+    let (success, out, stderr) = compile(&b)?;
+    ensure!(success, "{stderr}");
+    let compiled: serde_json::Value = serde_json::from_str(&out)?;
+    let spk = bitcoin::ScriptBuf::from_hex(compiled["script_pubkey"].as_str().context("spk")?)?;
+    let prev = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn::default()],
+        output: vec![bitcoin::TxOut {
+            value: Amount::from_sat(1_000_000),
+            script_pubkey: spk,
+        }],
+    };
+    let input = format!(
+        "{}:0:{}",
+        prev.compute_txid(),
+        bitcoin::consensus::encode::serialize_hex(&prev)
+    );
+    let descriptor = compiled["descriptor"].as_str().context("descriptor")?;
+    let mainnet_address = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4";
+    let regtest_address = compiled["address"].as_str().context("address")?;
+    for (flag, pay, rest) in [
+        ("--rest-to", None, mainnet_address),
+        (
+            "--pay",
+            Some(format!("{mainnet_address}:50000")),
+            regtest_address,
+        ),
+    ] {
+        let mut args = vec![
+            "psbt",
+            "build",
+            "--descriptor",
+            descriptor,
+            "--network",
+            "regtest",
+            "--path",
+            "cooperative",
+            "--input",
+            &input,
+            "--rest-to",
+            rest,
+            "--fee-rate",
+            "2",
+            "--tip",
+            "100",
+        ];
+        if let Some(p) = pay.as_deref() {
+            args.extend(["--pay", p]);
+        }
+        let (success, _, stderr) = run(&args, None)?;
+        ensure!(
+            !success && stderr.contains(flag) && stderr.contains("regtest"),
+            "{flag}: {stderr}"
+        );
+    }
+    Ok(())
+}
