@@ -455,3 +455,28 @@ fn broadcast_answers_are_classified() -> anyhow::Result<()> {
     ensure!(matches!(fee.source, FeeSource::Fallback { .. }), "{fee:?}");
     Ok(())
 }
+
+/// Scenario: the header subscription wakes the watcher when a block arrives, and a
+/// quiet chain times out without waking it; an unregistered escrow is no longer in
+/// the snapshot.
+#[test]
+fn new_blocks_wake_the_watcher() -> anyhow::Result<()> {
+    let Setup {
+        env, mut watcher, ..
+    } = setup()?;
+    sync_until(&mut watcher, |u| u.escrows.len() == 1)?;
+    ensure!(
+        !watcher.wait_for_block(Duration::from_millis(300))?,
+        "no block yet"
+    );
+    env.mine(1)?;
+    ensure!(
+        watcher.wait_for_block(Duration::from_secs(30))?,
+        "the new block wakes it"
+    );
+    let u = watcher.sync()?;
+    ensure!(u.tip.height == env.height()?);
+    watcher.unregister("loan-1");
+    ensure!(watcher.sync()?.escrows.is_empty());
+    Ok(())
+}
