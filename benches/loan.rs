@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use bitcoin::{Amount, Network};
-use btc_escrow::loan::calc::liquidation_price;
+use btc_escrow::loan::calc::{liquidation_price, Accrual};
 use btc_escrow::loan::index::{IndexedLoan, LiquidationIndex};
 use btc_escrow::loan::money::{Bps, Currency, Fiat, Price};
 use btc_escrow::loan::{apply, Input, Loan, LoanState, LoanTerms, TermsInput};
@@ -20,10 +20,7 @@ fn usd() -> Currency {
 
 fn book_loan(i: u64) -> IndexedLoan {
     IndexedLoan {
-        principal: Fiat::new(5_000_000, usd()),
-        apr: Bps(1_000),
-        activated_at: NOW,
-        repaid: 0,
+        accrual: Accrual::new(Fiat::new(5_000_000, usd()), Bps(1_000), NOW),
         // Distinct collateral, so distinct liquidation prices.
         collateral: Amount::from_sat(100_000_000 + i * 1_000),
         threshold: Bps(8_000),
@@ -99,6 +96,7 @@ fn transitions(c: &mut Criterion) {
                 escrow_index: 0,
                 descriptor: "wsh(x)".into(),
                 required_collateral: Amount::ONE_BTC,
+                schedule: terms.escrow_heights(100, NOW).expect("heights fit"),
             },
         )
         .expect("legal");
@@ -117,6 +115,7 @@ fn transitions(c: &mut Criterion) {
                     &Input::CollateralObserved {
                         now: NOW,
                         confirmed,
+                        escrow_spent: false,
                     },
                 )
                 .expect("legal");

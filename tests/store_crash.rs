@@ -93,6 +93,7 @@ fn crash_child() -> anyhow::Result<()> {
                         escrow_index: 0,
                         descriptor: "wsh(x)".into(),
                         required_collateral: Amount::ONE_BTC,
+                        schedule: terms.escrow_heights(100, NOW).expect("heights fit"),
                     },
                 )?;
                 store.insert_loan(&loan, &events, Durability::Durable)?;
@@ -113,6 +114,7 @@ fn crash_child() -> anyhow::Result<()> {
                     &Input::CollateralObserved {
                         now: NOW,
                         confirmed,
+                        escrow_spent: false,
                     },
                 )?;
                 let durability = if rng.next() % 4 == 0 {

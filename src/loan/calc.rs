@@ -35,21 +35,106 @@ pub fn interest(principal: u64, apr: Bps, elapsed_secs: u64) -> Result<u64, Calc
     to_u64(num.div_ceil(BPS_DENOM * SECS_PER_YEAR))
 }
 
-/// What is owed at `now`: principal + interest accrued since `activated_at`, minus
-/// repayments (never below zero).
-pub fn owed(
-    principal: Fiat,
-    apr: Bps,
-    activated_at: u64,
-    now: u64,
-    repaid: u64,
-) -> Result<Fiat, CalcError> {
-    let accrued = interest(principal.minor, apr, now.saturating_sub(activated_at))?;
-    let gross = principal
-        .minor
-        .checked_add(accrued)
-        .ok_or(CalcError::Overflow)?;
-    Ok(Fiat::new(gross.saturating_sub(repaid), principal.currency))
+/// Interest accrues in exact sub-minor units: one minor unit is `INTEREST_DENOM` of
+/// them, so a year of APR `r` bps on `p` minor units is exactly `p × r × secs` of them.
+pub const INTEREST_DENOM: u128 = BPS_DENOM * SECS_PER_YEAR;
+
+/// What a loan owes, and the one place that computes it.
+///
+/// Convention: **simple interest on the outstanding principal**, accrued exactly (in
+/// sub-minor units, no rounding while it accrues); **repayments go to accrued interest
+/// first, then to principal**. What is owed is rounded UP to the next minor unit only
+/// when it is read (the lender is never short-changed by a fraction of a cent). A
+/// repayment reduces the exact amount owed by exactly what was paid, so the total paid
+/// over a loan's life is `ceil(principal + exact interest)`, and paying early (which
+/// shrinks the principal that interest runs on) never increases it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accrual {
+    pub currency: super::money::Currency,
+    /// Principal still owed, in minor units.
+    pub principal: u64,
+    /// Interest accrued up to `since` and not yet paid, in sub-minor units (see
+    /// [`INTEREST_DENOM`]).
+    pub interest: u128,
+    /// Unix seconds up to which interest has been accrued into `interest`.
+    pub since: u64,
+    pub apr: Bps,
+}
+
+impl Accrual {
+    /// A loan of `principal` at `apr`, accruing from `since`.
+    pub fn new(principal: Fiat, apr: Bps, since: u64) -> Self {
+        Self {
+            currency: principal.currency,
+            principal: principal.minor,
+            interest: 0,
+            since,
+            apr,
+        }
+    }
+
+    /// Exact interest (sub-minor units) owed at `now`; before `since` nothing accrues.
+    fn interest_at(&self, now: u64) -> Result<u128, CalcError> {
+        let secs = now.saturating_sub(self.since);
+        u128::from(self.principal)
+            .checked_mul(u128::from(self.apr.0))
+            .and_then(|v| v.checked_mul(u128::from(secs)))
+            .and_then(|v| v.checked_add(self.interest))
+            .ok_or(CalcError::Overflow)
+    }
+
+    /// What is owed at `now`, rounded UP to the minor unit (protects the lender).
+    pub fn owed(&self, now: u64) -> Result<Fiat, CalcError> {
+        let interest = to_u64(self.interest_at(now)?.div_ceil(INTEREST_DENOM))?;
+        let owed = self
+            .principal
+            .checked_add(interest)
+            .ok_or(CalcError::Overflow)?;
+        Ok(Fiat::new(owed, self.currency))
+    }
+
+    /// Apply a repayment of `amount` at `now`: interest first, then principal. The
+    /// caller refuses amounts above [`Accrual::owed`]; paying exactly that clears it.
+    pub fn repay(&self, amount: u64, now: u64) -> Result<Self, CalcError> {
+        let interest = self.interest_at(now)?;
+        let paid = u128::from(amount)
+            .checked_mul(INTEREST_DENOM)
+            .ok_or(CalcError::Overflow)?;
+        let mut next = Self {
+            interest,
+            since: now.max(self.since),
+            ..*self
+        };
+        if paid <= interest {
+            next.interest = interest - paid;
+            return Ok(next);
+        }
+        // What is left after the interest goes to principal. Rounding: principal is
+        // reduced by the leftover rounded UP to a whole minor unit, and the fraction
+        // credited beyond what was paid is owed back as interest — so the exact amount
+        // owed falls by exactly what was paid. Capped at the principal: the final
+        // payment's rounding up (of a fraction of a cent) is the lender's.
+        let leftover = paid - interest;
+        let reduce = leftover.div_ceil(INTEREST_DENOM);
+        if reduce >= u128::from(self.principal) {
+            next.principal = 0;
+            next.interest = 0;
+        } else {
+            next.principal = self.principal - to_u64(reduce)?;
+            next.interest = reduce * INTEREST_DENOM - leftover;
+        }
+        Ok(next)
+    }
+
+    pub fn is_repaid(&self) -> bool {
+        self.principal == 0 && self.interest == 0
+    }
+}
+
+/// What is owed at `now` on `principal` at `apr` accrued since `activated_at`, with
+/// nothing repaid (see [`Accrual`] for loans with repayments).
+pub fn owed(principal: Fiat, apr: Bps, activated_at: u64, now: u64) -> Result<Fiat, CalcError> {
+    Accrual::new(principal, apr, activated_at).owed(now)
 }
 
 /// Value of `collateral` at `price`, in minor units. Rounds DOWN: collateral is never
@@ -181,16 +266,8 @@ mod tests {
         // Exactly one year at 10 % of $100 = $10.
         assert_eq!(interest(10_000, Bps(1_000), 31_536_000), Ok(1_000));
         assert_eq!(
-            owed(fiat(10_000), Bps(1_000), 0, 31_536_000, 500)
-                .unwrap()
-                .minor,
-            10_500
-        );
-        assert_eq!(
-            owed(fiat(10_000), Bps(1_000), 0, 31_536_000, 1_000_000)
-                .unwrap()
-                .minor,
-            0
+            owed(fiat(10_000), Bps(1_000), 0, 31_536_000).unwrap().minor,
+            11_000
         );
     }
 
@@ -303,7 +380,62 @@ mod tests {
         .is_err());
     }
 
+    #[test]
+    fn repayments_pay_interest_first_then_principal() {
+        const YEAR: u64 = 31_536_000;
+        // $100 at 10 %: a year accrues $10.
+        let a = Accrual::new(fiat(10_000), Bps(1_000), 0);
+        assert_eq!(a.owed(YEAR).unwrap().minor, 11_000);
+        // $5 pays half the interest; the principal still bears interest in full.
+        let half = a.repay(500, YEAR).unwrap();
+        assert_eq!(
+            (half.principal, half.owed(YEAR).unwrap().minor),
+            (10_000, 10_500)
+        );
+        assert_eq!(half.owed(2 * YEAR).unwrap().minor, 10_000 + 500 + 1_000);
+        // $20 pays the $10 of interest and $10 of principal: interest runs on $90 after.
+        let big = a.repay(2_000, YEAR).unwrap();
+        assert_eq!((big.principal, big.interest), (9_000, 0));
+        assert_eq!(big.owed(2 * YEAR).unwrap().minor, 9_000 + 900);
+        // Paying what is owed clears it, fractions included.
+        let one_sec = a.owed(1).unwrap();
+        assert_eq!(
+            one_sec.minor, 10_001,
+            "a second's interest rounds up to a cent"
+        );
+        assert!(a.repay(one_sec.minor, 1).unwrap().is_repaid());
+    }
+
     proptest! {
+        #[test]
+        fn repaying_early_never_increases_the_total_paid(
+            principal in 1u64..=1_000_000_000_000,
+            apr in 0u32..=10_000,
+            end in 1u64..=315_360_000,
+            steps in proptest::collection::vec((0u64..=1_000_000, 1u64..=1_000_000_000), 0..5),
+        ) {
+            let a = Accrual::new(fiat(principal), Bps(apr), 0);
+            let all_at_end = a.owed(end).unwrap().minor;
+            // Early partial repayments at increasing times, each at most what is owed.
+            let mut b = a;
+            let mut paid = 0u64;
+            let mut t = 0u64;
+            for (dt_ppm, amount) in steps {
+                t = (t + end * dt_ppm / 1_000_000).min(end);
+                let owed = b.owed(t).unwrap().minor;
+                let amount = amount.min(owed);
+                if amount == 0 { continue; }
+                let next = b.repay(amount, t).unwrap();
+                // The exact amount owed falls by what was paid, never more.
+                prop_assert!(next.owed(t).unwrap().minor + amount >= owed);
+                b = next;
+                paid += amount;
+            }
+            paid += b.owed(end).unwrap().minor;
+            prop_assert!(paid <= all_at_end, "paid {} early vs {} at the end", paid, all_at_end);
+            prop_assert!(b.repay(b.owed(end).unwrap().minor, end).unwrap().is_repaid());
+        }
+
         #[test]
         fn ltv_is_monotonic(owed in 1u64..=1_000_000_000_000_000, sats in 1u64..=2_100_000_000_000_000, p in 1u64..=1_000_000_000_000, d in 1u64..1_000_000) {
             let base = ltv(fiat(owed), Amount::from_sat(sats), price(p)).unwrap();
@@ -340,6 +472,6 @@ mod tests {
     }
 
     fn owed_checked(principal: u64, secs: u64) -> Result<Fiat, CalcError> {
-        owed(fiat(principal), Bps(10_000), 0, secs, 0)
+        owed(fiat(principal), Bps(10_000), 0, secs)
     }
 }

@@ -14,15 +14,15 @@ use std::collections::{BTreeSet, HashMap};
 use bitcoin::Amount;
 
 use super::calc;
+#[cfg(test)]
+use super::calc::Accrual;
 use super::money::{Bps, Currency, Fiat, Price};
 
 /// What the index needs to know of a loan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedLoan {
-    pub principal: Fiat,
-    pub apr: Bps,
-    pub activated_at: u64,
-    pub repaid: u64,
+    /// What is owed and how it grows (the loan's own [`calc::Accrual`]).
+    pub accrual: calc::Accrual,
     pub collateral: Amount,
     /// The LTV at which the loan is breached (its liquidation LTV).
     pub threshold: Bps,
@@ -30,14 +30,10 @@ pub struct IndexedLoan {
 
 impl IndexedLoan {
     fn owed(&self, now: u64) -> Fiat {
-        calc::owed(
-            self.principal,
-            self.apr,
-            self.activated_at,
-            now.max(self.activated_at),
-            self.repaid,
-        )
-        .unwrap_or(Fiat::new(u64::MAX, self.principal.currency))
+        // Overflow means more is owed than any price can cover: breached.
+        self.accrual
+            .owed(now)
+            .unwrap_or(Fiat::new(u64::MAX, self.accrual.currency))
     }
 
     /// Exactly: is the LTV at `price` and `now` at or above the threshold?
@@ -169,10 +165,7 @@ mod tests {
 
     fn loan(principal: u64, apr: u32, collateral: u64, threshold: u32) -> IndexedLoan {
         IndexedLoan {
-            principal: Fiat::new(principal, usd()),
-            apr: Bps(apr),
-            activated_at: 0,
-            repaid: 0,
+            accrual: Accrual::new(Fiat::new(principal, usd()), Bps(apr), 0),
             collateral: Amount::from_sat(collateral),
             threshold: Bps(threshold),
         }
@@ -213,7 +206,7 @@ mod tests {
             let mut idx = LiquidationIndex::new(usd(), rekey);
             for (i, (principal, apr, sats, threshold, activated)) in book.iter().enumerate() {
                 let mut l = loan(*principal, *apr, *sats, *threshold);
-                l.activated_at = *activated;
+                l.accrual.since = *activated;
                 idx.upsert(&i.to_string(), l, 0);
             }
             let mut now = 0u64;

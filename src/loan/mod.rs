@@ -9,5 +9,8 @@ pub mod state;
 pub mod terms;
 
 pub use money::{Bps, Currency, Fiat, Price};
-pub use state::{apply, Event, Input, LiquidationReason, Loan, LoanState, TransitionError, TxKind};
-pub use terms::{LoanTerms, TermsError, TermsInput};
+pub use state::{
+    apply, Event, Input, LiquidationReason, Loan, LoanState, PriceEvidence, QuoteEvidence,
+    TransitionError, TxKind,
+};
+pub use terms::{EscrowSchedule, LoanTerms, TermsError, TermsInput};

@@ -1,13 +1,39 @@
 //! The loan lifecycle (DESIGN.md §5) as a pure function: `apply(loan, input)` returns
 //! the next loan and the events that describe the change, or an error that changes
 //! nothing.
+//!
+//! Rules this module keeps (each tested in `state_tests.rs`):
+//! - **Append-only, idempotent.** An input that changes nothing returns the loan as it
+//!   was and no events. Inputs carry an identity so that a replay is such an input: a
+//!   price tick its oracle sequence number (ticks at or below the last one applied are
+//!   ignored), a repayment its idempotency key, a broadcast its txid, a
+//!   confirmation its txid; chain observations are snapshots (the same snapshot twice
+//!   is the same state).
+//! - **A loan that was ever activated never expires.** "The funding left the chain"
+//!   (collateral back to zero with the escrow unspent) deactivates it; "the escrow was
+//!   spent" is decided by the spend itself (ours: its confirmation; anyone else's:
+//!   `ClosedOnChain`), never by the collateral falling to zero.
+//! - **The margin call is never skipped**: a price that gaps into the liquidation band
+//!   raises it in the same transition, before counting breach ticks.
+//! - **Our transactions are the ones we recorded**: every txid broadcast for the
+//!   current decision (RBF replacements included) is kept; a confirmation of any of
+//!   them completes the decision; any other spend closes the loan on chain. `Liquidated`,
+//!   `Closed` and `ClosedOnChain` move back when the transaction that led there leaves
+//!   the chain. `Expired` is reached by the clock alone, from loans never activated.
+//! - **Maturity**: at activation + term or at the escrow's `maturity_height`, whichever
+//!   comes first, so the lender's solo path (`maturity_height + grace`) never opens
+//!   before maturity plus grace (see `LoanTerms::escrow_heights`).
+//! - **Evidence**: price decisions (margin calls, liquidations) carry the oracle's
+//!   aggregate with every quote, used and dropped.
+
+use std::collections::BTreeMap;
 
 use bitcoin::{Amount, Txid};
 use serde::{Deserialize, Serialize};
 
-use super::calc::{self, CalcError};
+use super::calc::{self, Accrual, CalcError};
 use super::money::{Bps, Fiat, Price};
-use super::terms::LoanTerms;
+use super::terms::{EscrowSchedule, LoanTerms};
 
 /// Where a loan is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,6 +63,36 @@ pub enum LiquidationReason {
     Default,
 }
 
+/// One exchange quote behind an aggregated price, used or dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteEvidence {
+    pub source: String,
+    pub minor_per_btc: u64,
+    /// Unix seconds the source dated it.
+    pub at: u64,
+    /// Why the aggregation dropped it (stale, outlier, other currency), if it did.
+    pub dropped: Option<String>,
+}
+
+/// The oracle's aggregate behind a price tick: what every decision taken on it stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceEvidence {
+    /// The aggregated (median) price.
+    pub price: Price,
+    /// Every quote of the tick, used and dropped.
+    pub quotes: Vec<QuoteEvidence>,
+}
+
+impl PriceEvidence {
+    /// A price with no quote detail (tests, the manual source).
+    pub fn bare(price: Price) -> Self {
+        Self {
+            price,
+            quotes: Vec::new(),
+        }
+    }
+}
+
 /// Which transaction the service built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,18 +113,34 @@ pub struct Loan {
     pub event_count: u64,
     pub escrow_index: Option<u32>,
     pub descriptor: Option<String>,
+    /// The escrow's heights, fixed at acceptance.
+    pub schedule: Option<EscrowSchedule>,
     /// Collateral the loan needs to activate (fixed at acceptance).
     pub required_collateral: Amount,
     /// Confirmed, unspent collateral.
     pub collateral: Amount,
+    /// The first activation (kept through deactivations: interest and maturity run
+    /// from it, and a loan once activated never expires).
     pub activated_at: Option<u64>,
-    /// Repaid, in minor units.
+    /// What is owed and how it grows; set at activation.
+    pub accrual: Option<Accrual>,
+    /// Repaid so far, in minor units (for display; `accrual` is what counts).
     pub repaid: u64,
+    /// Applied repayments by idempotency key, with their amounts in minor units.
+    pub repayments: BTreeMap<String, u64>,
     /// Consecutive price ticks at or above the liquidation LTV.
     pub breach_ticks: u32,
+    /// The oracle sequence number of the last tick applied to this loan.
+    pub last_price_seq: Option<u64>,
     pub liquidation_reason: Option<LiquidationReason>,
-    pub broadcast: Option<(TxKind, Txid)>,
+    /// Every transaction broadcast for the current decision (RBF replacements too).
+    pub broadcasts: Vec<(TxKind, Txid)>,
+    /// The one of them that confirmed.
+    pub confirmed_tx: Option<(TxKind, Txid)>,
+    /// A transaction the service did not build that spent the escrow.
     pub spent_by: Option<Txid>,
+    /// The state the loan was in when `spent_by` closed it (restored on a reorg).
+    pub closed_from: Option<LoanState>,
 }
 
 impl Loan {
@@ -81,38 +153,68 @@ impl Loan {
             event_count: 0,
             escrow_index: None,
             descriptor: None,
+            schedule: None,
             required_collateral: Amount::ZERO,
             collateral: Amount::ZERO,
             activated_at: None,
+            accrual: None,
             repaid: 0,
+            repayments: BTreeMap::new(),
             breach_ticks: 0,
+            last_price_seq: None,
             liquidation_reason: None,
-            broadcast: None,
+            broadcasts: Vec::new(),
+            confirmed_tx: None,
             spent_by: None,
+            closed_from: None,
         }
     }
 
-    /// What is owed at `now` (zero before activation accrues nothing).
-    pub fn owed(&self, now: u64) -> Result<Fiat, CalcError> {
+    /// The accrual: the loan's own once activated; before, the principal alone.
+    pub fn accrual_at(&self, now: u64) -> Accrual {
         let t = self.terms.get();
-        let start = self.activated_at.unwrap_or(now);
-        calc::owed(t.principal, t.apr, start, now.max(start), self.repaid)
+        self.accrual
+            .unwrap_or_else(|| Accrual::new(t.principal, t.apr, now))
+    }
+
+    /// What is owed at `now` (nothing accrues before activation).
+    pub fn owed(&self, now: u64) -> Result<Fiat, CalcError> {
+        self.accrual_at(now).owed(now)
     }
 
     pub fn ltv(&self, now: u64, price: Price) -> Result<Bps, CalcError> {
         calc::ltv(self.owed(now)?, self.collateral, price)
     }
 
-    fn is_funded(&self) -> bool {
-        matches!(
-            self.state,
-            LoanState::Active
-                | LoanState::MarginCall
-                | LoanState::Liquidating
-                | LoanState::Liquidated
-                | LoanState::Releasing
-                | LoanState::Closed
-        )
+    /// Has the loan matured at `now` with the chain at `tip_height`? At activation +
+    /// term, or at the escrow's maturity height, whichever comes first.
+    pub fn matured(&self, now: u64, tip_height: u32) -> bool {
+        let by_time = self
+            .activated_at
+            .is_some_and(|a| now >= a.saturating_add(self.terms.get().term_secs));
+        let by_height = self
+            .schedule
+            .is_some_and(|s| tip_height >= s.maturity_height);
+        by_time || by_height
+    }
+
+    /// Has collateral ever been locked for this loan (so the escrow holds or held
+    /// coins that only its spending paths can move)?
+    fn ever_funded(&self) -> bool {
+        self.activated_at.is_some()
+            || matches!(
+                self.state,
+                LoanState::Active
+                    | LoanState::MarginCall
+                    | LoanState::Liquidating
+                    | LoanState::Liquidated
+                    | LoanState::Releasing
+                    | LoanState::Closed
+            )
+    }
+
+    fn is_ours(&self, txid: Txid) -> bool {
+        self.broadcasts.iter().any(|(_, t)| *t == txid)
     }
 }
 
@@ -125,32 +227,43 @@ pub enum Input {
         escrow_index: u32,
         descriptor: String,
         required_collateral: Amount,
+        schedule: EscrowSchedule,
     },
-    /// Confirmed, unspent collateral as the chain watcher sees it now.
+    /// Confirmed, unspent collateral as the chain watcher sees it now (a snapshot).
+    /// `escrow_spent`: a transaction spending the escrow is in the chain view, so a
+    /// fall of the collateral is that spend's business, not a reorg of the funding.
     CollateralObserved {
         now: u64,
         confirmed: Amount,
+        escrow_spent: bool,
     },
-    /// An oracle tick: `None` when the oracle has no price (nothing moves).
+    /// An oracle tick, identified by the oracle's sequence number: `None` when the
+    /// oracle has no price (nothing moves).
     PriceTick {
         now: u64,
-        price: Option<Price>,
+        seq: u64,
+        price: Option<PriceEvidence>,
     },
-    /// Maturity plus grace reached.
+    /// The clock or the chain says the loan may have matured; refused if it has not.
     MaturityReached {
         now: u64,
+        tip_height: u32,
     },
+    /// A repayment, identified by its idempotency key.
     RepaymentRecorded {
         now: u64,
         amount: Fiat,
+        key: String,
     },
     TxBroadcast {
         kind: TxKind,
         txid: Txid,
     },
+    /// A transaction spending the escrow confirmed (`kind`: what the service expected).
     TxConfirmed {
         kind: TxKind,
         txid: Txid,
+        height: u32,
     },
     TxReorgedOut {
         kind: TxKind,
@@ -160,6 +273,10 @@ pub enum Input {
     SpentByUnknownTx {
         txid: Txid,
         path: String,
+    },
+    /// That transaction left the chain.
+    UnknownSpendReorgedOut {
+        txid: Txid,
     },
     DeadlinePassed {
         now: u64,
@@ -181,11 +298,17 @@ pub enum Event {
     Activated {
         collateral: Amount,
     },
+    /// Active again after its funding left the chain and came back.
+    Reactivated {
+        collateral: Amount,
+    },
     FundingReorgedOut,
     MarginCall {
         ltv: Bps,
         price: Price,
         owed: Fiat,
+        oracle_seq: u64,
+        evidence: PriceEvidence,
     },
     MarginCallCleared {
         ltv: Bps,
@@ -206,10 +329,13 @@ pub enum Event {
         ltv: Option<Bps>,
         price: Option<Price>,
         owed: Fiat,
+        oracle_seq: Option<u64>,
+        evidence: Option<PriceEvidence>,
     },
     RepaymentRecorded {
         amount: Fiat,
         owed: Fiat,
+        key: String,
     },
     Repaid,
     TxBroadcast {
@@ -219,6 +345,7 @@ pub enum Event {
     TxConfirmed {
         kind: TxKind,
         txid: Txid,
+        height: u32,
     },
     TxReorgedOut {
         kind: TxKind,
@@ -227,6 +354,11 @@ pub enum Event {
     ClosedOnChain {
         txid: Txid,
         path: String,
+    },
+    /// The spend that closed the loan on chain left the chain: back to `state`.
+    ClosedOnChainReorgedOut {
+        txid: Txid,
+        state: LoanState,
     },
     Expired,
 }
@@ -247,6 +379,15 @@ pub enum TransitionError {
         amount: Fiat,
         owed: Fiat,
     },
+    #[error("loan {id}: amount: a repayment must be above zero")]
+    ZeroRepayment { id: String },
+    #[error("loan {id}: idempotency key {key:?} was used for a repayment of {first} minor units, not {now}")]
+    RepaymentKeyReused {
+        id: String,
+        key: String,
+        first: u64,
+        now: u64,
+    },
     #[error("loan {id}: {kind:?} transaction {txid} is not the one recorded")]
     UnknownTx {
         id: String,
@@ -255,6 +396,12 @@ pub enum TransitionError {
     },
     #[error("loan {id}: the deadline has not passed")]
     DeadlineNotPassed { id: String },
+    #[error("loan {id}: not matured at {now} with the chain at height {tip_height}")]
+    NotMatured {
+        id: String,
+        now: u64,
+        tip_height: u32,
+    },
 }
 
 fn input_name(input: &Input) -> &'static str {
@@ -268,6 +415,7 @@ fn input_name(input: &Input) -> &'static str {
         Input::TxConfirmed { .. } => "tx_confirmed",
         Input::TxReorgedOut { .. } => "tx_reorged_out",
         Input::SpentByUnknownTx { .. } => "spent_by_unknown_tx",
+        Input::UnknownSpendReorgedOut { .. } => "unknown_spend_reorged_out",
         Input::DeadlinePassed { .. } => "deadline_passed",
     }
 }
@@ -290,20 +438,9 @@ impl TxKind {
     }
 }
 
-/// A confirmation or reorg must be about the transaction the service broadcast.
-fn check_recorded(loan: &Loan, kind: TxKind, txid: Txid) -> Result<(), TransitionError> {
-    if loan.broadcast.is_some_and(|(_, t)| t != txid) {
-        return Err(TransitionError::UnknownTx {
-            id: loan.id.clone(),
-            kind,
-            txid,
-        });
-    }
-    Ok(())
-}
-
 /// Apply `input` to `loan`. On success the returned loan has `version` bumped by one
-/// when anything changed; on error nothing changed.
+/// and `event_count` by the number of events when anything changed, and is the loan
+/// itself with no events when nothing did; on error nothing changed.
 pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), TransitionError> {
     use LoanState as S;
     let illegal = || TransitionError::Illegal {
@@ -312,6 +449,7 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
         input: input_name(input),
     };
     let calc_err = |e: CalcError| TransitionError::Calc(e, loan.id.clone());
+    let unchanged = || Ok((loan.clone(), Vec::new()));
     let mut next = loan.clone();
     let mut events = Vec::new();
     let t = loan.terms.get();
@@ -323,18 +461,33 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 escrow_index,
                 descriptor,
                 required_collateral,
+                schedule,
             },
         ) => {
             next.state = S::AwaitingCollateral;
             next.escrow_index = Some(*escrow_index);
             next.descriptor = Some(descriptor.clone());
             next.required_collateral = *required_collateral;
+            next.schedule = Some(*schedule);
             events.push(Event::Accepted {
                 escrow_index: *escrow_index,
                 required_collateral: *required_collateral,
             });
         }
-        (S::AwaitingCollateral, Input::CollateralObserved { now, confirmed }) => {
+        (
+            _,
+            Input::Accepted {
+                escrow_index,
+                descriptor,
+                ..
+            },
+        ) if loan.state != S::Offered
+            && loan.escrow_index == Some(*escrow_index)
+            && loan.descriptor.as_ref() == Some(descriptor) =>
+        {
+            return unchanged();
+        }
+        (S::AwaitingCollateral, Input::CollateralObserved { now, confirmed, .. }) => {
             if *confirmed != loan.collateral {
                 events.push(Event::CollateralChanged {
                     from: loan.collateral,
@@ -344,15 +497,34 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             }
             if *confirmed >= loan.required_collateral && *confirmed > Amount::ZERO {
                 next.state = S::Active;
-                next.activated_at.get_or_insert(*now);
-                events.push(Event::Activated {
-                    collateral: *confirmed,
-                });
+                if loan.activated_at.is_some() {
+                    events.push(Event::Reactivated {
+                        collateral: *confirmed,
+                    });
+                } else {
+                    next.activated_at = Some(*now);
+                    next.accrual = Some(Accrual::new(t.principal, t.apr, *now));
+                    events.push(Event::Activated {
+                        collateral: *confirmed,
+                    });
+                }
             }
         }
-        (S::Active | S::MarginCall, Input::CollateralObserved { confirmed, .. }) => {
+        (
+            S::Active | S::MarginCall,
+            Input::CollateralObserved {
+                confirmed,
+                escrow_spent,
+                ..
+            },
+        ) => {
+            if *escrow_spent {
+                // The spend decides (its confirmation, or ClosedOnChain); a collateral
+                // of zero here is not a reorg of the funding.
+                return unchanged();
+            }
             if *confirmed == Amount::ZERO {
-                // The funding left the best chain: wait for it again.
+                // The funding left the best chain: wait for it again (never expires).
                 next.state = S::AwaitingCollateral;
                 next.breach_ticks = 0;
                 events.push(Event::FundingReorgedOut);
@@ -365,18 +537,34 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 next.collateral = *confirmed;
             }
         }
-        (S::Active | S::MarginCall, Input::PriceTick { now, price }) => {
-            let Some(price) = price else {
-                return Ok((loan.clone(), Vec::new()));
+        (S::Active | S::MarginCall, Input::PriceTick { now, seq, price }) => {
+            let Some(evidence) = price else {
+                return unchanged();
             };
+            if loan.last_price_seq.is_some_and(|last| *seq <= last) {
+                return unchanged();
+            }
+            let price = evidence.price;
             let owed = loan.owed(*now).map_err(calc_err)?;
-            let ltv = calc::ltv(owed, loan.collateral, *price).map_err(calc_err)?;
+            let ltv = calc::ltv(owed, loan.collateral, price).map_err(calc_err)?;
             let hard = t.hard_liquidation_ltv.is_some_and(|h| ltv >= h);
+            let margin_call = Event::MarginCall {
+                ltv,
+                price,
+                owed,
+                oracle_seq: *seq,
+                evidence: evidence.clone(),
+            };
             if ltv >= t.liquidation_ltv {
+                if loan.state == S::Active {
+                    // Gapped straight into the liquidation band: warn first.
+                    next.state = S::MarginCall;
+                    events.push(margin_call);
+                }
                 next.breach_ticks = loan.breach_ticks.saturating_add(1);
                 events.push(Event::BreachTick {
                     ltv,
-                    price: *price,
+                    price,
                     owed,
                     consecutive: next.breach_ticks,
                 });
@@ -391,31 +579,39 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                     events.push(Event::LiquidationDecided {
                         reason,
                         ltv: Some(ltv),
-                        price: Some(*price),
+                        price: Some(price),
                         owed,
+                        oracle_seq: Some(*seq),
+                        evidence: Some(evidence.clone()),
                     });
                 }
             } else {
                 if loan.breach_ticks > 0 {
                     next.breach_ticks = 0;
-                    events.push(Event::BreachCleared { ltv, price: *price });
+                    events.push(Event::BreachCleared { ltv, price });
                 }
                 if loan.state == S::Active && ltv >= t.margin_call_ltv {
                     next.state = S::MarginCall;
-                    events.push(Event::MarginCall {
-                        ltv,
-                        price: *price,
-                        owed,
-                    });
+                    events.push(margin_call);
                 } else if loan.state == S::MarginCall
                     && ltv.0 < t.margin_call_ltv.0.saturating_sub(t.hysteresis.0)
                 {
                     next.state = S::Active;
-                    events.push(Event::MarginCallCleared { ltv, price: *price });
+                    events.push(Event::MarginCallCleared { ltv, price });
                 }
             }
+            // Remembered even when nothing else moved, so that a replay of this tick
+            // (or an older one) is ignored whatever happened in between.
+            next.last_price_seq = Some(*seq);
         }
-        (S::Active | S::MarginCall, Input::MaturityReached { now }) => {
+        (S::Active | S::MarginCall, Input::MaturityReached { now, tip_height }) => {
+            if !loan.matured(*now, *tip_height) {
+                return Err(TransitionError::NotMatured {
+                    id: loan.id.clone(),
+                    now: *now,
+                    tip_height: *tip_height,
+                });
+            }
             let owed = loan.owed(*now).map_err(calc_err)?;
             if owed.minor > 0 {
                 next.state = S::Liquidating;
@@ -425,10 +621,30 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                     ltv: None,
                     price: None,
                     owed,
+                    oracle_seq: None,
+                    evidence: None,
                 });
             }
         }
-        (S::Active | S::MarginCall, Input::RepaymentRecorded { now, amount }) => {
+        (S::Liquidating, Input::MaturityReached { .. }) => return unchanged(),
+        (_, Input::RepaymentRecorded { amount, key, .. }) if loan.repayments.contains_key(key) => {
+            let first = loan.repayments[key];
+            if first != amount.minor {
+                return Err(TransitionError::RepaymentKeyReused {
+                    id: loan.id.clone(),
+                    key: key.clone(),
+                    first,
+                    now: amount.minor,
+                });
+            }
+            return unchanged();
+        }
+        (S::Active | S::MarginCall, Input::RepaymentRecorded { now, amount, key }) => {
+            if amount.minor == 0 {
+                return Err(TransitionError::ZeroRepayment {
+                    id: loan.id.clone(),
+                });
+            }
             let owed = loan.owed(*now).map_err(calc_err)?;
             if amount.currency != owed.currency {
                 return Err(calc_err(CalcError::Money(
@@ -442,52 +658,118 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                     owed,
                 });
             }
-            next.repaid = loan.repaid + amount.minor;
-            let left = Fiat::new(owed.minor - amount.minor, owed.currency);
+            let accrual = loan
+                .accrual_at(*now)
+                .repay(amount.minor, *now)
+                .map_err(calc_err)?;
+            next.accrual = Some(accrual);
+            next.repaid = loan.repaid.saturating_add(amount.minor);
+            next.repayments.insert(key.clone(), amount.minor);
+            let left = accrual.owed(*now).map_err(calc_err)?;
             events.push(Event::RepaymentRecorded {
                 amount: *amount,
                 owed: left,
+                key: key.clone(),
             });
-            if left.minor == 0 {
+            if accrual.is_repaid() {
                 next.state = S::Releasing;
                 events.push(Event::Repaid);
             }
         }
         (state, Input::TxBroadcast { kind, txid }) if state == kind.pending_state() => {
-            next.broadcast = Some((*kind, *txid));
+            if loan.is_ours(*txid) {
+                return unchanged();
+            }
+            next.broadcasts.push((*kind, *txid));
             events.push(Event::TxBroadcast {
                 kind: *kind,
                 txid: *txid,
             });
         }
-        (state, Input::TxConfirmed { kind, txid }) if state == kind.pending_state() => {
-            check_recorded(loan, *kind, *txid)?;
-            next.state = kind.done_state();
-            next.broadcast = Some((*kind, *txid));
-            events.push(Event::TxConfirmed {
-                kind: *kind,
-                txid: *txid,
-            });
+        (state, Input::TxConfirmed { kind, txid, height }) if state == kind.pending_state() => {
+            if loan.is_ours(*txid) {
+                next.state = kind.done_state();
+                next.confirmed_tx = Some((*kind, *txid));
+                events.push(Event::TxConfirmed {
+                    kind: *kind,
+                    txid: *txid,
+                    height: *height,
+                });
+            } else {
+                // Nothing we broadcast: someone else spent the escrow.
+                next.state = S::ClosedOnChain;
+                next.spent_by = Some(*txid);
+                next.closed_from = Some(state);
+                events.push(Event::ClosedOnChain {
+                    txid: *txid,
+                    path: "not built by the service".into(),
+                });
+            }
+        }
+        (state, Input::TxConfirmed { txid, .. })
+            if loan
+                .confirmed_tx
+                .is_some_and(|(k, t)| t == *txid && k.done_state() == state) =>
+        {
+            return unchanged();
         }
         (state, Input::TxReorgedOut { kind, txid }) if state == kind.done_state() => {
-            check_recorded(loan, *kind, *txid)?;
+            if loan.confirmed_tx != Some((*kind, *txid)) {
+                return Err(TransitionError::UnknownTx {
+                    id: loan.id.clone(),
+                    kind: *kind,
+                    txid: *txid,
+                });
+            }
             next.state = kind.pending_state();
+            next.confirmed_tx = None;
             events.push(Event::TxReorgedOut {
                 kind: *kind,
                 txid: *txid,
             });
         }
-        (_, Input::SpentByUnknownTx { txid, path })
-            if loan.is_funded() && loan.state != S::ClosedOnChain =>
+        (state, Input::TxReorgedOut { kind, txid })
+            if state == kind.pending_state() && loan.is_ours(*txid) =>
+        {
+            return unchanged();
+        }
+        (S::ClosedOnChain, Input::SpentByUnknownTx { txid, .. })
+            if loan.spent_by == Some(*txid) =>
+        {
+            return unchanged();
+        }
+        (state, Input::SpentByUnknownTx { txid, path })
+            if loan.ever_funded() && state != S::ClosedOnChain =>
         {
             next.state = S::ClosedOnChain;
             next.spent_by = Some(*txid);
+            next.closed_from = Some(state);
             events.push(Event::ClosedOnChain {
                 txid: *txid,
                 path: path.clone(),
             });
         }
+        (S::ClosedOnChain, Input::UnknownSpendReorgedOut { txid })
+            if loan.spent_by == Some(*txid) =>
+        {
+            let back = loan.closed_from.unwrap_or(S::AwaitingCollateral);
+            next.state = back;
+            next.spent_by = None;
+            next.closed_from = None;
+            events.push(Event::ClosedOnChainReorgedOut {
+                txid: *txid,
+                state: back,
+            });
+        }
+        (_, Input::UnknownSpendReorgedOut { txid }) if loan.spent_by != Some(*txid) => {
+            return unchanged();
+        }
         (S::AwaitingCollateral, Input::DeadlinePassed { now }) => {
+            if loan.activated_at.is_some() {
+                // Once activated, never expired: the funding may come back, and the
+                // escrow's own paths settle it either way.
+                return unchanged();
+            }
             if *now < t.funding_deadline {
                 return Err(TransitionError::DeadlineNotPassed {
                     id: loan.id.clone(),
@@ -496,12 +778,15 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             next.state = S::Expired;
             events.push(Event::Expired);
         }
+        (S::Expired, Input::DeadlinePassed { .. }) => return unchanged(),
         _ => return Err(illegal()),
     }
-    if next != *loan {
-        next.version = loan.version + 1;
-        next.event_count = loan.event_count + events.len() as u64;
+    if next == *loan {
+        debug_assert!(events.is_empty(), "events without a change: {events:?}");
+        return unchanged();
     }
+    next.version = loan.version + 1;
+    next.event_count = loan.event_count + events.len() as u64;
     Ok((next, events))
 }
 

@@ -21,6 +21,7 @@ fn active() -> Loan {
             escrow_index: 7,
             descriptor: "wsh(...)".into(),
             required_collateral: Amount::from_int_btc(2),
+            schedule: schedule(),
         },
     )
     .unwrap();
@@ -29,6 +30,7 @@ fn active() -> Loan {
         &Input::CollateralObserved {
             now: NOW,
             confirmed: Amount::from_int_btc(2),
+            escrow_spent: false,
         },
     )
     .unwrap();
@@ -39,12 +41,17 @@ fn active() -> Loan {
     loan
 }
 
+fn schedule() -> EscrowSchedule {
+    terms().escrow_heights(100, NOW).unwrap()
+}
+
 fn tick(loan: &Loan, price: u64) -> (Loan, Vec<Event>) {
     apply(
         loan,
         &Input::PriceTick {
             now: NOW,
-            price: Some(usd(price)),
+            seq: loan.last_price_seq.map_or(1, |s| s + 1),
+            price: Some(PriceEvidence::bare(usd(price))),
         },
     )
     .unwrap()
@@ -60,6 +67,7 @@ fn offer_accept_fund_activate() {
             escrow_index: 3,
             descriptor: "d".into(),
             required_collateral: Amount::ONE_BTC,
+            schedule: schedule(),
         },
     )
     .unwrap();
@@ -72,6 +80,7 @@ fn offer_accept_fund_activate() {
         &Input::CollateralObserved {
             now: NOW,
             confirmed: Amount::from_sat(50_000_000),
+            escrow_spent: false,
         },
     )
     .unwrap();
@@ -82,6 +91,7 @@ fn offer_accept_fund_activate() {
         &Input::CollateralObserved {
             now: NOW + 5,
             confirmed: Amount::ONE_BTC,
+            escrow_spent: false,
         },
     )
     .unwrap();
@@ -99,6 +109,11 @@ fn margin_call_enters_and_leaves_with_hysteresis() {
     let (still, ev) = tick(&mc, 7_160_000);
     assert_eq!(still.state, LoanState::MarginCall);
     assert!(ev.is_empty());
+    assert_eq!(
+        still.version,
+        mc.version + 1,
+        "the tick's sequence is remembered"
+    );
     // 67.5 %: leaves.
     let (back, ev) = tick(&still, 7_410_000);
     assert_eq!(back.state, LoanState::Active);
@@ -110,7 +125,7 @@ fn liquidation_needs_confirm_ticks_unless_hard() {
     let loan = active();
     // LTV 80.6 % at $62,000: a breach (liquidation at 8000 bps, hard at 9000).
     let (one, _) = tick(&loan, 6_200_000);
-    assert_eq!((one.state, one.breach_ticks), (LoanState::Active, 1));
+    assert_eq!((one.state, one.breach_ticks), (LoanState::MarginCall, 1));
     let (two, _) = tick(&one, 6_200_000);
     assert_eq!(two.breach_ticks, 2);
     // A recovery tick resets the count (a wick liquidates nobody).
@@ -142,6 +157,7 @@ fn no_oracle_price_moves_nothing() {
         &loan,
         &Input::PriceTick {
             now: NOW,
+            seq: 1,
             price: None,
         },
     )
@@ -159,7 +175,8 @@ fn a_price_in_another_currency_is_refused() {
             &loan,
             &Input::PriceTick {
                 now: NOW,
-                price: Some(eur)
+                seq: 1,
+                price: Some(PriceEvidence::bare(eur))
             }
         ),
         Err(TransitionError::Calc(..))
@@ -175,6 +192,7 @@ fn repayment_releases_and_overpayment_is_refused() {
         &Input::RepaymentRecorded {
             now: NOW,
             amount: Fiat::new(4_000_000, usd_c),
+            key: "r1".into(),
         },
     )
     .unwrap();
@@ -187,6 +205,7 @@ fn repayment_releases_and_overpayment_is_refused() {
         &Input::RepaymentRecorded {
             now: NOW,
             amount: Fiat::new(6_000_001, usd_c),
+            key: "r2".into(),
         },
     )
     .unwrap_err();
@@ -196,6 +215,7 @@ fn repayment_releases_and_overpayment_is_refused() {
         &Input::RepaymentRecorded {
             now: NOW,
             amount: Fiat::new(6_000_000, usd_c),
+            key: "r3".into(),
         },
     )
     .unwrap();
@@ -208,20 +228,24 @@ fn repayment_releases_and_overpayment_is_refused() {
         },
     )
     .unwrap();
-    let err = apply(
+    // A confirmation of a transaction we never broadcast is someone else's spend.
+    let (other, ev) = apply(
         &b,
         &Input::TxConfirmed {
             kind: TxKind::Release,
             txid: txid(2),
+            height: 200,
         },
     )
-    .unwrap_err();
-    assert!(matches!(err, TransitionError::UnknownTx { .. }));
+    .unwrap();
+    assert_eq!(other.state, LoanState::ClosedOnChain);
+    assert!(matches!(ev.as_slice(), [Event::ClosedOnChain { .. }]));
     let (closed, _) = apply(
         &b,
         &Input::TxConfirmed {
             kind: TxKind::Release,
             txid: txid(1),
+            height: 200,
         },
     )
     .unwrap();
@@ -253,6 +277,7 @@ fn liquidation_confirms_and_reorgs_back() {
         &Input::TxConfirmed {
             kind: TxKind::Liquidation,
             txid: txid(3),
+            height: 200,
         },
     )
     .unwrap();
@@ -270,7 +295,14 @@ fn liquidation_confirms_and_reorgs_back() {
 
 #[test]
 fn maturity_with_money_owed_liquidates() {
-    let (liq, ev) = apply(&active(), &Input::MaturityReached { now: NOW + 100 }).unwrap();
+    let (liq, ev) = apply(
+        &active(),
+        &Input::MaturityReached {
+            now: NOW + 30 * 86_400,
+            tip_height: 0,
+        },
+    )
+    .unwrap();
     assert_eq!(liq.state, LoanState::Liquidating);
     assert!(matches!(
         ev.as_slice(),
@@ -288,6 +320,7 @@ fn funding_reorged_out_goes_back_to_awaiting() {
         &Input::CollateralObserved {
             now: NOW,
             confirmed: Amount::ZERO,
+            escrow_spent: false,
         },
     )
     .unwrap();
@@ -328,6 +361,7 @@ fn deadline_expires_only_unfunded_loans_after_it() {
             escrow_index: 1,
             descriptor: "d".into(),
             required_collateral: Amount::ONE_BTC,
+            schedule: schedule(),
         },
     )
     .unwrap();
@@ -354,6 +388,7 @@ fn every_illegal_input_is_refused_without_change() {
                 escrow_index: 1,
                 descriptor: "d".into(),
                 required_collateral: Amount::ONE_BTC,
+                schedule: schedule(),
             },
         )
         .unwrap();
@@ -371,7 +406,8 @@ fn every_illegal_input_is_refused_without_change() {
             &offered,
             Input::PriceTick {
                 now: NOW,
-                price: Some(usd(1)),
+                seq: 1,
+                price: Some(PriceEvidence::bare(usd(1))),
             },
         ),
         (
@@ -379,6 +415,7 @@ fn every_illegal_input_is_refused_without_change() {
             Input::CollateralObserved {
                 now: NOW,
                 confirmed: Amount::ONE_BTC,
+                escrow_spent: false,
             },
         ),
         (
@@ -386,6 +423,7 @@ fn every_illegal_input_is_refused_without_change() {
             Input::RepaymentRecorded {
                 now: NOW,
                 amount: Fiat::new(1, usd_c),
+                key: "r4".into(),
             },
         ),
         (&offered, Input::DeadlinePassed { now: NOW }),
@@ -396,6 +434,7 @@ fn every_illegal_input_is_refused_without_change() {
                 escrow_index: 1,
                 descriptor: "d".into(),
                 required_collateral: Amount::ONE_BTC,
+                schedule: schedule(),
             },
         ),
         (
@@ -403,6 +442,7 @@ fn every_illegal_input_is_refused_without_change() {
             Input::TxConfirmed {
                 kind: TxKind::Liquidation,
                 txid: txid(1),
+                height: 200,
             },
         ),
         (
@@ -424,13 +464,15 @@ fn every_illegal_input_is_refused_without_change() {
             Input::RepaymentRecorded {
                 now: NOW,
                 amount: Fiat::new(1, usd_c),
+                key: "r5".into(),
             },
         ),
         (
             &liquidating,
             Input::PriceTick {
                 now: NOW,
-                price: Some(usd(1)),
+                seq: 1,
+                price: Some(PriceEvidence::bare(usd(1))),
             },
         ),
         (
@@ -438,16 +480,24 @@ fn every_illegal_input_is_refused_without_change() {
             Input::CollateralObserved {
                 now: NOW,
                 confirmed: Amount::ONE_BTC,
+                escrow_spent: false,
             },
         ),
         (
             &expired,
             Input::PriceTick {
                 now: NOW,
+                seq: 1,
                 price: None,
             },
         ),
-        (&expired, Input::MaturityReached { now: NOW }),
+        (
+            &expired,
+            Input::MaturityReached {
+                now: NOW,
+                tip_height: 0,
+            },
+        ),
     ];
     for (loan, input) in cases {
         let err = apply(loan, &input).unwrap_err();
@@ -456,5 +506,412 @@ fn every_illegal_input_is_refused_without_change() {
             "{input:?} in {:?}: {err}",
             loan.state
         );
+    }
+}
+
+fn repay(loan: &Loan, minor: u64, key: &str) -> Result<(Loan, Vec<Event>), TransitionError> {
+    apply(
+        loan,
+        &Input::RepaymentRecorded {
+            now: NOW,
+            amount: Fiat::new(minor, Currency::new("USD").unwrap()),
+            key: key.into(),
+        },
+    )
+}
+
+fn observe(loan: &Loan, btc: u64, escrow_spent: bool) -> (Loan, Vec<Event>) {
+    apply(
+        loan,
+        &Input::CollateralObserved {
+            now: NOW + 1,
+            confirmed: Amount::from_int_btc(btc),
+            escrow_spent,
+        },
+    )
+    .unwrap()
+}
+
+/// Item 2: a transition that changes nothing emits nothing and bumps nothing.
+#[test]
+fn a_repeated_broadcast_changes_nothing() {
+    let (liq, _) = tick(&active(), 5_000_000);
+    let broadcast = Input::TxBroadcast {
+        kind: TxKind::Liquidation,
+        txid: txid(3),
+    };
+    let (once, ev) = apply(&liq, &broadcast).unwrap();
+    assert_eq!(ev.len(), 1);
+    let (twice, ev) = apply(&once, &broadcast).unwrap();
+    assert_eq!(twice, once);
+    assert!(ev.is_empty(), "{ev:?}");
+    // An RBF replacement is recorded too; a confirmation of either completes.
+    let (both, _) = apply(
+        &once,
+        &Input::TxBroadcast {
+            kind: TxKind::Liquidation,
+            txid: txid(4),
+        },
+    )
+    .unwrap();
+    assert_eq!(both.broadcasts.len(), 2);
+    let (done, _) = apply(
+        &both,
+        &Input::TxConfirmed {
+            kind: TxKind::Liquidation,
+            txid: txid(3),
+            height: 300,
+        },
+    )
+    .unwrap();
+    assert_eq!(done.state, LoanState::Liquidated);
+    assert_eq!(done.confirmed_tx, Some((TxKind::Liquidation, txid(3))));
+}
+
+/// Item 2: zero repayments are refused; a replayed repayment counts once; a key reused
+/// for another amount is refused.
+#[test]
+fn repayments_are_idempotent_by_key() {
+    let loan = active();
+    let err = repay(&loan, 0, "k0").unwrap_err();
+    assert!(
+        matches!(err, TransitionError::ZeroRepayment { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("amount"), "{err}");
+    let (once, _) = repay(&loan, 1_000_000, "k1").unwrap();
+    let (again, ev) = repay(&once, 1_000_000, "k1").unwrap();
+    assert_eq!(again, once);
+    assert!(ev.is_empty());
+    assert_eq!(once.owed(NOW).unwrap().minor, 9_000_000);
+    assert!(matches!(
+        repay(&once, 5, "k1"),
+        Err(TransitionError::RepaymentKeyReused {
+            first: 1_000_000,
+            now: 5,
+            ..
+        })
+    ));
+    // The final repayment replayed after the loan moved on is still a no-op.
+    let (releasing, _) = repay(&once, 9_000_000, "k2").unwrap();
+    assert_eq!(releasing.state, LoanState::Releasing);
+    let (same, ev) = repay(&releasing, 9_000_000, "k2").unwrap();
+    assert_eq!((same, ev.len()), (releasing, 0));
+}
+
+/// Item 2: a replayed price tick does not count twice toward confirm_ticks; an older
+/// tick arriving late moves nothing.
+#[test]
+fn a_replayed_price_tick_counts_once() {
+    let loan = active();
+    let at = |seq, m| Input::PriceTick {
+        now: NOW,
+        seq,
+        price: Some(PriceEvidence::bare(usd(m))),
+    };
+    let (one, _) = apply(&loan, &at(10, 6_200_000)).unwrap();
+    assert_eq!(one.breach_ticks, 1);
+    let (replayed, ev) = apply(&one, &at(10, 6_200_000)).unwrap();
+    assert_eq!((replayed.breach_ticks, ev.len()), (1, 0));
+    let (older, ev) = apply(&one, &at(9, 9_000_000)).unwrap();
+    assert_eq!((older, ev.len()), (one.clone(), 0));
+    let (two, _) = apply(&one, &at(11, 6_200_000)).unwrap();
+    assert_eq!(two.breach_ticks, 2);
+}
+
+/// Item 3: a spend of the escrow is not a reorg of the funding, and a loan that was
+/// ever active never expires.
+#[test]
+fn a_funded_loan_never_expires() {
+    let loan = active();
+    let deadline = terms().get().funding_deadline;
+    // The escrow is spent (by anyone): the collateral snapshot moves nothing.
+    let (spent, ev) = observe(&loan, 0, true);
+    assert_eq!((spent.state, ev.len()), (LoanState::Active, 0));
+    // A routine reorg takes the funding out: back to awaiting, but never expired.
+    let (back, ev) = observe(&loan, 0, false);
+    assert_eq!(back.state, LoanState::AwaitingCollateral);
+    assert!(ev.contains(&Event::FundingReorgedOut));
+    let (still, ev) = apply(&back, &Input::DeadlinePassed { now: deadline + 1 }).unwrap();
+    assert_eq!((still.state, ev.len()), (LoanState::AwaitingCollateral, 0));
+    // The funding comes back: active again, interest still from the first activation.
+    let (again, ev) = observe(&still, 2, false);
+    assert_eq!(again.state, LoanState::Active);
+    assert!(
+        matches!(ev.last(), Some(Event::Reactivated { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(again.activated_at, loan.activated_at);
+    assert_eq!(again.accrual, loan.accrual);
+    // Spent by someone else while waiting for the funding to come back: closed on
+    // chain, and back again if that spend leaves the chain.
+    let (closed, _) = apply(
+        &back,
+        &Input::SpentByUnknownTx {
+            txid: txid(8),
+            path: "recovery".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(closed.state, LoanState::ClosedOnChain);
+    let (reopened, ev) = apply(&closed, &Input::UnknownSpendReorgedOut { txid: txid(8) }).unwrap();
+    assert_eq!(reopened.state, LoanState::AwaitingCollateral);
+    assert!(matches!(
+        ev.as_slice(),
+        [Event::ClosedOnChainReorgedOut {
+            state: LoanState::AwaitingCollateral,
+            ..
+        }]
+    ));
+}
+
+/// Item 4: a price gapping from safe straight into the liquidation band raises the
+/// margin call in the same transition, before the breach tick.
+#[test]
+fn a_gap_into_the_liquidation_band_still_raises_the_margin_call() {
+    let loan = active();
+    let (one, ev) = tick(&loan, 6_200_000);
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [
+                Event::MarginCall { .. },
+                Event::BreachTick { consecutive: 1, .. }
+            ]
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(one.state, LoanState::MarginCall);
+    // Even a hard breach, liquidated at once, warns first.
+    let (hard, ev) = tick(&loan, 5_000_000);
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [
+                Event::MarginCall { .. },
+                Event::BreachTick { .. },
+                Event::LiquidationDecided { .. }
+            ]
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(hard.state, LoanState::Liquidating);
+}
+
+/// Item 5: with nothing recorded, a confirmation is not accepted as ours.
+#[test]
+fn an_unrecorded_confirmation_is_closed_on_chain() {
+    let (liq, _) = tick(&active(), 5_000_000);
+    let (c, ev) = apply(
+        &liq,
+        &Input::TxConfirmed {
+            kind: TxKind::Liquidation,
+            txid: txid(5),
+            height: 300,
+        },
+    )
+    .unwrap();
+    assert_eq!(c.state, LoanState::ClosedOnChain);
+    assert_eq!(
+        (c.spent_by, c.closed_from),
+        (Some(txid(5)), Some(LoanState::Liquidating))
+    );
+    assert!(matches!(ev.as_slice(), [Event::ClosedOnChain { .. }]));
+}
+
+/// Item 6: maturity by time or by height, whichever first; never before both.
+#[test]
+fn maturity_comes_by_the_clock_or_the_height() {
+    let loan = active();
+    let s = loan.schedule.unwrap();
+    let term = terms().get().term_secs;
+    let start = loan.activated_at.unwrap();
+    let input = |now, tip_height| Input::MaturityReached { now, tip_height };
+    assert!(matches!(
+        apply(&loan, &input(start + term - 1, s.maturity_height - 1)),
+        Err(TransitionError::NotMatured { .. })
+    ));
+    for i in [input(start + term, 0), input(start, s.maturity_height)] {
+        let (m, _) = apply(&loan, &i).unwrap();
+        assert_eq!(m.state, LoanState::Liquidating, "{i:?}");
+    }
+    // The lender's solo path opens `grace` blocks after the latest maturity height.
+    assert_eq!(
+        s.default_height - s.maturity_height,
+        terms().get().grace_blocks
+    );
+}
+
+/// Item 8: the margin call and the liquidation decision carry the oracle evidence.
+#[test]
+fn decisions_store_the_oracle_evidence() {
+    let evidence = PriceEvidence {
+        price: usd(5_000_000),
+        quotes: vec![
+            QuoteEvidence {
+                source: "kraken".into(),
+                minor_per_btc: 5_000_000,
+                at: NOW,
+                dropped: None,
+            },
+            QuoteEvidence {
+                source: "bitstamp".into(),
+                minor_per_btc: 3_000_000,
+                at: NOW,
+                dropped: Some("outlier".into()),
+            },
+        ],
+    };
+    let (_, ev) = apply(
+        &active(),
+        &Input::PriceTick {
+            now: NOW,
+            seq: 42,
+            price: Some(evidence.clone()),
+        },
+    )
+    .unwrap();
+    let mut seen = 0;
+    for e in &ev {
+        match e {
+            Event::MarginCall {
+                oracle_seq,
+                evidence: e,
+                ..
+            } => {
+                assert_eq!((*oracle_seq, e), (42, &evidence));
+                seen += 1;
+            }
+            Event::LiquidationDecided {
+                oracle_seq,
+                evidence: e,
+                ..
+            } => {
+                assert_eq!((*oracle_seq, e.as_ref()), (Some(42), Some(&evidence)));
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, 2, "{ev:?}");
+}
+
+mod replays {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn input_strategy() -> impl Strategy<Value = Input> {
+        let usd_c = Currency::new("USD").unwrap();
+        prop_oneof![
+            (0u64..4).prop_map(|btc| Input::CollateralObserved {
+                now: NOW + 10,
+                confirmed: Amount::from_int_btc(btc),
+                escrow_spent: false,
+            }),
+            Just(Input::CollateralObserved {
+                now: NOW + 10,
+                confirmed: Amount::ZERO,
+                escrow_spent: true,
+            }),
+            (
+                0u64..30,
+                prop_oneof![Just(None), (4_000_000u64..9_000_000).prop_map(Some)]
+            )
+                .prop_map(|(seq, p)| Input::PriceTick {
+                    now: NOW + 20,
+                    seq,
+                    price: p.map(|m| PriceEvidence::bare(usd(m))),
+                }),
+            (0u64..4, 1u64..6_000_000).prop_map(move |(k, m)| Input::RepaymentRecorded {
+                now: NOW + 30,
+                amount: Fiat::new(m, usd_c),
+                key: format!("k{k}"),
+            }),
+            (0u8..3).prop_map(|n| Input::TxBroadcast {
+                kind: TxKind::Liquidation,
+                txid: txid(n),
+            }),
+            (0u8..3).prop_map(|n| Input::TxBroadcast {
+                kind: TxKind::Release,
+                txid: txid(n),
+            }),
+            (0u8..4).prop_map(|n| Input::TxConfirmed {
+                kind: if n % 2 == 0 {
+                    TxKind::Liquidation
+                } else {
+                    TxKind::Release
+                },
+                txid: txid(n),
+                height: 300,
+            }),
+            (0u8..4).prop_map(|n| Input::TxReorgedOut {
+                kind: if n % 2 == 0 {
+                    TxKind::Liquidation
+                } else {
+                    TxKind::Release
+                },
+                txid: txid(n),
+            }),
+            (5u8..7).prop_map(|n| Input::SpentByUnknownTx {
+                txid: txid(n),
+                path: "recovery".into(),
+            }),
+            (5u8..7).prop_map(|n| Input::UnknownSpendReorgedOut { txid: txid(n) }),
+            Just(Input::DeadlinePassed {
+                now: NOW + 10_000_000
+            }),
+            Just(Input::MaturityReached {
+                now: NOW + 100_000_000,
+                tip_height: 0,
+            }),
+        ]
+    }
+
+    /// Inputs whose identity makes any later replay a no-op (not only an immediate one).
+    fn replayable_any_time(input: &Input) -> bool {
+        matches!(
+            input,
+            Input::PriceTick { .. } | Input::RepaymentRecorded { .. } | Input::Accepted { .. }
+        )
+    }
+
+    proptest! {
+        /// Random input sequences with random replays: a replay never changes the loan
+        /// nor emits an event; every real change bumps the version by one and the event
+        /// count by exactly the events emitted; no change comes with events.
+        #[test]
+        fn replays_change_nothing(
+            inputs in proptest::collection::vec(input_strategy(), 1..40),
+            replays in proptest::collection::vec((any::<bool>(), any::<proptest::sample::Index>()), 40),
+        ) {
+            let mut loan = active();
+            let mut applied: Vec<Input> = Vec::new();
+            for (input, (immediate, pick)) in inputs.iter().zip(&replays) {
+                if let Ok((next, events)) = apply(&loan, input) {
+                    if next == loan {
+                        prop_assert!(events.is_empty(), "{:?}", events);
+                    } else {
+                        prop_assert_eq!(next.version, loan.version + 1);
+                        prop_assert_eq!(next.event_count, loan.event_count + events.len() as u64);
+                    }
+                    loan = next;
+                    applied.push(input.clone());
+                    // Replay it at once (every input), or an earlier identified one.
+                    let replay = if *immediate {
+                        Some(input.clone())
+                    } else {
+                        let candidates: Vec<&Input> =
+                            applied.iter().filter(|i| replayable_any_time(i)).collect();
+                        (!candidates.is_empty()).then(|| pick.get(&candidates).to_owned().clone())
+                    };
+                    if let Some(replay) = replay {
+                        if let Ok((again, events)) = apply(&loan, &replay) {
+                            prop_assert_eq!(&again, &loan, "replay of {:?} changed the loan", replay);
+                            prop_assert!(events.is_empty(), "replay of {:?}: {:?}", replay, events);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -73,12 +73,49 @@ pub struct TermsInput {
     pub min_confirmations: u32,
 }
 
-/// Validated terms (construct with [`LoanTerms::new`]).
+/// Validated terms (construct with [`LoanTerms::new`]). A stored record is validated
+/// again when read (`serde(try_from)`): no `LoanTerms` exists that `new` would refuse,
+/// apart from a funding deadline that has since passed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TermsRecord")]
 pub struct LoanTerms {
     input: TermsInput,
     network: Network,
 }
+
+/// The stored shape of [`LoanTerms`], before validation.
+#[derive(Deserialize)]
+struct TermsRecord {
+    input: TermsInput,
+    network: Network,
+}
+
+impl TryFrom<TermsRecord> for LoanTerms {
+    type Error = TermsError;
+    fn try_from(r: TermsRecord) -> Result<Self, TermsError> {
+        check(&r.input, r.network)?;
+        Ok(Self {
+            input: r.input,
+            network: r.network,
+        })
+    }
+}
+
+/// The escrow's heights, fixed when the borrower accepts (see
+/// [`LoanTerms::escrow_heights`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscrowSchedule {
+    /// The latest height at which the loan can mature: it matures at activation +
+    /// term or when the chain reaches this height, whichever comes first.
+    pub maturity_height: u32,
+    /// `maturity_height + grace_blocks`: the lender's solo (default) path opens here.
+    pub default_height: u32,
+    /// `default_height + recovery_delay_blocks`: the borrower's recovery path.
+    pub recovery_height: u32,
+}
+
+/// Blocks assumed per second of wall time when turning durations into heights.
+pub const SECS_PER_BLOCK: u64 = 600;
 
 fn address(text: &str, network: Network) -> Result<Address, String> {
     Address::<NetworkUnchecked>::from_str(text)
@@ -87,55 +124,61 @@ fn address(text: &str, network: Network) -> Result<Address, String> {
         .map_err(|_| format!("{text} is not a {network} address"))
 }
 
+/// Every check of [`LoanTerms::new`] except the funding deadline's (which depends on
+/// when the terms are made, not on the terms).
+fn check(t: &TermsInput, network: Network) -> Result<(), TermsError> {
+    if t.principal.minor == 0 || t.principal.minor > MAX_PRINCIPAL_MINOR {
+        return Err(TermsError::Principal);
+    }
+    if t.apr > MAX_APR {
+        return Err(TermsError::Apr);
+    }
+    if t.term_secs == 0 || t.term_secs > MAX_TERM_SECS {
+        return Err(TermsError::Term);
+    }
+    if t.initial_ltv.0 == 0 || t.initial_ltv >= t.margin_call_ltv {
+        return Err(TermsError::InitialLtv);
+    }
+    if t.margin_call_ltv >= t.liquidation_ltv {
+        return Err(TermsError::MarginCallLtv);
+    }
+    if t.liquidation_ltv.0 >= 10_000 {
+        return Err(TermsError::LiquidationLtv);
+    }
+    if let Some(hard) = t.hard_liquidation_ltv {
+        if hard < t.liquidation_ltv || hard.0 >= 10_000 {
+            return Err(TermsError::HardLiquidationLtv);
+        }
+    }
+    if t.liquidation_penalty.0 > 5_000 {
+        return Err(TermsError::LiquidationPenalty);
+    }
+    if t.hysteresis.0 >= t.margin_call_ltv.0 - t.initial_ltv.0 {
+        return Err(TermsError::Hysteresis);
+    }
+    if t.confirm_ticks == 0 {
+        return Err(TermsError::ConfirmTicks);
+    }
+    if t.grace_blocks == 0 {
+        return Err(TermsError::GraceBlocks);
+    }
+    if t.recovery_delay_blocks == 0 {
+        return Err(TermsError::RecoveryDelayBlocks);
+    }
+    address(&t.borrower_return_address, network).map_err(TermsError::BorrowerReturnAddress)?;
+    address(&t.lender_payout_address, network).map_err(TermsError::LenderPayoutAddress)?;
+    if t.min_confirmations == 0 || t.min_confirmations > 100 {
+        return Err(TermsError::MinConfirmations);
+    }
+    Ok(())
+}
+
 impl LoanTerms {
     /// Check every field; `now` (unix seconds) dates the funding deadline check.
     pub fn new(input: TermsInput, network: Network, now: u64) -> Result<Self, TermsError> {
-        let t = &input;
-        if t.principal.minor == 0 || t.principal.minor > MAX_PRINCIPAL_MINOR {
-            return Err(TermsError::Principal);
-        }
-        if t.apr > MAX_APR {
-            return Err(TermsError::Apr);
-        }
-        if t.term_secs == 0 || t.term_secs > MAX_TERM_SECS {
-            return Err(TermsError::Term);
-        }
-        if t.initial_ltv.0 == 0 || t.initial_ltv >= t.margin_call_ltv {
-            return Err(TermsError::InitialLtv);
-        }
-        if t.margin_call_ltv >= t.liquidation_ltv {
-            return Err(TermsError::MarginCallLtv);
-        }
-        if t.liquidation_ltv.0 >= 10_000 {
-            return Err(TermsError::LiquidationLtv);
-        }
-        if let Some(hard) = t.hard_liquidation_ltv {
-            if hard < t.liquidation_ltv || hard.0 >= 10_000 {
-                return Err(TermsError::HardLiquidationLtv);
-            }
-        }
-        if t.liquidation_penalty.0 > 5_000 {
-            return Err(TermsError::LiquidationPenalty);
-        }
-        if t.hysteresis.0 >= t.margin_call_ltv.0 - t.initial_ltv.0 {
-            return Err(TermsError::Hysteresis);
-        }
-        if t.confirm_ticks == 0 {
-            return Err(TermsError::ConfirmTicks);
-        }
-        if t.grace_blocks == 0 {
-            return Err(TermsError::GraceBlocks);
-        }
-        if t.recovery_delay_blocks == 0 {
-            return Err(TermsError::RecoveryDelayBlocks);
-        }
-        if t.funding_deadline <= now {
+        check(&input, network)?;
+        if input.funding_deadline <= now {
             return Err(TermsError::FundingDeadline);
-        }
-        address(&t.borrower_return_address, network).map_err(TermsError::BorrowerReturnAddress)?;
-        address(&t.lender_payout_address, network).map_err(TermsError::LenderPayoutAddress)?;
-        if t.min_confirmations == 0 || t.min_confirmations > 100 {
-            return Err(TermsError::MinConfirmations);
         }
         Ok(Self { input, network })
     }
@@ -157,16 +200,27 @@ impl LoanTerms {
         address(&self.input.lender_payout_address, self.network).expect("checked in LoanTerms::new")
     }
 
-    /// The escrow's absolute heights, fixed when the borrower accepts at `tip`:
-    /// maturity is the term in 10-minute blocks (rounded up), plus the grace blocks;
-    /// recovery follows after the recovery delay.
-    pub fn escrow_heights(&self, tip: u32) -> Option<(u32, u32)> {
-        let term_blocks = u32::try_from(self.input.term_secs.div_ceil(600)).ok()?;
-        let default_height = tip
-            .checked_add(term_blocks)?
-            .checked_add(self.input.grace_blocks)?;
+    /// The escrow's absolute heights, fixed when the borrower accepts at `tip` and
+    /// `now`. Interest and maturity run from activation, which can come as late as the
+    /// funding deadline, so the heights are taken from the **latest possible
+    /// maturity**: `maturity_height = tip + ceil((funding_deadline − now) / 600) +
+    /// ceil(term / 600)`. The loan matures at activation + term *or* when the chain
+    /// reaches `maturity_height`, whichever comes first (see `Loan::matured`), so
+    /// however fast or slow blocks come, the lender's solo path (`default_height =
+    /// maturity_height + grace_blocks`) never opens before maturity plus grace.
+    pub fn escrow_heights(&self, tip: u32, now: u64) -> Option<EscrowSchedule> {
+        let blocks = |secs: u64| u32::try_from(secs.div_ceil(SECS_PER_BLOCK)).ok();
+        let deadline_blocks = blocks(self.input.funding_deadline.saturating_sub(now))?;
+        let maturity_height = tip
+            .checked_add(deadline_blocks)?
+            .checked_add(blocks(self.input.term_secs)?)?;
+        let default_height = maturity_height.checked_add(self.input.grace_blocks)?;
         let recovery_height = default_height.checked_add(self.input.recovery_delay_blocks)?;
-        (recovery_height < 500_000_000).then_some((default_height, recovery_height))
+        (recovery_height < 500_000_000).then_some(EscrowSchedule {
+            maturity_height,
+            default_height,
+            recovery_height,
+        })
     }
 }
 
@@ -204,12 +258,36 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn good_terms_pass_and_heights_follow() {
+    fn good_terms_pass_and_heights_follow_the_latest_maturity() {
         let t = terms();
+        // Accepted at NOW: the deadline is a day (144 blocks) away, the term 30 days.
+        let s = t.escrow_heights(100, NOW).unwrap();
+        assert_eq!(s.maturity_height, 100 + 144 + 4_320);
+        assert_eq!(s.default_height, s.maturity_height + 144);
+        assert_eq!(s.recovery_height, s.default_height + 1_000);
+        // One second less to the deadline rounds the same; accepted later, fewer blocks.
+        assert_eq!(t.escrow_heights(100, NOW + 1).unwrap(), s);
         assert_eq!(
-            t.escrow_heights(100),
-            Some((100 + 4_320 + 144, 100 + 4_320 + 144 + 1_000))
+            t.escrow_heights(100, NOW + 600).unwrap().maturity_height,
+            s.maturity_height - 1
         );
+    }
+
+    #[test]
+    fn stored_terms_are_validated_when_read() {
+        let good = serde_json::to_string(&terms()).unwrap();
+        let back: LoanTerms = serde_json::from_str(&good).unwrap();
+        assert_eq!(back, terms());
+        // A record edited around LoanTerms::new: initial above margin call.
+        let bad = good.replace("\"initial_ltv\":5000", "\"initial_ltv\":7500");
+        assert_ne!(bad, good);
+        let err = serde_json::from_str::<LoanTerms>(&bad).unwrap_err();
+        assert!(err.to_string().contains("initial_ltv"), "{err}");
+        // A passed funding deadline is not an error on read.
+        let mut old = input();
+        old.funding_deadline = 1;
+        let record = serde_json::json!({"input": old, "network": "regtest"});
+        assert!(serde_json::from_value::<LoanTerms>(record).is_ok());
     }
 
     #[test]

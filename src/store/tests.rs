@@ -12,6 +12,7 @@ fn accepted() -> (Loan, Vec<Event>) {
             escrow_index: 0,
             descriptor: "wsh(x)".into(),
             required_collateral: Amount::ONE_BTC,
+            schedule: terms().escrow_heights(100, NOW).expect("heights fit"),
         },
     )
     .unwrap()
@@ -143,4 +144,111 @@ fn a_value_from_a_newer_version_is_refused_not_misread() {
         matches!(err, StoreError::FutureValue { found: 2, .. }),
         "{err}"
     );
+}
+
+#[test]
+fn a_write_that_does_not_append_exactly_its_events_is_refused() {
+    // The old store overwrote the last event when a transition returned events without
+    // bumping event_count; now the count and the version are checked in the transaction.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .insert_loan(&Loan::offered("loan-1", terms()), &[], Durability::Buffered)
+        .unwrap();
+    let (next, events) = accepted();
+    store
+        .apply(0, &next, &events, Durability::Buffered)
+        .unwrap();
+    let extra = [Event::Expired];
+    // Same event_count with one more event: would overwrite event 0.
+    let mut same_count = next.clone();
+    same_count.version += 1;
+    let err = store
+        .apply(1, &same_count, &extra, Durability::Buffered)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::EventCountMismatch {
+                stored: 1,
+                appended: 1,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Version not bumped.
+    let mut not_bumped = next.clone();
+    not_bumped.event_count += 1;
+    let err = store
+        .apply(1, &not_bumped, &extra, Durability::Buffered)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::VersionNotBumped {
+                stored: 1,
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A new loan's event_count must equal its events.
+    let mut odd = Loan::offered("loan-2", terms());
+    odd.event_count = 3;
+    assert!(matches!(
+        store.insert_loan(&odd, &[], Durability::Buffered),
+        Err(StoreError::EventCountMismatch { .. })
+    ));
+    let stored = store.events("loan-1").unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].event, events[0], "the first event is untouched");
+    assert_eq!(store.loan("loan-1").unwrap(), Some(next));
+}
+
+#[test]
+fn a_corrupt_counter_is_an_error_not_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.allocate_escrow_index().unwrap(), 0);
+    store
+        .meta
+        .insert(META_NEXT_INDEX, &[1u8, 2, 3][..])
+        .unwrap();
+    let err = store.allocate_escrow_index().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { key, .. } if key == "next_escrow_index"),
+        "{err}"
+    );
+    store.meta.insert(META_EVENT_SEQ, &[9u8][..]).unwrap();
+    let err = store
+        .insert_loan(&Loan::offered("loan-1", terms()), &[], Durability::Buffered)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { key, .. } if key == "event_seq"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reopening_waits_for_the_lock_and_names_a_holder_that_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Held: a short wait fails and names this process.
+    let err = Store::open_waiting(dir.path(), Duration::from_millis(50)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Locked { holder, .. } if holder.contains(&std::process::id().to_string())),
+        "{err}"
+    );
+    // Released a moment later: open waits for it instead of failing with WouldBlock.
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        store.close().unwrap();
+    });
+    let reopened = Store::open(dir.path()).unwrap();
+    closer.join().unwrap();
+    assert_eq!(reopened.allocate_escrow_index().unwrap(), 0);
 }
