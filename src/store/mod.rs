@@ -5,7 +5,8 @@
 //! signature leaves the process or a transaction is broadcast. This is the only module
 //! that knows sled (its README calls it beta; keep it replaceable).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,28 @@ pub enum StoreError {
     BadId(String),
     #[error("the escrow index space is exhausted")]
     IndexExhausted,
+    #[error(
+        "loan {id}: a transition must bump the version from {stored} to {expected}, not to {found}"
+    )]
+    VersionNotBumped {
+        id: String,
+        stored: u64,
+        expected: u64,
+        found: u64,
+    },
+    #[error("loan {id}: event_count {found} after appending {appended} events to {stored}; the event log is append-only")]
+    EventCountMismatch {
+        id: String,
+        stored: u64,
+        appended: u64,
+        found: u64,
+    },
+    #[error("database {path}: still locked after {waited_ms} ms by {holder}; is another btc-escrow running on it?")]
+    Locked {
+        path: PathBuf,
+        waited_ms: u128,
+        holder: String,
+    },
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -146,10 +169,56 @@ const META_SCHEMA: &[u8] = b"schema";
 const META_EVENT_SEQ: &[u8] = b"event_seq";
 const META_NEXT_INDEX: &[u8] = b"next_escrow_index";
 
-fn read_u64(v: Option<sled::IVec>) -> u64 {
-    v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
+/// A counter in `meta`: absent is 0, anything but 8 bytes is corruption (never read as
+/// 0, which would hand out an escrow index or event number a second time).
+fn read_u64(key: &'static str, v: Option<sled::IVec>) -> Result<u64, StoreError> {
+    match v {
+        None => Ok(0),
+        Some(b) => <[u8; 8]>::try_from(b.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                kind: "meta",
+                key: key.to_owned(),
+                reason: format!("{} bytes where a u64 counter (8 bytes) belongs", b.len()),
+            }),
+    }
+}
+
+/// How long [`Store::open`] waits for sled's file lock. sled releases it only when its
+/// background flusher lets go, some time after the previous `Db` in this process was
+/// dropped; another process holding it is reported once this has passed.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Who holds the flock on `file`, from /proc/locks (Linux); "an unknown process"
+/// elsewhere.
+fn lock_holder(file: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let unknown = || "an unknown process".to_owned();
+    let Ok(meta) = std::fs::metadata(file) else {
+        return unknown();
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return unknown();
+    };
+    let inode = meta.ino().to_string();
+    for line in locks.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 6 && fields[5].rsplit(':').next() == Some(inode.as_str()) {
+            let pid = fields[4];
+            let me = std::process::id().to_string();
+            return if pid == me {
+                format!("this process (pid {pid}: a store opened here and not yet released)")
+            } else {
+                format!("pid {pid}")
+            };
+        }
+    }
+    unknown()
 }
 
 /// The store.
@@ -171,8 +240,31 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open (or create) the database in `dir`, refusing one written by a newer schema.
+    /// Waits up to [`LOCK_WAIT`] for the database's lock (see [`Store::open_waiting`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir).map_err(db_err)?;
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    /// [`Store::open`], waiting up to `wait` for the lock, then failing with
+    /// [`StoreError::Locked`] naming the holder.
+    pub fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if is_lock_error(&e) => {
+                    if started.elapsed() >= wait {
+                        return Err(StoreError::Locked {
+                            path: dir.to_owned(),
+                            waited_ms: started.elapsed().as_millis(),
+                            holder: lock_holder(&dir.join("db")),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(db_err);
         let store = Self {
             loans: tree("loans")?,
@@ -217,6 +309,12 @@ impl Store {
     /// Flush everything written so far.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.finish(Durability::Durable)
+    }
+
+    /// Flush and close. sled lets go of its file lock a little later (when its flusher
+    /// thread ends); [`Store::open`] waits for that.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.flush()
     }
 
     /// Record a new loan with its first events.
@@ -280,10 +378,37 @@ impl Store {
                             found: stored.version,
                         }));
                     }
+                    // Every write is a transition: one version further, and exactly the
+                    // new events appended (nothing overwritten, nothing skipped).
+                    if loan.version != stored.version + 1 {
+                        return Err(abort(StoreError::VersionNotBumped {
+                            id: loan.id.clone(),
+                            stored: stored.version,
+                            expected: stored.version + 1,
+                            found: loan.version,
+                        }));
+                    }
+                    if loan.event_count != stored.event_count + events.len() as u64 {
+                        return Err(abort(StoreError::EventCountMismatch {
+                            id: loan.id.clone(),
+                            stored: stored.event_count,
+                            appended: events.len() as u64,
+                            found: loan.event_count,
+                        }));
+                    }
                 }
-                (None, None) => {}
+                (None, None) => {
+                    if loan.event_count != events.len() as u64 {
+                        return Err(abort(StoreError::EventCountMismatch {
+                            id: loan.id.clone(),
+                            stored: 0,
+                            appended: events.len() as u64,
+                            found: loan.event_count,
+                        }));
+                    }
+                }
             }
-            let mut global = read_u64(meta.get(META_EVENT_SEQ)?);
+            let mut global = read_u64("event_seq", meta.get(META_EVENT_SEQ)?).map_err(abort)?;
             for (i, event) in events.iter().enumerate() {
                 global += 1;
                 let loan_seq = first_seq + i as u64;
@@ -341,7 +466,8 @@ impl Store {
     /// it is never handed out again, crash or not.
     pub fn allocate_escrow_index(&self) -> Result<u32, StoreError> {
         let result = self.meta.transaction(|meta| {
-            let next = read_u64(meta.get(META_NEXT_INDEX)?);
+            let next = read_u64("next_escrow_index", meta.get(META_NEXT_INDEX)?)
+                .map_err(ConflictableTransactionError::Abort)?;
             if next >= 1 << 31 {
                 return Err(ConflictableTransactionError::Abort(
                     StoreError::IndexExhausted,
