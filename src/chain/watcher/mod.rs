@@ -4,16 +4,23 @@
 //! every escrow plus the events since the previous one. The watcher only *produces*
 //! updates; the engine applies them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod connection;
+mod diff;
+mod graph;
+mod state;
 
-use bdk_chain::bitcoin::{Amount, BlockHash, Network, OutPoint, ScriptBuf, Transaction, Txid};
+pub use connection::{Backoff, ConnectionStatus};
+pub use diff::ChainEvent;
+pub use state::{Deposit, EscrowState, Spend, TxStatus};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bdk_chain::bitcoin::{Network, ScriptBuf, Transaction, Txid};
 use bdk_chain::local_chain::LocalChain;
 use bdk_chain::spk_client::SyncRequest;
 use bdk_chain::spk_txout::SpkTxOutIndex;
-use bdk_chain::{
-    BlockId, CanonicalizationParams, ChainPosition, ConfirmationBlockTime, IndexedTxGraph,
-};
+use bdk_chain::BlockId;
 use bdk_electrum::BdkElectrumClient;
 use bitcoin::secp256k1::{Secp256k1, VerifyOnly};
 use electrum_client::{Client, ConfigBuilder, ElectrumApi, ScriptStatus};
@@ -21,7 +28,10 @@ use serde::Serialize;
 
 use super::broadcast::{self, BroadcastError};
 use super::fees::{self, FeeEstimate, FeePolicy};
-use crate::policy::{EscrowDescriptor, ObservedSpend};
+use crate::policy::EscrowDescriptor;
+use connection::unix_now;
+use graph::Graph;
+use state::View;
 
 /// Identifies an escrow: the id of the loan it secures.
 pub type LoanId = String;
@@ -41,195 +51,12 @@ pub enum WatchError {
     CannotConnect(String),
 }
 
-/// Where a transaction stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum TxStatus {
-    Unconfirmed,
-    Confirmed {
-        height: u32,
-        block_hash: BlockHash,
-        confirmations: u32,
-    },
-}
-
-impl TxStatus {
-    pub fn is_confirmed(&self) -> bool {
-        matches!(self, TxStatus::Confirmed { .. })
-    }
-
-    pub fn confirmations(&self) -> u32 {
-        match self {
-            TxStatus::Confirmed { confirmations, .. } => *confirmations,
-            TxStatus::Unconfirmed => 0,
-        }
-    }
-
-    /// Same place in the chain (confirmation counts aside).
-    fn same_place(&self, other: &TxStatus) -> bool {
-        match (self, other) {
-            (TxStatus::Unconfirmed, TxStatus::Unconfirmed) => true,
-            (
-                TxStatus::Confirmed { block_hash: a, .. },
-                TxStatus::Confirmed { block_hash: b, .. },
-            ) => a == b,
-            _ => false,
-        }
-    }
-}
-
-/// A deposit to the escrow (the funding or a top-up).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Deposit {
-    pub outpoint: OutPoint,
-    pub amount: Amount,
-    pub status: TxStatus,
-    /// The canonical transaction spending it, if any.
-    pub spent_by: Option<Txid>,
-}
-
-/// A transaction spending the escrow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Spend {
-    pub txid: Txid,
-    pub status: TxStatus,
-    /// The escrow outputs it spends.
-    pub spends: Vec<OutPoint>,
-    /// Which path it used (witness run through the interpreter); `Err` says why it
-    /// could not be classified.
-    pub path: Result<ObservedSpend, String>,
-}
-
-/// What the chain says about one escrow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EscrowState {
-    pub loan_id: LoanId,
-    pub deposits: Vec<Deposit>,
-    pub spends: Vec<Spend>,
-}
-
-impl EscrowState {
-    /// Unspent deposits with at least `min_conf` confirmations.
-    pub fn confirmed_collateral(&self, min_conf: u32) -> Amount {
-        self.deposits
-            .iter()
-            .filter(|d| d.spent_by.is_none() && d.status.confirmations() >= min_conf.max(1))
-            .map(|d| d.amount)
-            .sum()
-    }
-
-    /// Unspent deposits not yet confirmed.
-    pub fn unconfirmed_collateral(&self) -> Amount {
-        self.deposits
-            .iter()
-            .filter(|d| d.spent_by.is_none() && !d.status.is_confirmed())
-            .map(|d| d.amount)
-            .sum()
-    }
-}
-
-/// A change since the previous sync. Confirmation counts growing by one block are not
-/// events (they are in the snapshot); moving between blocks, leaving or entering the
-/// chain is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum ChainEvent {
-    DepositSeen {
-        loan_id: LoanId,
-        outpoint: OutPoint,
-        amount: Amount,
-        status: TxStatus,
-    },
-    DepositConfirmed {
-        loan_id: LoanId,
-        outpoint: OutPoint,
-        height: u32,
-    },
-    /// Its block left the best chain; it waits in the mempool again.
-    DepositReorgedOut {
-        loan_id: LoanId,
-        outpoint: OutPoint,
-    },
-    /// No longer in the best chain nor the mempool (replaced, double-spent, evicted).
-    DepositGone {
-        loan_id: LoanId,
-        outpoint: OutPoint,
-    },
-    SpendSeen {
-        loan_id: LoanId,
-        txid: Txid,
-        status: TxStatus,
-        path: Result<ObservedSpend, String>,
-    },
-    SpendConfirmed {
-        loan_id: LoanId,
-        txid: Txid,
-        height: u32,
-    },
-    SpendReorgedOut {
-        loan_id: LoanId,
-        txid: Txid,
-    },
-    SpendGone {
-        loan_id: LoanId,
-        txid: Txid,
-    },
-}
-
 /// One sync's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainUpdate {
     pub tip: BlockId,
     pub escrows: Vec<EscrowState>,
     pub events: Vec<ChainEvent>,
-}
-
-/// Connection status, for the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "chain", rename_all = "snake_case")]
-pub enum ConnectionStatus {
-    Connected {
-        tip_height: u32,
-        tip_hash: BlockHash,
-    },
-    Disconnected {
-        since_unix: u64,
-        reason: String,
-    },
-}
-
-/// Reconnection backoff: doubling from `min` to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    next: Duration,
-    not_before: Option<Instant>,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max,
-            next: min,
-            not_before: None,
-        }
-    }
-
-    fn failed(&mut self) {
-        self.not_before = Some(Instant::now() + self.next);
-        self.next = (self.next * 2).min(self.max);
-    }
-
-    fn succeeded(&mut self) {
-        self.next = self.min;
-        self.not_before = None;
-    }
-
-    fn ready(&self) -> bool {
-        self.not_before.is_none_or(|t| Instant::now() >= t)
-    }
 }
 
 pub struct WatcherConfig {
@@ -257,8 +84,6 @@ impl WatcherConfig {
     }
 }
 
-type Graph = IndexedTxGraph<ConfirmationBlockTime, SpkTxOutIndex<LoanId>>;
-
 pub struct Watcher {
     config: WatcherConfig,
     client: Option<BdkElectrumClient<Client>>,
@@ -275,13 +100,6 @@ pub struct Watcher {
     /// Escrows whose script changed since their last successful sync.
     dirty: BTreeSet<LoanId>,
     last_full_resync: Instant,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Watcher {
@@ -535,11 +353,17 @@ impl Watcher {
         };
 
         let network_time = started.elapsed();
-        let escrows = self.states(tip);
+        let escrows = View {
+            graph: &self.graph,
+            chain: &self.chain,
+            escrows: &self.escrows,
+            secp: &self.secp,
+        }
+        .states(tip);
         tracing::debug!(?network_time, total = ?started.elapsed(), synced, watched = self.escrows.len(), "synced");
         let mut events = Vec::new();
         for state in &escrows {
-            diff(self.last.get(&state.loan_id), state, &mut events);
+            diff::diff(self.last.get(&state.loan_id), state, &mut events);
         }
         self.last = escrows
             .iter()
@@ -550,112 +374,6 @@ impl Watcher {
             escrows,
             events,
         })
-    }
-
-    fn status_of(&self, position: &ChainPosition<ConfirmationBlockTime>, tip: BlockId) -> TxStatus {
-        match position {
-            ChainPosition::Confirmed { anchor, .. } => TxStatus::Confirmed {
-                height: anchor.block_id.height,
-                block_hash: anchor.block_id.hash,
-                confirmations: tip.height.saturating_sub(anchor.block_id.height) + 1,
-            },
-            ChainPosition::Unconfirmed { .. } => TxStatus::Unconfirmed,
-        }
-    }
-
-    /// Every watched escrow's state, from one canonicalization of the graph.
-    fn states(&self, tip: BlockId) -> Vec<EscrowState> {
-        let outpoints: Vec<(LoanId, OutPoint)> = self
-            .graph
-            .index
-            .outpoints()
-            .iter()
-            .filter(|(id, _)| self.escrows.contains_key(id))
-            .cloned()
-            .collect();
-        let mut states: BTreeMap<LoanId, EscrowState> = self
-            .escrows
-            .keys()
-            .map(|id| {
-                (
-                    id.clone(),
-                    EscrowState {
-                        loan_id: id.clone(),
-                        deposits: Vec::new(),
-                        spends: Vec::new(),
-                    },
-                )
-            })
-            .collect();
-        let mut spends: BTreeMap<(LoanId, Txid), Spend> = BTreeMap::new();
-        let txouts = self.graph.graph().filter_chain_txouts(
-            &self.chain,
-            tip,
-            CanonicalizationParams::default(),
-            outpoints,
-        );
-        for (loan_id, full) in txouts {
-            let spent_by = full.spent_by.as_ref().map(|(_, txid)| *txid);
-            if let Some((position, txid)) = &full.spent_by {
-                let status = self.status_of(position, tip);
-                let descriptor = &self.escrows[&loan_id];
-                let entry = spends
-                    .entry((loan_id.clone(), *txid))
-                    .or_insert_with(|| Spend {
-                        txid: *txid,
-                        status,
-                        spends: Vec::new(),
-                        path: self.classify(descriptor, *txid, full.outpoint),
-                    });
-                entry.spends.push(full.outpoint);
-            }
-            if let Some(state) = states.get_mut(&loan_id) {
-                state.deposits.push(Deposit {
-                    outpoint: full.outpoint,
-                    amount: full.txout.value,
-                    status: self.status_of(&full.chain_position, tip),
-                    spent_by,
-                });
-            }
-        }
-        for ((loan_id, _), spend) in spends {
-            if let Some(state) = states.get_mut(&loan_id) {
-                state.spends.push(spend);
-            }
-        }
-        states
-            .into_values()
-            .map(|mut s| {
-                s.deposits.sort_by_key(|d| d.outpoint);
-                s
-            })
-            .collect()
-    }
-
-    fn classify(
-        &self,
-        descriptor: &EscrowDescriptor,
-        txid: Txid,
-        spent: OutPoint,
-    ) -> Result<ObservedSpend, String> {
-        let tx: std::sync::Arc<Transaction> = self
-            .graph
-            .graph()
-            .get_tx(txid)
-            .ok_or_else(|| format!("spending tx {txid} not downloaded"))?;
-        let index = tx
-            .input
-            .iter()
-            .position(|i| i.previous_output == spent)
-            .ok_or_else(|| format!("{txid} does not spend {spent}"))?;
-        let txout = self
-            .graph
-            .graph()
-            .get_txout(spent)
-            .ok_or_else(|| format!("output {spent} unknown"))?;
-        descriptor
-            .classify_spend(&self.secp, &tx, index, txout)
-            .map_err(|e| e.to_string())
     }
 
     /// Broadcast through the current connection (see [`broadcast::broadcast`]).
@@ -680,155 +398,5 @@ impl Watcher {
             Ok(client) => fees::estimate(&client.inner, target, &policy),
             Err(e) => policy.apply(Err(e.to_string())),
         }
-    }
-}
-
-/// How one transaction's place changed between two snapshots.
-enum Change {
-    Seen,
-    Confirmed(u32),
-    ReorgedOut,
-    Gone,
-}
-
-fn changes(old: Option<&TxStatus>, new: Option<&TxStatus>) -> Vec<Change> {
-    let confirmed = |s: &TxStatus| match s {
-        TxStatus::Confirmed { height, .. } => Some(Change::Confirmed(*height)),
-        TxStatus::Unconfirmed => None,
-    };
-    match (old, new) {
-        (None, Some(n)) => std::iter::once(Change::Seen).chain(confirmed(n)).collect(),
-        (Some(_), None) => vec![Change::Gone],
-        (Some(o), Some(n)) if !o.same_place(n) => {
-            // Leaving a block is a reorg, whether or not another block has it now.
-            let left = o.is_confirmed().then_some(Change::ReorgedOut);
-            left.into_iter().chain(confirmed(n)).collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// Events turning `before` into `after` (one escrow).
-fn diff(before: Option<&EscrowState>, after: &EscrowState, events: &mut Vec<ChainEvent>) {
-    let loan_id = || after.loan_id.clone();
-    let deposits = |s: Option<&EscrowState>| -> BTreeMap<OutPoint, Deposit> {
-        s.map(|s| s.deposits.iter().map(|d| (d.outpoint, d.clone())).collect())
-            .unwrap_or_default()
-    };
-    let (old, new) = (deposits(before), deposits(Some(after)));
-    for outpoint in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
-        let (o, n) = (old.get(outpoint), new.get(outpoint));
-        for change in changes(o.map(|d| &d.status), n.map(|d| &d.status)) {
-            let outpoint = *outpoint;
-            events.push(match change {
-                Change::Seen => {
-                    let d = n.expect("seen means present now");
-                    ChainEvent::DepositSeen {
-                        loan_id: loan_id(),
-                        outpoint,
-                        amount: d.amount,
-                        status: d.status,
-                    }
-                }
-                Change::Confirmed(height) => ChainEvent::DepositConfirmed {
-                    loan_id: loan_id(),
-                    outpoint,
-                    height,
-                },
-                Change::ReorgedOut => ChainEvent::DepositReorgedOut {
-                    loan_id: loan_id(),
-                    outpoint,
-                },
-                Change::Gone => ChainEvent::DepositGone {
-                    loan_id: loan_id(),
-                    outpoint,
-                },
-            });
-        }
-    }
-    let spends = |s: Option<&EscrowState>| -> BTreeMap<Txid, Spend> {
-        s.map(|s| s.spends.iter().map(|x| (x.txid, x.clone())).collect())
-            .unwrap_or_default()
-    };
-    let (old, new) = (spends(before), spends(Some(after)));
-    for txid in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
-        let (o, n) = (old.get(txid), new.get(txid));
-        for change in changes(o.map(|x| &x.status), n.map(|x| &x.status)) {
-            let txid = *txid;
-            events.push(match change {
-                Change::Seen => {
-                    let x = n.expect("seen means present now");
-                    ChainEvent::SpendSeen {
-                        loan_id: loan_id(),
-                        txid,
-                        status: x.status,
-                        path: x.path.clone(),
-                    }
-                }
-                Change::Confirmed(height) => ChainEvent::SpendConfirmed {
-                    loan_id: loan_id(),
-                    txid,
-                    height,
-                },
-                Change::ReorgedOut => ChainEvent::SpendReorgedOut {
-                    loan_id: loan_id(),
-                    txid,
-                },
-                Change::Gone => ChainEvent::SpendGone {
-                    loan_id: loan_id(),
-                    txid,
-                },
-            });
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bitcoin::hashes::Hash;
-
-    fn confirmed(height: u32, hash: u8) -> TxStatus {
-        TxStatus::Confirmed {
-            height,
-            block_hash: BlockHash::from_byte_array([hash; 32]),
-            confirmations: 1,
-        }
-    }
-
-    fn kinds(c: Vec<Change>) -> Vec<String> {
-        c.into_iter()
-            .map(|c| match c {
-                Change::Seen => "seen".to_owned(),
-                Change::Confirmed(h) => format!("confirmed@{h}"),
-                Change::ReorgedOut => "reorged".to_owned(),
-                Change::Gone => "gone".to_owned(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn status_changes_become_events() {
-        let u = TxStatus::Unconfirmed;
-        assert_eq!(kinds(changes(None, Some(&u))), ["seen"]);
-        assert_eq!(
-            kinds(changes(None, Some(&confirmed(5, 1)))),
-            ["seen", "confirmed@5"]
-        );
-        assert_eq!(
-            kinds(changes(Some(&u), Some(&confirmed(5, 1)))),
-            ["confirmed@5"]
-        );
-        assert_eq!(
-            kinds(changes(Some(&confirmed(5, 1)), Some(&u))),
-            ["reorged"]
-        );
-        // Same height, another block: out of one block, into another.
-        assert_eq!(
-            kinds(changes(Some(&confirmed(5, 1)), Some(&confirmed(5, 2)))),
-            ["reorged", "confirmed@5"]
-        );
-        assert!(changes(Some(&confirmed(5, 1)), Some(&confirmed(5, 1))).is_empty());
-        assert_eq!(kinds(changes(Some(&u), None)), ["gone"]);
     }
 }
