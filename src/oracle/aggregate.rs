@@ -75,7 +75,9 @@ pub fn aggregate(
                 },
                 quote: Some(q),
             }),
-            Ok(q) if q.at + rules.staleness_secs < now => dropped.push(Dropped {
+            // Age and lead are differences taken in the order that cannot wrap: a
+            // quote is either not after `now` (it has an age) or after it (a lead).
+            Ok(q) if q.at <= now && now - q.at > rules.staleness_secs => dropped.push(Dropped {
                 source: result.source,
                 reason: DropReason::Stale {
                     age_secs: now - q.at,
@@ -83,14 +85,16 @@ pub fn aggregate(
                 },
                 quote: Some(q),
             }),
-            Ok(q) if q.at > now + rules.max_future_skew_secs => dropped.push(Dropped {
-                source: result.source,
-                reason: DropReason::FromTheFuture {
-                    ahead_secs: q.at - now,
-                    limit_secs: rules.max_future_skew_secs,
-                },
-                quote: Some(q),
-            }),
+            Ok(q) if q.at > now && q.at - now > rules.max_future_skew_secs => {
+                dropped.push(Dropped {
+                    source: result.source,
+                    reason: DropReason::FromTheFuture {
+                        ahead_secs: q.at - now,
+                        limit_secs: rules.max_future_skew_secs,
+                    },
+                    quote: Some(q),
+                })
+            }
             Ok(q) => fresh.push(q),
         }
     }
@@ -256,6 +260,95 @@ mod tests {
             ("eur", DropReason::WrongCurrency { .. })
         ));
         assert_eq!(err.used.len(), 1, "the 120 s old quote is still fresh");
+    }
+
+    #[test]
+    fn extreme_timestamps_are_dropped_not_wrapped() {
+        let rules = AggregationRules::default();
+        // A quote from the end of time, at an ordinary now: from the future.
+        let err = aggregate(vec![quote("max", 10000, u64::MAX)], "USD", NOW, &rules).unwrap_err();
+        assert!(matches!(
+            err.dropped[0].reason,
+            DropReason::FromTheFuture { ahead_secs, .. } if ahead_secs == u64::MAX - NOW
+        ));
+        // An ordinary quote when the clock reads the end of time: stale, not future.
+        let err = aggregate(vec![quote("old", 10000, NOW)], "USD", u64::MAX, &rules).unwrap_err();
+        assert!(matches!(
+            err.dropped[0].reason,
+            DropReason::Stale { age_secs, .. } if age_secs == u64::MAX - NOW
+        ));
+        // A clock at zero (unreadable) and any later quote: from the future.
+        let err = aggregate(vec![quote("late", 10000, NOW)], "USD", 0, &rules).unwrap_err();
+        assert!(matches!(
+            err.dropped[0].reason,
+            DropReason::FromTheFuture {
+                ahead_secs: NOW,
+                ..
+            }
+        ));
+        // Both at the end of time: fresh (age zero).
+        let p = aggregate(
+            vec![quote("a", 10000, u64::MAX), quote("b", 10000, u64::MAX)],
+            "USD",
+            u64::MAX,
+            &rules,
+        )
+        .unwrap();
+        assert_eq!(p.used.len(), 2);
+        // Limits at u64::MAX accept any age and any skew.
+        let lax = AggregationRules {
+            quorum: 1,
+            staleness_secs: u64::MAX,
+            max_future_skew_secs: u64::MAX,
+            max_deviation_bps: 200,
+        };
+        assert!(aggregate(vec![quote("a", 10000, 0)], "USD", u64::MAX, &lax).is_ok());
+        assert!(aggregate(vec![quote("a", 10000, u64::MAX)], "USD", 0, &lax).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Any timestamps, clock and limits: no panic, and each quote is used exactly
+        /// when its age and its lead are within the limits (checked in u128).
+        #[test]
+        fn arbitrary_times_never_panic(
+            ats in proptest::collection::vec(proptest::num::u64::ANY, 0..6),
+            now in proptest::num::u64::ANY,
+            staleness_secs in proptest::num::u64::ANY,
+            max_future_skew_secs in proptest::num::u64::ANY,
+        ) {
+            let rules = AggregationRules {
+                quorum: 1,
+                staleness_secs,
+                max_future_skew_secs,
+                max_deviation_bps: 10_000,
+            };
+            let results = ats
+                .iter()
+                .enumerate()
+                .map(|(i, at)| quote(&format!("s{i}"), 10000, *at))
+                .collect();
+            let (used, dropped) = match aggregate(results, "USD", now, &rules) {
+                Ok(p) => (p.used, p.dropped),
+                Err(n) => (n.used, n.dropped),
+            };
+            proptest::prop_assert_eq!(used.len() + dropped.len(), ats.len());
+            for q in &used {
+                let (at, now) = (i128::from(q.at), i128::from(now));
+                proptest::prop_assert!(now - at <= i128::from(staleness_secs));
+                proptest::prop_assert!(at - now <= i128::from(max_future_skew_secs));
+            }
+            for d in &dropped {
+                match d.reason {
+                    DropReason::Stale { age_secs, .. } => {
+                        proptest::prop_assert!(age_secs > staleness_secs);
+                    }
+                    DropReason::FromTheFuture { ahead_secs, .. } => {
+                        proptest::prop_assert!(ahead_secs > max_future_skew_secs);
+                    }
+                    ref other => proptest::prop_assert!(false, "{other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Source {
             let (price_minor, at) = manual.get().ok_or(SourceError::ManualUnset)?;
             return Ok(self.quote(price_minor, at));
         }
-        let timeout_ms = self.timeout.as_millis() as u64;
+        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         let work = async {
             let response =
                 client

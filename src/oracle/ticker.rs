@@ -28,11 +28,13 @@ pub async fn poll_once(
     let now = unix_now();
     let fetches = sources.iter().map(|s| async move {
         // Belt and braces: the source bounds its own request; this bounds the rest.
-        let limit = s.timeout + std::time::Duration::from_millis(100);
+        let limit = s
+            .timeout
+            .saturating_add(std::time::Duration::from_millis(100));
         let outcome = match tokio::time::timeout(limit, s.fetch(client, now)).await {
             Ok(r) => r,
             Err(_) => Err(SourceError::Timeout {
-                after_ms: limit.as_millis() as u64,
+                after_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
             }),
         };
         SourceResult {
@@ -172,5 +174,32 @@ impl TickerHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oracle::sources::{ManualPrice, SourceKind};
+
+    /// A source whose timeout is the largest Duration: the margin added to it
+    /// saturates instead of panicking.
+    #[tokio::test]
+    async fn a_huge_source_timeout_does_not_overflow() {
+        let manual = ManualPrice::default();
+        manual.set(6_400_000, unix_now());
+        let source = Source {
+            name: "operator".into(),
+            kind: SourceKind::Manual(manual),
+            url: String::new(),
+            timeout: std::time::Duration::MAX,
+            currency: "USD".into(),
+        };
+        let rules = AggregationRules {
+            quorum: 1,
+            ..AggregationRules::default()
+        };
+        let r = poll_once(&reqwest::Client::new(), &[source], "USD", &rules).await;
+        assert_eq!(r.map(|p| p.price_minor), Ok(6_400_000));
     }
 }
