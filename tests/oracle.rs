@@ -39,6 +39,11 @@ enum Answer {
     Huge,
     Hang,
     ExchangeError,
+    /// A good price, but for another market: Kraken answers for XETHZUSD, Bitstamp
+    /// for BTC/EUR.
+    OtherPair,
+    /// Kraken's result holds two pairs (ours and another).
+    SeveralPairs,
 }
 
 fn price(p: &str) -> Answer {
@@ -58,20 +63,27 @@ enum Format {
 
 type Shared = Arc<Mutex<Answer>>;
 
+/// One pair's entry in Kraken's public Ticker `result`.
+fn kraken_ticker(p: &str) -> serde_json::Value {
+    json!({"a": [p, "1", "1.000"], "b": [p, "1", "1.000"], "c": [p, "0.00100000"],
+        "v": ["10.1", "200.2"], "p": [p, p], "t": [10, 200], "l": [p, p], "h": [p, p], "o": p})
+}
+
+/// Bitstamp's v2 ticker for one pair.
+fn bitstamp_ticker(p: &str, ts: i64, pair: &str) -> serde_json::Value {
+    json!({"timestamp": ts.to_string(), "open": p, "high": p, "low": p, "last": p,
+        "volume": "123.4", "vwap": p, "bid": p, "ask": p, "side": "0", "open_24": p,
+        "percent_change_24": "0.10", "pair": pair})
+}
+
 async fn answer(format: Format, State(state): State<Shared>) -> Response {
     let a = state.lock().map(|a| a.clone()).unwrap_or(Answer::Status500);
     match a {
         Answer::Price { price: p, offset } => {
             let ts = now() + offset;
             let body = match format {
-                Format::Kraken => json!({"error": [], "result": {"XXBTZUSD": {
-                    "a": [p, "1", "1.000"], "b": [p, "1", "1.000"], "c": [p, "0.00100000"],
-                    "v": ["10.1", "200.2"], "p": [p, p], "t": [10, 200], "l": [p, p], "h": [p, p], "o": p}}}),
-                Format::Bitstamp => {
-                    json!({"timestamp": ts.to_string(), "open": p, "high": p, "low": p,
-                    "last": p, "volume": "123.4", "vwap": p, "bid": p, "ask": p, "side": "0",
-                    "open_24": p, "percent_change_24": "0.10"})
-                }
+                Format::Kraken => json!({"error": [], "result": {"XXBTZUSD": kraken_ticker(&p)}}),
+                Format::Bitstamp => bitstamp_ticker(&p, ts, "BTC/USD"),
                 Format::Coinbase => {
                     json!({"data": {"amount": p, "base": "BTC", "currency": "USD"}})
                 }
@@ -79,6 +91,19 @@ async fn answer(format: Format, State(state): State<Shared>) -> Response {
             };
             axum::Json(body).into_response()
         }
+        Answer::OtherPair => match format {
+            Format::Kraken => {
+                axum::Json(json!({"error": [], "result": {"XETHZUSD": kraken_ticker("3400.10")}}))
+                    .into_response()
+            }
+            Format::Bitstamp => {
+                axum::Json(bitstamp_ticker("59000.00", now(), "BTC/EUR")).into_response()
+            }
+            _ => StatusCode::NOT_FOUND.into_response(),
+        },
+        Answer::SeveralPairs => axum::Json(json!({"error": [], "result": {
+            "XXBTZUSD": kraken_ticker("64000.00"), "XETHZUSD": kraken_ticker("3400.10")}}))
+        .into_response(),
         Answer::Status500 => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
         Answer::Malformed => (StatusCode::OK, "{\"result\": {\"XXBTZUSD\": ").into_response(),
         Answer::Empty => (StatusCode::OK, "").into_response(),
@@ -324,6 +349,55 @@ async fn exchange_error_shapes_are_understood() -> anyhow::Result<()> {
         }
     }
     ensure!(r.is_err());
+    Ok(())
+}
+
+/// Scenario: Kraken answers for ETH/USD, then with two pairs at once, and Bitstamp for
+/// BTC/EUR while the oracle is configured for USD: each answer is refused with an error
+/// naming the source and the market it found, never used as a BTC/USD price.
+#[tokio::test]
+async fn an_answer_for_another_market_is_refused() -> anyhow::Result<()> {
+    let k = Fake::start(Format::Kraken, Answer::OtherPair).await?;
+    let b = Fake::start(Format::Bitstamp, Answer::OtherPair).await?;
+    let c = Fake::start(Format::Coinbase, price("64000")).await?;
+    let sources = vec![
+        k.source("kraken"),
+        b.source("bitstamp"),
+        c.source("coinbase"),
+    ];
+    let client = reqwest::Client::new();
+    let refused = |r: &OracleResult, name: &str, found: &str| -> anyhow::Result<()> {
+        match dropped_reason(r, name) {
+            Some(DropReason::Failed {
+                error:
+                    error @ SourceError::WrongMarket {
+                        source_name,
+                        found: f,
+                        ..
+                    },
+            }) if source_name == name && f.contains(found) => {
+                let text = error.to_string();
+                ensure!(text.contains(name) && text.contains(found), "{text}");
+                Ok(())
+            }
+            other => anyhow::bail!("{name}: expected WrongMarket({found}), got {other:?}"),
+        }
+    };
+    let r = poll_once(&client, &sources, "USD", &rules(1)).await;
+    refused(&r, "kraken", "XETHZUSD")?;
+    refused(&r, "bitstamp", "BTC/EUR")?;
+    let p = r.map_err(|n| anyhow::anyhow!("{n:?}"))?;
+    ensure!(p.used.len() == 1 && p.price_minor == 6_400_000, "{p:?}");
+
+    k.set(Answer::SeveralPairs);
+    let r = poll_once(&client, &sources, "USD", &rules(1)).await;
+    refused(&r, "kraken", "XETHZUSD")?;
+
+    // The real answers for the configured market are used.
+    k.set(price("64000"));
+    b.set(price("64000"));
+    let r = poll_once(&client, &sources, "USD", &rules(3)).await;
+    ensure!(r.as_ref().map(|p| p.used.len()).ok() == Some(3), "{r:?}");
     Ok(())
 }
 

@@ -101,12 +101,19 @@ fn default_deviation() -> u32 {
     200
 }
 
-/// The default public endpoint of each exchange adapter.
-fn default_url(kind: &SourceKindConfig) -> Option<&'static str> {
+/// The default public endpoint of each exchange adapter, for BTC in `currency`.
+fn default_url(kind: &SourceKindConfig, currency: &str) -> Option<String> {
+    let (upper, lower) = (currency.to_ascii_uppercase(), currency.to_ascii_lowercase());
     match kind {
-        SourceKindConfig::Kraken => Some("https://api.kraken.com/0/public/Ticker?pair=XBTUSD"),
-        SourceKindConfig::Bitstamp => Some("https://www.bitstamp.net/api/v2/ticker/btcusd/"),
-        SourceKindConfig::Coinbase => Some("https://api.coinbase.com/v2/prices/BTC-USD/spot"),
+        SourceKindConfig::Kraken => Some(format!(
+            "https://api.kraken.com/0/public/Ticker?pair=XBT{upper}"
+        )),
+        SourceKindConfig::Bitstamp => Some(format!(
+            "https://www.bitstamp.net/api/v2/ticker/btc{lower}/"
+        )),
+        SourceKindConfig::Coinbase => Some(format!(
+            "https://api.coinbase.com/v2/prices/BTC-{upper}/spot"
+        )),
         SourceKindConfig::Json | SourceKindConfig::Manual => None,
     }
 }
@@ -176,10 +183,10 @@ impl OracleConfig {
                 return Err(field_err(at("timeout_ms"), "must be within 1..=60000"));
             }
             if s.kind != SourceKindConfig::Manual {
-                let url = s.url.as_deref().or(default_url(&s.kind));
+                let url = s.url.clone().or(default_url(&s.kind, &self.currency));
                 match url {
                     None => return Err(field_err(at("url"), "required for this kind")),
-                    Some(u) if reqwest::Url::parse(u).is_err() => {
+                    Some(u) if reqwest::Url::parse(&u).is_err() => {
                         return Err(field_err(at("url"), format!("{u:?} is not a URL")))
                     }
                     Some(_) => {}
@@ -255,7 +262,7 @@ impl OracleConfig {
                     url: s
                         .url
                         .clone()
-                        .or(default_url(&s.kind).map(str::to_owned))
+                        .or_else(|| default_url(&s.kind, &self.currency))
                         .unwrap_or_default(),
                     timeout: Duration::from_millis(s.timeout_ms),
                     currency: self.currency.clone(),
@@ -294,6 +301,35 @@ mod tests {
         assert_eq!(sources.len(), 3);
         assert!(sources[0].url.starts_with("https://api.kraken.com/"));
         assert_eq!(manual.len(), 1);
+    }
+
+    #[test]
+    fn default_urls_ask_for_the_configured_currency() {
+        let c = OracleConfig::from_toml(&GOOD.replace(
+            "quorum = 2",
+            "quorum = 2\ncurrency = \"EUR\"\n[[oracle.sources]]\nname = \"bitstamp\"\nkind = \"bitstamp\"\n[[oracle.sources]]\nname = \"coinbase\"\nkind = \"coinbase\"",
+        ))
+        .unwrap();
+        let (sources, _) = c.build(100);
+        let url = |name: &str| {
+            sources
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.url.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            url("kraken"),
+            "https://api.kraken.com/0/public/Ticker?pair=XBTEUR"
+        );
+        assert_eq!(
+            url("bitstamp"),
+            "https://www.bitstamp.net/api/v2/ticker/btceur/"
+        );
+        assert_eq!(
+            url("coinbase"),
+            "https://api.coinbase.com/v2/prices/BTC-EUR/spot"
+        );
     }
 
     #[test]

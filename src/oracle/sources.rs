@@ -39,6 +39,15 @@ pub enum SourceError {
     BadPrice { message: String },
     #[error("bad timestamp: {message}")]
     BadTimestamp { message: String },
+    /// The answer is for another market than BTC in the configured currency: another
+    /// pair, several pairs, another base asset.
+    #[error("{source_name}: {field} is {found}, expected {expected}")]
+    WrongMarket {
+        source_name: String,
+        field: String,
+        expected: String,
+        found: String,
+    },
     #[error("the operator has set no manual price")]
     ManualUnset,
 }
@@ -70,8 +79,12 @@ impl ManualPrice {
 #[derive(Debug, Clone)]
 pub enum SourceKind {
     /// `GET /0/public/Ticker?pair=XBTUSD`: `{"error":[],"result":{"XXBTZUSD":{"c":["price","vol"],…}}}`.
+    /// The result must hold exactly one pair, BTC in the source's currency
+    /// (`XXBTZUSD` or `XBTUSD` for USD; see [`kraken_pair_names`]).
     Kraken,
-    /// `GET /api/v2/ticker/btcusd/`: `{"last":"…","timestamp":"…",…}`.
+    /// `GET /api/v2/ticker/btcusd/`: `{"last":"…","timestamp":"…","pair":"BTC/USD",…}`.
+    /// A `pair` other than BTC/<currency> is refused (answers without one, the older
+    /// format, are read as the market the URL asked for).
     Bitstamp,
     /// `GET /v2/prices/BTC-USD/spot`: `{"data":{"amount":"…","base":"BTC","currency":"USD"}}`.
     Coinbase,
@@ -138,7 +151,24 @@ fn timestamp(v: &Value) -> Result<u64, SourceError> {
     }
 }
 
+/// The names Kraken gives the BTC/`currency` pair in a Ticker result: the legacy
+/// asset-code form (`XXBTZUSD`, `XXBTZEUR`, …) and the plain form newer fiat pairs use
+/// (`XBTCHF`, `XBTAUD`, …).
+pub fn kraken_pair_names(currency: &str) -> [String; 2] {
+    let c = currency.to_ascii_uppercase();
+    [format!("XXBTZ{c}"), format!("XBT{c}")]
+}
+
 impl Source {
+    fn wrong_market(&self, field: &str, expected: String, found: String) -> SourceError {
+        SourceError::WrongMarket {
+            source_name: self.name.clone(),
+            field: field.to_owned(),
+            expected,
+            found,
+        }
+    }
+
     /// Fetch one quote; `now` (unix seconds) stands in for sources without timestamps.
     pub async fn fetch(&self, client: &reqwest::Client, now: u64) -> Result<Quote, SourceError> {
         if let SourceKind::Manual(manual) = &self.kind {
@@ -257,12 +287,38 @@ impl Source {
                         .ok_or(SourceError::MissingField {
                             field: "/result".into(),
                         })?;
-                let (_, ticker) = pairs.iter().next().ok_or(SourceError::MissingField {
-                    field: "/result/<pair>".into(),
-                })?;
+                let names = kraken_pair_names(&self.currency);
+                let ticker = match pairs.iter().collect::<Vec<_>>()[..] {
+                    [(pair, ticker)] if names.contains(pair) => ticker,
+                    [] => {
+                        return Err(SourceError::MissingField {
+                            field: "/result/<pair>".into(),
+                        })
+                    }
+                    _ => {
+                        let found: Vec<&str> = pairs.keys().map(String::as_str).collect();
+                        return Err(self.wrong_market(
+                            "/result",
+                            format!("one pair, {}", names.join(" or ")),
+                            format!("pair(s) {}", found.join(", ")),
+                        ));
+                    }
+                };
                 Ok(self.quote(price(field(ticker, "/c/0")?)?, now))
             }
             SourceKind::Bitstamp => {
+                if let Some(pair) = json.get("pair") {
+                    let expected = format!("BTC/{}", self.currency.to_ascii_uppercase());
+                    match pair.as_str() {
+                        Some(p) if p.eq_ignore_ascii_case(&expected) => {}
+                        _ => {
+                            let found = pair
+                                .as_str()
+                                .map_or_else(|| pair.to_string(), str::to_owned);
+                            return Err(self.wrong_market("/pair", expected, found));
+                        }
+                    }
+                }
                 let at = timestamp(field(json, "/timestamp")?)?;
                 Ok(self.quote(price(field(json, "/last")?)?, at))
             }
@@ -270,9 +326,7 @@ impl Source {
                 let currency = field(json, "/data/currency")?.as_str().unwrap_or_default();
                 let base = field(json, "/data/base")?.as_str().unwrap_or_default();
                 if base != "BTC" {
-                    return Err(SourceError::BadPrice {
-                        message: format!("quote for {base}, not BTC"),
-                    });
+                    return Err(self.wrong_market("/data/base", "BTC".into(), base.to_owned()));
                 }
                 let mut q = self.quote(price(field(json, "/data/amount")?)?, now);
                 q.currency = currency.to_owned();
@@ -298,4 +352,65 @@ pub fn parse_manual_price(text: &str) -> Result<u64, SourceError> {
     parse_price(text, 2).map_err(|e| SourceError::BadPrice {
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source(kind: SourceKind) -> Source {
+        Source {
+            name: "ex".into(),
+            kind,
+            url: String::new(),
+            timeout: Duration::from_secs(1),
+            currency: "EUR".into(),
+        }
+    }
+
+    #[test]
+    fn kraken_accepts_both_spellings_of_its_pair_only() {
+        let s = source(SourceKind::Kraken);
+        for pair in ["XXBTZEUR", "XBTEUR"] {
+            let body = json!({"error": [], "result": {pair: {"c": ["60000.1", "0.1"]}}});
+            assert_eq!(s.parse(&body, 7).map(|q| q.price_minor), Ok(6_000_010));
+        }
+        for pair in ["XXBTZUSD", "XETHZEUR", "XBTEURT"] {
+            let body = json!({"error": [], "result": {pair: {"c": ["60000.1", "0.1"]}}});
+            assert!(
+                matches!(s.parse(&body, 7), Err(SourceError::WrongMarket { found, .. }) if found.contains(pair)),
+                "{pair}"
+            );
+        }
+    }
+
+    #[test]
+    fn bitstamp_checks_the_pair_when_it_names_one() {
+        let s = source(SourceKind::Bitstamp);
+        let body = |pair: Option<&str>| {
+            let mut b = json!({"last": "60000", "timestamp": "7"});
+            if let Some(p) = pair {
+                b["pair"] = json!(p);
+            }
+            b
+        };
+        assert!(s.parse(&body(Some("BTC/EUR")), 0).is_ok());
+        assert!(
+            s.parse(&body(None), 0).is_ok(),
+            "the older format has no pair"
+        );
+        let err = s.parse(&body(Some("BTC/USD")), 0).unwrap_err();
+        assert_eq!(err.to_string(), "ex: /pair is BTC/USD, expected BTC/EUR");
+    }
+
+    #[test]
+    fn coinbase_refuses_another_base_asset() {
+        let s = source(SourceKind::Coinbase);
+        let body = json!({"data": {"amount": "3000", "base": "ETH", "currency": "EUR"}});
+        assert!(matches!(
+            s.parse(&body, 0),
+            Err(SourceError::WrongMarket { found, .. }) if found == "ETH"
+        ));
+    }
 }
