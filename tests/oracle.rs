@@ -401,6 +401,37 @@ async fn an_answer_for_another_market_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scenario: the operator's manual price is dated when it was set. A config price set an
+/// hour ago (`price_set_at`) is stale at start, not made fresh by loading the config;
+/// `set(price)` dates a new price now, and it is used.
+#[tokio::test]
+async fn a_manual_price_is_dated_when_it_was_set() -> anyhow::Result<()> {
+    let set_at = now() - 3600;
+    let config = btc_escrow::oracle::OracleConfig::from_toml(&format!(
+        "[oracle]\nquorum = 1\nstaleness_secs = 120\n\
+         [[oracle.sources]]\nname = \"operator\"\nkind = \"manual\"\n\
+         price = \"64000.00\"\nprice_set_at = {set_at}\n"
+    ))?;
+    let (sources, manual) = config.build(u64::try_from(now())?);
+    let client = reqwest::Client::new();
+    let r = poll_once(&client, &sources, "USD", &config.rules()).await;
+    match dropped_reason(&r, "operator") {
+        Some(DropReason::Stale { age_secs, .. }) if *age_secs >= 3600 => {}
+        other => anyhow::bail!("an hour-old manual price must be stale: {other:?}"),
+    }
+
+    let (name, handle) = manual.first().context("one manual handle")?;
+    ensure!(name == "operator");
+    let before = u64::try_from(now())?;
+    handle.set(6_500_000);
+    let p = poll_once(&client, &sources, "USD", &config.rules())
+        .await
+        .map_err(|n| anyhow::anyhow!("a price set now is fresh: {n:?}"))?;
+    ensure!(p.price_minor == 6_500_000, "{p:?}");
+    ensure!(p.used[0].at >= before, "dated when set: {p:?}");
+    Ok(())
+}
+
 /// Scenario: all quotes stale gives no price; a quote from beyond the future skew is
 /// dropped while fresh ones are used.
 #[tokio::test]

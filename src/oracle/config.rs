@@ -49,9 +49,14 @@ pub struct SourceConfig {
     /// For `json` sources: pointer to a unix-seconds timestamp.
     #[serde(default)]
     pub timestamp_pointer: Option<String>,
-    /// For `manual` sources: an initial price (decimal text), set at start.
+    /// For `manual` sources: a price (decimal text) the operator set at
+    /// `price_set_at`, restored at start.
     #[serde(default)]
     pub price: Option<String>,
+    /// Unix seconds when the operator set `price` (required with it): the quote's
+    /// date, so a price set long ago goes stale like any other quote.
+    #[serde(default)]
+    pub price_set_at: Option<u64>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -213,6 +218,14 @@ impl OracleConfig {
                     return Err(field_err(at("price"), "only for manual sources"));
                 }
                 parse_manual_price(price).map_err(|e| field_err(at("price"), e.to_string()))?;
+                if s.price_set_at.is_none() {
+                    return Err(field_err(
+                        at("price_set_at"),
+                        "required with price: the unix time the price was set",
+                    ));
+                }
+            } else if s.price_set_at.is_some() {
+                return Err(field_err(at("price_set_at"), "only with price"));
             }
         }
         Ok(())
@@ -232,8 +245,9 @@ impl OracleConfig {
     }
 
     /// The sources, and the handle of each manual one (by name) for the operator.
-    /// `now` dates the initial manual prices.
-    pub fn build(&self, now: u64) -> (Vec<Source>, Vec<(String, ManualPrice)>) {
+    /// A manual price from the file keeps its `price_set_at`: loading the config does
+    /// not make it fresh. (`_now` is no longer used; the parameter stays for callers.)
+    pub fn build(&self, _now: u64) -> (Vec<Source>, Vec<(String, ManualPrice)>) {
         let mut manual = Vec::new();
         let sources = self
             .sources
@@ -249,8 +263,10 @@ impl OracleConfig {
                     },
                     SourceKindConfig::Manual => {
                         let handle = ManualPrice::default();
-                        if let Some(Ok(p)) = s.price.as_deref().map(parse_manual_price) {
-                            handle.set(p, now);
+                        if let (Some(Ok(p)), Some(at)) =
+                            (s.price.as_deref().map(parse_manual_price), s.price_set_at)
+                        {
+                            handle.set_at(p, at);
                         }
                         manual.push((s.name.clone(), handle.clone()));
                         SourceKind::Manual(handle)
@@ -292,6 +308,7 @@ mod tests {
         name = "operator"
         kind = "manual"
         price = "64000.5"
+        price_set_at = 1700000000
     "#;
 
     #[test]
@@ -356,6 +373,12 @@ mod tests {
                 "price = \"-1\"",
                 "oracle.sources[2].price",
             ),
+            (
+                "price_set_at = 1700000000",
+                "",
+                "oracle.sources[2].price_set_at",
+            ),
+            ("price = \"64000.5\"", "", "oracle.sources[2].price_set_at"),
             (
                 "url = \"http://127.0.0.1:1/p\"",
                 "url = \"not a url\"",

@@ -15,6 +15,15 @@ pub use config::{OracleConfig, OracleConfigError, SourceConfig};
 pub use sources::{ManualPrice, Source, SourceError};
 pub use ticker::{Ticker, TickerHandle};
 
+/// The wall clock in unix seconds (0 if it reads before 1970, which the staleness
+/// rule then treats as a clock far behind every quote).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// One source's price at one time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quote {

@@ -52,13 +52,23 @@ pub enum SourceError {
     ManualUnset,
 }
 
-/// An operator-set price, shared between the operator's handle and the source.
+/// An operator-set price, shared between the operator's handle and the source. It is
+/// dated when it is set, so a price set long ago goes stale under the same rule as
+/// any exchange quote.
 #[derive(Debug, Clone, Default)]
 pub struct ManualPrice(Arc<Mutex<Option<(u64, u64)>>>);
 
 impl ManualPrice {
-    /// Set the price (minor units per BTC) as of `at` (unix seconds).
-    pub fn set(&self, price_minor: u64, at: u64) {
+    /// Set the price (minor units per BTC), dated now. Returns that date (unix seconds).
+    pub fn set(&self, price_minor: u64) -> u64 {
+        let at = super::unix_now();
+        self.set_at(price_minor, at);
+        at
+    }
+
+    /// Restore a price the operator set at `at` (unix seconds), e.g. one written in
+    /// the configuration with its `price_set_at`.
+    pub fn set_at(&self, price_minor: u64, at: u64) {
         if let Ok(mut p) = self.0.lock() {
             *p = Some((price_minor, at));
         }
@@ -402,6 +412,27 @@ mod tests {
         );
         let err = s.parse(&body(Some("BTC/USD")), 0).unwrap_err();
         assert_eq!(err.to_string(), "ex: /pair is BTC/USD, expected BTC/EUR");
+    }
+
+    #[tokio::test]
+    async fn a_manual_price_carries_the_moment_it_was_set() {
+        let manual = ManualPrice::default();
+        let s = source(SourceKind::Manual(manual.clone()));
+        let client = reqwest::Client::new();
+        assert_eq!(
+            s.fetch(&client, 5).await,
+            Err(SourceError::ManualUnset),
+            "nothing set yet"
+        );
+        let before = crate::oracle::unix_now();
+        let at = manual.set(6_000_000);
+        assert!(at >= before);
+        let q = s.fetch(&client, 5).await.unwrap();
+        assert_eq!((q.price_minor, q.at), (6_000_000, at), "not the fetch time");
+        manual.set_at(6_100_000, 42);
+        assert_eq!(s.fetch(&client, 5).await.map(|q| q.at), Ok(42));
+        manual.clear();
+        assert_eq!(s.fetch(&client, 5).await, Err(SourceError::ManualUnset));
     }
 
     #[test]

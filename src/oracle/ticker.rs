@@ -4,19 +4,13 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{aggregate, AggregationRules, OracleResult, Source, SourceError, SourceResult};
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use super::{
+    aggregate, unix_now, AggregationRules, OracleResult, Source, SourceError, SourceResult,
+};
 
 /// Poll every source once, concurrently, and aggregate at `now`.
 pub async fn poll_once(
@@ -187,7 +181,7 @@ mod tests {
     #[tokio::test]
     async fn a_huge_source_timeout_does_not_overflow() {
         let manual = ManualPrice::default();
-        manual.set(6_400_000, unix_now());
+        manual.set(6_400_000);
         let source = Source {
             name: "operator".into(),
             kind: SourceKind::Manual(manual),
