@@ -28,8 +28,12 @@ fn bench(c: &mut Criterion) {
     let secp = Secp256k1::new();
     let (b, l, a) = (signing_key(1), signing_key(2), signing_key(3));
     let account = |k: &SigningKey| {
-        AccountKey::from_master(k.master(), &account_path(Network::Regtest, 0), &secp)
-            .expect("derive")
+        AccountKey::from_master(
+            k.master(),
+            &account_path(Network::Regtest, 0).expect("account 0"),
+            &secp,
+        )
+        .expect("derive")
     };
     let mut keys = EscrowKeys {
         borrower: account(&b),
@@ -108,13 +112,15 @@ fn bench(c: &mut Criterion) {
     group.bench_function("sign_one_liquidation_input", |bench| {
         bench.iter(|| {
             let mut psbt = unsigned.clone();
-            black_box(tx::sign(&mut psbt, &a, &secp).expect("signs"))
+            black_box(
+                tx::sign(&mut psbt, &a, &escrow, &tx::FeeCap::default(), &secp).expect("signs"),
+            )
         })
     });
     let mut ours = unsigned.clone();
-    tx::sign(&mut ours, &a, &secp).expect("signs");
+    tx::sign(&mut ours, &a, &escrow, &tx::FeeCap::default(), &secp).expect("signs");
     let mut theirs = unsigned.clone();
-    tx::sign(&mut theirs, &l, &secp).expect("signs");
+    tx::sign(&mut theirs, &l, &escrow, &tx::FeeCap::default(), &secp).expect("signs");
     group.bench_function("merge_and_finalize", |bench| {
         bench.iter(|| {
             let merged = tx::merge(&ours, &theirs, &secp).expect("merges");

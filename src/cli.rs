@@ -6,16 +6,16 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context};
-use bitcoin::address::NetworkUnchecked;
 use bitcoin::bip32::Xpriv;
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::Secp256k1;
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction};
 use btc_escrow::keys::{account_path, AccountKey, SigningKey};
 use btc_escrow::policy::{
-    example_keys, EscrowDescriptor, EscrowHeights, EscrowKeys, PathName, PolicyTemplate,
+    example_keys, EscrowDescriptor, EscrowHeights, EscrowKeys, PartyAccounts, PathName,
+    PolicyTemplate,
 };
-use btc_escrow::tx::{self, EscrowInput, SpendRequest};
+use btc_escrow::tx::{self, EscrowInput, FeeCap, SpendRequest};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -41,7 +41,8 @@ pub enum PolicyCmd {
         lender: String,
         #[arg(long)]
         arbiter: String,
-        /// The escrow's index: keys are <account>/0/N and <account>/1/N.
+        /// The escrow's index: keys are <account>/0/N (2-of-3) and <account>/2/N
+        /// (timelocked), receive index N of the BIP-388 wallet policy.
         #[arg(long)]
         index: u32,
         #[arg(long)]
@@ -58,12 +59,42 @@ pub enum PolicyCmd {
     },
 }
 
+/// The escrow a PSBT spends: its descriptor, checked against the parties' own account
+/// keys (roles come from whose key is where, never from the descriptor's shape).
+#[derive(clap::Args)]
+pub struct EscrowArgs {
+    /// The escrow's concrete descriptor (`policy compile` prints it).
+    #[arg(long)]
+    descriptor: String,
+    /// The borrower's account key, [fingerprint/48'/coin'/account'/2']xpub.
+    #[arg(long)]
+    borrower: String,
+    /// The lender's account key.
+    #[arg(long)]
+    lender: String,
+    /// The arbiter's account key.
+    #[arg(long)]
+    arbiter: String,
+}
+
+impl EscrowArgs {
+    fn escrow(&self, network: Network) -> anyhow::Result<EscrowDescriptor> {
+        let accounts = PartyAccounts {
+            borrower: AccountKey::parse("--borrower", &self.borrower, network)?,
+            lender: AccountKey::parse("--lender", &self.lender, network)?,
+            arbiter: AccountKey::parse("--arbiter", &self.arbiter, network)?,
+        };
+        EscrowDescriptor::parse(&self.descriptor, network, &accounts)
+            .context("--descriptor: not this escrow of these parties")
+    }
+}
+
 #[derive(Subcommand)]
 pub enum PsbtCmd {
     /// Build an unsigned PSBT spending the escrow by one path; base64 on stdout.
     Build {
-        #[arg(long)]
-        descriptor: String,
+        #[command(flatten)]
+        escrow: EscrowArgs,
         #[arg(long)]
         network: Network,
         #[arg(long)]
@@ -84,13 +115,23 @@ pub enum PsbtCmd {
         #[arg(long)]
         tip: u32,
     },
-    /// Sign a PSBT (stdin) with a key file holding a master xprv or a BIP39 mnemonic.
+    /// Sign a PSBT (stdin) with a key file (mode 0600) holding a master xprv or a
+    /// BIP39 mnemonic: only inputs of this escrow, only this key's escrow keys, only
+    /// under the fee cap.
     Sign {
         #[arg(long)]
         key: PathBuf,
-        /// Network for addresses in the description and for a mnemonic's key.
+        #[command(flatten)]
+        escrow: EscrowArgs,
+        /// Network of the keys and addresses.
         #[arg(long, default_value = "regtest")]
         network: Network,
+        /// Refuse a fee above this many satoshis.
+        #[arg(long, default_value_t = FeeCap::default().max_fee.to_sat())]
+        max_fee_sat: u64,
+        /// Refuse a fee above this share of the inputs, in basis points.
+        #[arg(long, default_value_t = FeeCap::default().max_fee_bps)]
+        max_fee_bps: u32,
     },
     /// Finalize a PSBT (stdin) and print the raw transaction hex.
     Finalize,
@@ -194,7 +235,7 @@ pub fn key(cmd: KeyCmd) -> anyhow::Result<()> {
     let secp = Secp256k1::new();
     let mnemonic = bip39::Mnemonic::generate(24).context("generating a mnemonic")?;
     let master = Xpriv::new_master(network, &mnemonic.to_seed(""))?;
-    let path = account_path(network, 0);
+    let path = account_path(network, 0)?;
     let account = AccountKey::from_master(&master, &path, &secp)?;
     println!(
         "{}",
@@ -254,6 +295,9 @@ pub fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&json!({
                     "descriptor": escrow.to_string(),
+                    "multipath_descriptor": escrow.multipath_descriptor(),
+                    "wallet_policy": escrow.wallet_policy(),
+                    "index": escrow.index(),
                     "address": escrow.address().to_string(),
                     "script_pubkey": escrow.script_pubkey().to_hex_string(),
                     "paths": paths_json(&escrow),
@@ -285,10 +329,7 @@ pub fn policy(cmd: PolicyCmd) -> anyhow::Result<()> {
 }
 
 fn parse_address(field: &str, text: &str, network: Network) -> anyhow::Result<Address> {
-    Address::<NetworkUnchecked>::from_str(text)
-        .with_context(|| format!("{field}: {text:?} is not an address"))?
-        .require_network(network)
-        .with_context(|| format!("{field}: {text} is not a {network} address"))
+    Ok(btc_escrow::util::parse_address(field, text, network)?)
 }
 
 fn parse_input(text: &str) -> anyhow::Result<EscrowInput> {
@@ -319,7 +360,7 @@ pub fn psbt(cmd: PsbtCmd) -> anyhow::Result<()> {
     let secp = Secp256k1::new();
     match cmd {
         PsbtCmd::Build {
-            descriptor,
+            escrow,
             network,
             path,
             inputs,
@@ -328,7 +369,7 @@ pub fn psbt(cmd: PsbtCmd) -> anyhow::Result<()> {
             fee_rate,
             tip,
         } => {
-            let escrow = EscrowDescriptor::parse(&descriptor, network)?;
+            let escrow = escrow.escrow(network)?;
             let inputs = inputs
                 .iter()
                 .map(|i| parse_input(i))
@@ -367,13 +408,24 @@ pub fn psbt(cmd: PsbtCmd) -> anyhow::Result<()> {
             println!("{}", built.psbt);
             Ok(())
         }
-        PsbtCmd::Sign { key, network } => {
+        PsbtCmd::Sign {
+            key,
+            escrow,
+            network,
+            max_fee_sat,
+            max_fee_bps,
+        } => {
             let key = SigningKey::from_file(&key, network)?;
+            let escrow = escrow.escrow(network)?;
+            let cap = FeeCap {
+                max_fee: Amount::from_sat(max_fee_sat),
+                max_fee_bps,
+            };
             let mut psbt = read_psbt_stdin()?;
             tx::check_inputs(&psbt)?;
             eprintln!("signing with key {}:", key.fingerprint(&secp));
             eprint!("{}", tx::describe(&psbt, network));
-            let n = tx::sign(&mut psbt, &key, &secp)?;
+            let n = tx::sign(&mut psbt, &key, &escrow, &cap, &secp)?;
             eprintln!("added {n} signature(s)");
             println!("{psbt}");
             Ok(())

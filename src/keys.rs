@@ -31,6 +31,14 @@ pub enum KeyError {
     Duplicate { first: String, second: String },
     #[error("escrow index {0} is hardened or too large (must be below 2^31)")]
     BadIndex(u32),
+    #[error("account {0}: must be below 2^31 (it is used hardened)")]
+    BadAccount(u32),
+    #[error("{field}: the key is for {found:?} but the service runs on {expected}")]
+    PrivateKeyNetwork {
+        field: String,
+        found: NetworkKind,
+        expected: Network,
+    },
     #[error("key file {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("key derivation failed: {0}")]
@@ -45,23 +53,50 @@ pub fn coin_type(network: Network) -> u32 {
     }
 }
 
-/// The BIP48 P2WSH account path `m/48'/coin'/account'/2'`.
-pub fn account_path(network: Network, account: u32) -> DerivationPath {
-    DerivationPath::from(vec![
+/// The BIP48 P2WSH account path `m/48'/coin'/account'/2'`; an account at or above 2^31
+/// is an error (never silently account 0).
+pub fn account_path(network: Network, account: u32) -> Result<DerivationPath, KeyError> {
+    Ok(DerivationPath::from(vec![
         ChildNumber::from_hardened_idx(48).expect("48 < 2^31"),
         ChildNumber::from_hardened_idx(coin_type(network)).expect("coin type < 2^31"),
-        ChildNumber::from_hardened_idx(account).unwrap_or(ChildNumber::Hardened { index: 0 }),
+        ChildNumber::from_hardened_idx(account).map_err(|_| KeyError::BadAccount(account))?,
         ChildNumber::from_hardened_idx(2).expect("2 < 2^31"),
-    ])
+    ]))
 }
 
-/// Which chain of an account a per-escrow key comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which chain of an account a per-escrow key comes from (the BIP-388 / Liana
+/// convention: escrow `i` is receive index `i` of each multipath key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Chain {
-    /// `/0/i`: the party's key in the 2-of-3.
+    /// `<0;1>/*`, receive `/0/i`: the party's key in the 2-of-3.
     Multisig = 0,
-    /// `/1/i`: the lender's timelocked default key, the borrower's recovery key.
-    Timelocked = 1,
+    /// `<2;3>/*`, receive `/2/i`: the lender's timelocked default key, the borrower's
+    /// recovery key.
+    Timelocked = 2,
+}
+
+impl Chain {
+    /// The receive step of the chain (`0` or `2`).
+    pub fn receive(self) -> u32 {
+        self as u32
+    }
+
+    /// The BIP-389 multipath step of the chain: `<0;1>` or `<2;3>`.
+    pub fn multipath(self) -> &'static str {
+        match self {
+            Chain::Multisig => "<0;1>",
+            Chain::Timelocked => "<2;3>",
+        }
+    }
+
+    /// The chain whose receive step is `step`, if any.
+    pub fn from_receive(step: u32) -> Option<Self> {
+        match step {
+            0 => Some(Chain::Multisig),
+            2 => Some(Chain::Timelocked),
+            _ => None,
+        }
+    }
 }
 
 /// A party's registered account key, with origin, checked against the network.
@@ -135,6 +170,27 @@ impl AccountKey {
         &self.key.xkey
     }
 
+    /// The origin path from the master (`m/48'/coin'/account'/2'`).
+    pub fn origin_path(&self) -> &DerivationPath {
+        &self
+            .key
+            .origin
+            .as_ref()
+            .expect("an AccountKey always has an origin (checked in parse)")
+            .1
+    }
+
+    /// The full path from the master of the key of escrow `index` on `chain`.
+    pub fn full_path(&self, chain: Chain, index: u32) -> Result<DerivationPath, KeyError> {
+        let child = ChildNumber::from_normal_idx(index).map_err(|_| KeyError::BadIndex(index))?;
+        Ok(self.origin_path().extend([
+            ChildNumber::Normal {
+                index: chain.receive(),
+            },
+            child,
+        ]))
+    }
+
     /// The key `<account>/chain/index` as a definite descriptor key (origin kept, so
     /// PSBTs carry the full path from the master fingerprint).
     pub fn derive(&self, chain: Chain, index: u32) -> Result<DescriptorPublicKey, KeyError> {
@@ -144,7 +200,7 @@ impl AccountKey {
             xkey: self.key.xkey,
             derivation_path: DerivationPath::from(vec![
                 ChildNumber::Normal {
-                    index: chain as u32,
+                    index: chain.receive(),
                 },
                 child,
             ]),
@@ -186,10 +242,18 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
-    /// Parse an xprv/tprv (the BIP32 root) or a BIP39 mnemonic (empty passphrase).
+    /// Parse an xprv/tprv (the BIP32 root) or a BIP39 mnemonic (empty passphrase). An
+    /// xprv of another network is refused.
     pub fn parse(text: &str, network: Network) -> Result<Self, KeyError> {
         let text = text.trim();
         if let Ok(master) = Xpriv::from_str(text) {
+            if master.network != NetworkKind::from(network) {
+                return Err(KeyError::PrivateKeyNetwork {
+                    field: "key".to_owned(),
+                    found: master.network,
+                    expected: network,
+                });
+            }
             return Ok(Self { master });
         }
         let mnemonic = bip39::Mnemonic::parse(text).map_err(|e| KeyError::Parse {
@@ -200,12 +264,28 @@ impl SigningKey {
         Ok(Self { master })
     }
 
+    /// Read a key file, refusing one that group or others may read or write, or a key
+    /// of another network.
     pub fn from_file(path: &Path, network: Network) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| KeyError::File {
+        use std::os::unix::fs::PermissionsExt;
+        let file_err = |reason: String| KeyError::File {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Self::parse(&text, network)
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| file_err(e.to_string()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(file_err(format!(
+                "mode {mode:o} lets others read it; chmod 600 it"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        Self::parse(&text, network).map_err(|e| match e {
+            KeyError::PrivateKeyNetwork {
+                found, expected, ..
+            } => file_err(format!("the key is for {found:?}, not {expected}")),
+            other => other,
+        })
     }
 
     pub fn master(&self) -> &Xpriv {
@@ -261,34 +341,20 @@ impl ArbiterKey {
         file.write_all(format!("{master}\n").as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| file_err(e.to_string()))?;
+        // The new directory entry is durable only once the directory is synced.
+        std::fs::File::open(data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| file_err(format!("syncing its directory: {e}")))?;
         Ok(Self {
             signing: SigningKey { master },
             network,
         })
     }
 
-    /// Load the arbiter key, refusing a file readable or writable by group or others.
+    /// Load the arbiter key, refusing a file readable or writable by group or others,
+    /// or a key of another network.
     pub fn load(data_dir: &Path, network: Network) -> Result<Self, KeyError> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = data_dir.join(Self::FILE_NAME);
-        let meta = std::fs::metadata(&path).map_err(|e| KeyError::File {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::File {
-                path,
-                reason: format!("mode {mode:o} lets others read it; chmod 600 it"),
-            });
-        }
-        let signing = SigningKey::from_file(&path, network)?;
-        if signing.master.network != NetworkKind::from(network) {
-            return Err(KeyError::File {
-                path,
-                reason: format!("the key is not for {network}"),
-            });
-        }
+        let signing = SigningKey::from_file(&data_dir.join(Self::FILE_NAME), network)?;
         Ok(Self { signing, network })
     }
 
@@ -298,7 +364,7 @@ impl ArbiterKey {
 
     /// The arbiter's account key (`m/48'/coin'/0'/2'`) with origin.
     pub fn account(&self, secp: &Secp256k1<All>) -> Result<AccountKey, KeyError> {
-        AccountKey::from_master(&self.signing.master, &account_path(self.network, 0), secp)
+        AccountKey::from_master(&self.signing.master, &account_path(self.network, 0)?, secp)
     }
 }
 
@@ -315,7 +381,7 @@ mod tests {
     fn account(seed: u8, network: Network) -> AccountKey {
         let secp = Secp256k1::new();
         let master = Xpriv::new_master(network, &[seed; 32]).unwrap();
-        AccountKey::from_master(&master, &account_path(network, 0), &secp).unwrap()
+        AccountKey::from_master(&master, &account_path(network, 0).unwrap(), &secp).unwrap()
     }
 
     #[test]
@@ -368,6 +434,7 @@ mod tests {
         let a = account(5, Network::Regtest);
         let k00 = a.derive(Chain::Multisig, 0).unwrap();
         let k10 = a.derive(Chain::Timelocked, 0).unwrap();
+        assert!(k10.to_string().ends_with("/2/0"), "{k10}");
         let k01 = a.derive(Chain::Multisig, 1).unwrap();
         assert_ne!(k00, k10);
         assert_ne!(k00, k01);
@@ -403,6 +470,38 @@ mod tests {
         let err = ArbiterKey::load(dir.path(), Network::Regtest).unwrap_err();
         assert!(err.to_string().contains("644"), "{err}");
         assert!(ArbiterKey::load(dir.path(), Network::Bitcoin).is_err());
+    }
+
+    #[test]
+    fn an_invalid_account_is_an_error_not_account_zero() {
+        assert_eq!(
+            account_path(Network::Regtest, 1 << 31),
+            Err(KeyError::BadAccount(1 << 31))
+        );
+        assert_eq!(
+            account_path(Network::Regtest, 3).unwrap().to_string(),
+            "48'/1'/3'/2'"
+        );
+    }
+
+    #[test]
+    fn a_signing_key_file_is_private_and_of_the_network() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lender.key");
+        let master = Xpriv::new_master(Network::Regtest, &[7; 32]).unwrap();
+        std::fs::write(&path, master.to_string()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SigningKey::from_file(&path, Network::Regtest).unwrap_err();
+        assert!(err.to_string().contains("644"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(SigningKey::from_file(&path, Network::Regtest).is_ok());
+        let err = SigningKey::from_file(&path, Network::Bitcoin).unwrap_err();
+        assert!(err.to_string().contains("lender.key"), "{err}");
+        assert!(matches!(
+            SigningKey::parse(&master.to_string(), Network::Bitcoin),
+            Err(KeyError::PrivateKeyNetwork { .. })
+        ));
     }
 
     #[test]

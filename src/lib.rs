@@ -11,3 +11,4 @@ pub mod oracle;
 pub mod policy;
 pub mod store;
 pub mod tx;
+pub mod util;

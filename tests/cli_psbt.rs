@@ -60,6 +60,7 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
             &key["xprv"]
         };
         std::fs::write(&file, secret.as_str().context("secret")?)?;
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         xpubs.push(key["xpub"].as_str().context("xpub")?.to_owned());
         key_files.push(file);
     }
@@ -86,6 +87,23 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
         None,
     )?)?;
     let descriptor = compiled["descriptor"].as_str().context("descriptor")?;
+    // The BIP-388 forms: the multipath descriptor and the wallet policy.
+    ensure!(
+        compiled["multipath_descriptor"]
+            .as_str()
+            .is_some_and(|m| m.contains("/<0;1>/*") && m.contains("/<2;3>/*")),
+        "{compiled}"
+    );
+    ensure!(
+        compiled["wallet_policy"]["template"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("wsh(or_d(multi(2,@0/<0;1>/*,@1/<0;1>/*,@2/<0;1>/*)")),
+        "{compiled}"
+    );
+    ensure!(
+        compiled["wallet_policy"]["keys"] == serde_json::json!(xpubs),
+        "{compiled}"
+    );
     let address: bitcoin::Address = compiled["address"]
         .as_str()
         .context("address")?
@@ -114,11 +132,32 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
     );
     let pay = format!("{lender_payout}:15000000");
     let tip = env.height()?.to_string();
+    let parties = [
+        "--descriptor",
+        descriptor,
+        "--borrower",
+        &xpubs[0],
+        "--lender",
+        &xpubs[1],
+        "--arbiter",
+        &xpubs[2],
+    ];
+    let sign = |key: &str, psbt: &str| {
+        let mut args = vec!["psbt", "sign", "--key", key];
+        args.extend(parties);
+        run(&args, Some(psbt))
+    };
     let build_args = [
         "psbt",
         "build",
         "--descriptor",
         descriptor,
+        "--borrower",
+        &xpubs[0],
+        "--lender",
+        &xpubs[1],
+        "--arbiter",
+        &xpubs[2],
         "--network",
         "regtest",
         "--path",
@@ -137,7 +176,10 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
     let unsigned = ok(&build_args, None)?;
     let arbiter = key_files[2].to_str().context("path")?;
     let lender = key_files[1].to_str().context("path")?;
-    let (success, signed_once, stderr) = run(&["psbt", "sign", "--key", arbiter], Some(&unsigned))?;
+    // Without the escrow, the signer refuses.
+    let (success, _, stderr) = run(&["psbt", "sign", "--key", arbiter], Some(&unsigned))?;
+    ensure!(!success && stderr.contains("--descriptor"), "{stderr}");
+    let (success, signed_once, stderr) = sign(arbiter, &unsigned)?;
     ensure!(success, "{stderr}");
     ensure!(
         stderr.contains(&lender_payout.to_string()) && stderr.contains("0.15000000 BTC"),
@@ -148,7 +190,8 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
         !success && stderr.contains("cannot finalize"),
         "one signature is not enough: {stderr}"
     );
-    let signed = ok(&["psbt", "sign", "--key", lender], Some(&signed_once))?;
+    let (success, signed, stderr) = sign(lender, &signed_once)?;
+    ensure!(success, "{stderr}");
     let hex = ok(&["psbt", "finalize"], Some(&signed))?;
     let tx: bitcoin::Transaction = bitcoin::consensus::encode::deserialize_hex(&hex)?;
     let txid = env.broadcast_rpc(&tx)?;
@@ -161,11 +204,11 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
     // A PSBT asking for SIGHASH_NONE, or without the previous transaction, is refused.
     let mut psbt: Psbt = unsigned.parse()?;
     psbt.inputs[0].sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::None));
-    let (success, _, stderr) = run(&["psbt", "sign", "--key", arbiter], Some(&psbt.to_string()))?;
+    let (success, _, stderr) = sign(arbiter, &psbt.to_string())?;
     ensure!(!success && stderr.contains("only SIGHASH_ALL"), "{stderr}");
     let mut psbt: Psbt = unsigned.parse()?;
     psbt.inputs[0].non_witness_utxo = None;
-    let (success, _, stderr) = run(&["psbt", "sign", "--key", arbiter], Some(&psbt.to_string()))?;
+    let (success, _, stderr) = sign(arbiter, &psbt.to_string())?;
     ensure!(
         !success && stderr.contains("non_witness_utxo is missing"),
         "{stderr}"
@@ -272,6 +315,12 @@ fn wrong_network_keys_and_addresses_are_refused() -> anyhow::Result<()> {
             "build",
             "--descriptor",
             descriptor,
+            "--borrower",
+            &b,
+            "--lender",
+            &l,
+            "--arbiter",
+            &a,
             "--network",
             "regtest",
             "--path",

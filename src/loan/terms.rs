@@ -1,12 +1,10 @@
 //! Loan terms, validated at construction: one error variant per invalid field.
 
-use std::str::FromStr;
-
-use bitcoin::address::NetworkUnchecked;
 use bitcoin::{Address, Network};
 use serde::{Deserialize, Serialize};
 
 use super::money::{Bps, Fiat};
+use crate::util::AddressError;
 
 /// Highest APR accepted: 100 % a year.
 pub const MAX_APR: Bps = Bps(10_000);
@@ -43,10 +41,10 @@ pub enum TermsError {
     RecoveryDelayBlocks,
     #[error("funding_deadline: must be in the future")]
     FundingDeadline,
-    #[error("borrower_return_address: {0}")]
-    BorrowerReturnAddress(String),
-    #[error("lender_payout_address: {0}")]
-    LenderPayoutAddress(String),
+    #[error(transparent)]
+    BorrowerReturnAddress(AddressError),
+    #[error(transparent)]
+    LenderPayoutAddress(AddressError),
     #[error("min_confirmations: must be between 1 and 100")]
     MinConfirmations,
 }
@@ -117,11 +115,8 @@ pub struct EscrowSchedule {
 /// Blocks assumed per second of wall time when turning durations into heights.
 pub const SECS_PER_BLOCK: u64 = 600;
 
-fn address(text: &str, network: Network) -> Result<Address, String> {
-    Address::<NetworkUnchecked>::from_str(text)
-        .map_err(|e| format!("{text:?} is not an address ({e})"))?
-        .require_network(network)
-        .map_err(|_| format!("{text} is not a {network} address"))
+fn address(field: &str, text: &str, network: Network) -> Result<Address, AddressError> {
+    crate::util::parse_address(field, text, network)
 }
 
 /// Every check of [`LoanTerms::new`] except the funding deadline's (which depends on
@@ -165,8 +160,14 @@ fn check(t: &TermsInput, network: Network) -> Result<(), TermsError> {
     if t.recovery_delay_blocks == 0 {
         return Err(TermsError::RecoveryDelayBlocks);
     }
-    address(&t.borrower_return_address, network).map_err(TermsError::BorrowerReturnAddress)?;
-    address(&t.lender_payout_address, network).map_err(TermsError::LenderPayoutAddress)?;
+    address(
+        "borrower_return_address",
+        &t.borrower_return_address,
+        network,
+    )
+    .map_err(TermsError::BorrowerReturnAddress)?;
+    address("lender_payout_address", &t.lender_payout_address, network)
+        .map_err(TermsError::LenderPayoutAddress)?;
     if t.min_confirmations == 0 || t.min_confirmations > 100 {
         return Err(TermsError::MinConfirmations);
     }
@@ -192,12 +193,21 @@ impl LoanTerms {
     }
 
     pub fn borrower_return_address(&self) -> Address {
-        address(&self.input.borrower_return_address, self.network)
-            .expect("checked in LoanTerms::new")
+        address(
+            "borrower_return_address",
+            &self.input.borrower_return_address,
+            self.network,
+        )
+        .expect("checked in LoanTerms::new and when read")
     }
 
     pub fn lender_payout_address(&self) -> Address {
-        address(&self.input.lender_payout_address, self.network).expect("checked in LoanTerms::new")
+        address(
+            "lender_payout_address",
+            &self.input.lender_payout_address,
+            self.network,
+        )
+        .expect("checked in LoanTerms::new and when read")
     }
 
     /// The escrow's absolute heights, fixed when the borrower accepts at `tip` and

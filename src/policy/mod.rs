@@ -121,6 +121,27 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role of a party's key on an account chain (the arbiter has no timelocked
+    /// key).
+    pub fn of(party: Party, chain: Chain) -> Option<Role> {
+        match (party, chain) {
+            (Party::Borrower, Chain::Multisig) => Some(Role::Borrower),
+            (Party::Borrower, Chain::Timelocked) => Some(Role::BorrowerRecovery),
+            (Party::Lender, Chain::Multisig) => Some(Role::Lender),
+            (Party::Lender, Chain::Timelocked) => Some(Role::LenderDefault),
+            (Party::Arbiter, Chain::Multisig) => Some(Role::Arbiter),
+            (Party::Arbiter, Chain::Timelocked) => None,
+        }
+    }
+
+    /// The account chain the role's key comes from.
+    pub fn chain(self) -> Chain {
+        match self {
+            Role::Borrower | Role::Lender | Role::Arbiter => Chain::Multisig,
+            Role::LenderDefault | Role::BorrowerRecovery => Chain::Timelocked,
+        }
+    }
+
     pub fn party(self) -> Party {
         match self {
             Role::Borrower | Role::BorrowerRecovery => Party::Borrower,
@@ -264,6 +285,24 @@ impl EscrowHeights {
     }
 }
 
+/// The three parties' account keys (what a descriptor is checked against).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartyAccounts {
+    pub borrower: AccountKey,
+    pub lender: AccountKey,
+    pub arbiter: AccountKey,
+}
+
+impl PartyAccounts {
+    fn of(&self, party: Party) -> &AccountKey {
+        match party {
+            Party::Borrower => &self.borrower,
+            Party::Lender => &self.lender,
+            Party::Arbiter => &self.arbiter,
+        }
+    }
+}
+
 /// The three account keys and the escrow's index.
 #[derive(Debug, Clone)]
 pub struct EscrowKeys {
@@ -274,6 +313,14 @@ pub struct EscrowKeys {
 }
 
 impl EscrowKeys {
+    pub fn accounts(&self) -> PartyAccounts {
+        PartyAccounts {
+            borrower: self.borrower.clone(),
+            lender: self.lender.clone(),
+            arbiter: self.arbiter.clone(),
+        }
+    }
+
     /// The five per-escrow keys by role.
     pub fn derive(&self) -> Result<BTreeMap<Role, DescriptorPublicKey>, PolicyError> {
         crate::keys::check_distinct(&[
@@ -387,7 +434,7 @@ impl PolicyTemplate {
         let ms = self.compile(&derived, heights)?;
         let descriptor =
             Descriptor::new_wsh(ms).map_err(|e| PolicyError::Compile(e.to_string()))?;
-        let escrow = EscrowDescriptor::from_parts(descriptor, roles, heights, network)?;
+        let escrow = EscrowDescriptor::from_parts(descriptor, roles, heights, network, keys.index)?;
         let compiled_paths: BTreeSet<RawPath<DescriptorPublicKey>> = escrow
             .paths
             .iter()
@@ -498,6 +545,7 @@ pub struct EscrowDescriptor {
     roles: BTreeMap<DescriptorPublicKey, Role>,
     heights: EscrowHeights,
     network: Network,
+    index: u32,
     paths: Vec<SpendingPath>,
     // Derived once: deriving the five keys costs about half a millisecond, and the
     // watcher asks for the script of thousands of escrows on every sync.
@@ -512,6 +560,7 @@ impl EscrowDescriptor {
         roles: BTreeMap<DescriptorPublicKey, Role>,
         heights: EscrowHeights,
         network: Network,
+        index: u32,
     ) -> Result<Self, PolicyError> {
         if !matches!(descriptor, Descriptor::Wsh(_)) {
             return Err(PolicyError::Descriptor(
@@ -572,71 +621,74 @@ impl EscrowDescriptor {
             roles,
             heights,
             network,
+            index,
             paths,
         })
     }
 
     /// Parse a descriptor made by [`PolicyTemplate::instantiate`] (e.g. given on the
-    /// command line) and recover who holds which key from the key scheme: each party's
-    /// `/1/i` key shares the account xpub of its `/0/i` key; of the two timelocked
-    /// single-key paths the earlier is the lender's, the later the borrower's; the
-    /// remaining `/0/i` key is the arbiter's. The guarantees are checked again.
-    pub fn parse(text: &str, network: Network) -> Result<Self, PolicyError> {
+    /// command line), trusting nothing of its shape: every key must be one of the
+    /// parties' own account keys (same xpub and origin) at `/0/i` or `/2/i` of one
+    /// escrow index `i`, and its role follows from whose account and which chain it is
+    /// — never from where it sits in the script. The heights are read from the role's
+    /// paths (the lender's default key's lock is `default_height`, the borrower's
+    /// recovery key's `recovery_height`), so a descriptor with the two timelocked keys
+    /// swapped is refused; then every guarantee is checked again.
+    pub fn parse(
+        text: &str,
+        network: Network,
+        accounts: &PartyAccounts,
+    ) -> Result<Self, PolicyError> {
         let descriptor = Descriptor::<DescriptorPublicKey>::from_str(text.trim())
             .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
+        let mut all_keys = Vec::new();
+        descriptor.for_each_key(|k| {
+            all_keys.push(k.clone());
+            true
+        });
+        let mut roles = BTreeMap::new();
+        let mut index = None;
+        for key in all_keys {
+            let (role, i) = role_of_key(&key, accounts, network)?;
+            if *index.get_or_insert(i) != i {
+                return Err(PolicyError::Roles(format!(
+                    "{key} is of escrow index {i}, the other keys of {}",
+                    index.unwrap_or(i)
+                )));
+            }
+            if roles.values().any(|r| *r == role) {
+                return Err(PolicyError::Roles(format!("two keys are the {role}'s")));
+            }
+            roles.insert(key, role);
+        }
+        let index = index.ok_or_else(|| PolicyError::Roles("the descriptor has no key".into()))?;
+        for role in [
+            Role::Borrower,
+            Role::Lender,
+            Role::Arbiter,
+            Role::LenderDefault,
+            Role::BorrowerRecovery,
+        ] {
+            if !roles.values().any(|r| *r == role) {
+                return Err(PolicyError::Roles(format!("no {role} key")));
+            }
+        }
         let lifted = descriptor
             .lift()
             .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
         let raw = minimal_paths(&lifted)?;
-        let mut single: Vec<(u32, DescriptorPublicKey)> = raw
-            .iter()
-            .filter(|p| p.keys.len() == 1)
-            .filter_map(|p| {
-                p.after
-                    .map(|h| (h, p.keys.iter().next().cloned().expect("one key")))
-            })
-            .collect();
-        single.sort();
-        let [(default_height, lender_default), (recovery_height, borrower_recovery)] =
-            <[_; 2]>::try_from(single).map_err(|v: Vec<_>| {
-                PolicyError::Roles(format!(
-                    "expected two timelocked single-key paths, found {}",
-                    v.len()
-                ))
-            })?;
-        let xpub_of = |k: &DescriptorPublicKey| match k {
-            DescriptorPublicKey::XPub(x) => Some(x.xkey),
-            _ => None,
+        let solo_height = |role: Role| {
+            raw.iter()
+                .find(|p| p.keys.len() == 1 && p.keys.iter().all(|k| roles.get(k) == Some(&role)))
+                .and_then(|p| p.after)
+                .ok_or_else(|| PolicyError::Roles(format!("no timelocked path of the {role} key")))
         };
-        let mut all_keys = BTreeSet::new();
-        descriptor.for_each_key(|k| {
-            all_keys.insert(k.clone());
-            true
-        });
-        let mut roles = BTreeMap::new();
-        roles.insert(lender_default.clone(), Role::LenderDefault);
-        roles.insert(borrower_recovery.clone(), Role::BorrowerRecovery);
-        for key in &all_keys {
-            if roles.contains_key(key) {
-                continue;
-            }
-            let x = xpub_of(key);
-            let role = if x.is_some() && x == xpub_of(&lender_default) {
-                Role::Lender
-            } else if x.is_some() && x == xpub_of(&borrower_recovery) {
-                Role::Borrower
-            } else {
-                Role::Arbiter
-            };
-            if roles.values().any(|r| *r == role) {
-                return Err(PolicyError::Roles(format!(
-                    "two keys would be the {role}'s"
-                )));
-            }
-            roles.insert(key.clone(), role);
-        }
-        let heights = EscrowHeights::new(default_height, recovery_height, 0)?;
-        Self::from_parts(descriptor, roles, heights, network)
+        let heights = EscrowHeights::new(
+            solo_height(Role::LenderDefault)?,
+            solo_height(Role::BorrowerRecovery)?,
+            0,
+        )?;
+        Self::from_parts(descriptor, roles, heights, network, index)
     }
 
     pub fn descriptor(&self) -> &Descriptor<DescriptorPublicKey> {
@@ -656,6 +708,82 @@ impl EscrowDescriptor {
 
     pub fn heights(&self) -> EscrowHeights {
         self.heights
+    }
+
+    /// The escrow index `i` (receive index `i` of the wallet policy).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Each role's account key (origin and xpub) and the chain its escrow key is on.
+    fn role_accounts(&self) -> Vec<(String, Role, String)> {
+        self.roles
+            .iter()
+            .map(|(key, role)| {
+                let account = match key {
+                    DescriptorPublicKey::XPub(x) => {
+                        DescriptorPublicKey::XPub(miniscript::descriptor::DescriptorXKey {
+                            derivation_path: Default::default(),
+                            wildcard: miniscript::descriptor::Wildcard::None,
+                            ..x.clone()
+                        })
+                        .to_string()
+                    }
+                    other => other.to_string(),
+                };
+                (key.to_string(), *role, account)
+            })
+            .collect()
+    }
+
+    /// The descriptor text without its checksum.
+    fn body(&self) -> String {
+        let text = self.descriptor.to_string();
+        text.split('#').next().unwrap_or(&text).to_owned()
+    }
+
+    /// The multipath descriptor of the whole wallet policy (each key as
+    /// `<account>/<0;1>/*` or `<account>/<2;3>/*`), with checksum: Bitcoin Core ≥ 29
+    /// imports it, and its receive index `i` is this escrow.
+    pub fn multipath_descriptor(&self) -> String {
+        let mut text = self.body();
+        for (key, role, account) in self.role_accounts() {
+            text = text.replace(&key, &format!("{account}/{}/*", role.chain().multipath()));
+        }
+        Descriptor::<DescriptorPublicKey>::from_str(&text)
+            .expect("replacing each escrow key by its multipath key keeps a valid descriptor")
+            .to_string()
+    }
+
+    /// The BIP-388 wallet policy: the template with `@k/<0;1>/*` / `@k/<2;3>/*`
+    /// placeholders, numbered in order of first appearance, and each account key (with
+    /// origin) listed once.
+    pub fn wallet_policy(&self) -> WalletPolicy {
+        let body = self.body();
+        let mut found: Vec<(usize, String, Role, String)> = self
+            .role_accounts()
+            .into_iter()
+            .map(|(key, role, account)| {
+                let at = body
+                    .find(&key)
+                    .expect("every key of the descriptor is in its text");
+                (at, key, role, account)
+            })
+            .collect();
+        found.sort();
+        let mut keys: Vec<String> = Vec::new();
+        let mut template = body.clone();
+        for (_, key, role, account) in found {
+            let k = match keys.iter().position(|a| *a == account) {
+                Some(k) => k,
+                None => {
+                    keys.push(account);
+                    keys.len() - 1
+                }
+            };
+            template = template.replace(&key, &format!("@{k}/{}/*", role.chain().multipath()));
+        }
+        WalletPolicy { template, keys }
     }
 
     pub fn address(&self) -> Address {
@@ -685,6 +813,41 @@ impl EscrowDescriptor {
     /// Every key with its role.
     pub fn roles(&self) -> &BTreeMap<DescriptorPublicKey, Role> {
         &self.roles
+    }
+
+    /// Every key of the escrow with its role, master fingerprint and full path from the
+    /// master (what a signer derives and a PSBT lists in `bip32_derivation`).
+    pub fn key_origins(&self) -> Vec<KeyOrigin> {
+        let secp = Secp256k1::verification_only();
+        self.roles
+            .iter()
+            .filter_map(|(key, role)| {
+                let DescriptorPublicKey::XPub(x) = key else {
+                    return None;
+                };
+                let (fingerprint, origin) = x.origin.clone()?;
+                let public = key
+                    .clone()
+                    .at_derivation_index(0)
+                    .ok()?
+                    .derive_public_key(&secp)
+                    .ok()?;
+                Some(KeyOrigin {
+                    role: *role,
+                    key: public,
+                    fingerprint,
+                    path: origin.extend(&x.derivation_path),
+                })
+            })
+            .collect()
+    }
+
+    /// The role of a descriptor key given as text, if it is one of the escrow's.
+    pub fn role_of_key_text(&self, key: &str) -> Option<Role> {
+        self.roles
+            .iter()
+            .find(|(k, _)| k.to_string() == key)
+            .map(|(_, r)| *r)
     }
 
     /// The role of a concrete public key, if it is one of the escrow's.
@@ -762,6 +925,73 @@ impl fmt::Display for EscrowDescriptor {
     }
 }
 
+/// One escrow key with where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOrigin {
+    pub role: Role,
+    pub key: bitcoin::PublicKey,
+    pub fingerprint: bitcoin::bip32::Fingerprint,
+    pub path: bitcoin::bip32::DerivationPath,
+}
+
+/// A BIP-388 wallet policy (what a hardware wallet registers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WalletPolicy {
+    pub template: String,
+    pub keys: Vec<String>,
+}
+
+/// Whose account and which chain a descriptor key is, and its escrow index.
+fn role_of_key(
+    key: &DescriptorPublicKey,
+    accounts: &PartyAccounts,
+    network: Network,
+) -> Result<(Role, u32), PolicyError> {
+    use bitcoin::bip32::ChildNumber;
+    let unknown = || PolicyError::UnknownKey(key.to_string());
+    let DescriptorPublicKey::XPub(x) = key else {
+        return Err(PolicyError::Roles(format!(
+            "{key} is not an extended key of a party's account"
+        )));
+    };
+    if x.xkey.network != bitcoin::NetworkKind::from(network) {
+        return Err(PolicyError::Key(KeyError::WrongNetwork {
+            field: format!("descriptor key {key}"),
+            found: x.xkey.network,
+            expected: network,
+        }));
+    }
+    let party = [Party::Borrower, Party::Lender, Party::Arbiter]
+        .into_iter()
+        .find(|p| accounts.of(*p).xpub() == &x.xkey)
+        .ok_or_else(unknown)?;
+    let account = accounts.of(party);
+    let origin_matches = x.origin.as_ref().is_some_and(|(fp, path)| {
+        *fp == account.master_fingerprint() && path == account.origin_path()
+    });
+    if !origin_matches {
+        return Err(PolicyError::Roles(format!(
+            "{key}: the {party}'s xpub with another origin than its account key {account}"
+        )));
+    }
+    let steps: Vec<ChildNumber> = x.derivation_path.clone().into();
+    let (chain, index) = match (steps.as_slice(), x.wildcard) {
+        (
+            [ChildNumber::Normal { index: c }, ChildNumber::Normal { index: i }],
+            miniscript::descriptor::Wildcard::None,
+        ) => (Chain::from_receive(*c), *i),
+        _ => (None, 0),
+    };
+    let chain = chain.ok_or_else(|| {
+        PolicyError::Roles(format!(
+            "{key}: an escrow key is <account>/0/i or <account>/2/i"
+        ))
+    })?;
+    let role = Role::of(party, chain)
+        .ok_or_else(|| PolicyError::Roles(format!("{key}: the arbiter has no timelocked key")))?;
+    Ok((role, index))
+}
+
 /// What a spend of the escrow showed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ObservedSpend {
@@ -776,7 +1006,8 @@ pub fn example_keys(network: Network) -> EscrowKeys {
     let account = |seed: u8| {
         let master = bitcoin::bip32::Xpriv::new_master(network, &[seed; 32])
             .expect("a 32-byte seed is a valid master key");
-        AccountKey::from_master(&master, &crate::keys::account_path(network, 0), &secp)
+        let path = crate::keys::account_path(network, 0).expect("account 0 is valid");
+        AccountKey::from_master(&master, &path, &secp)
             .expect("hardened derivation of a fixed path cannot fail")
     };
     EscrowKeys {

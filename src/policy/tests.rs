@@ -56,11 +56,129 @@ fn default_template_has_the_five_paths() {
     assert!(escrow.address().to_string().starts_with("bcrt1q"));
 }
 
+fn accounts() -> PartyAccounts {
+    example_keys(Network::Regtest).accounts()
+}
+
 #[test]
 fn descriptor_text_parses_back_with_the_same_roles() {
     let escrow = instantiate(DEFAULT_TEMPLATE).unwrap();
-    let parsed = EscrowDescriptor::parse(&escrow.to_string(), Network::Regtest).unwrap();
+    let parsed =
+        EscrowDescriptor::parse(&escrow.to_string(), Network::Regtest, &accounts()).unwrap();
     assert_eq!(parsed, escrow);
+}
+
+fn key_of(escrow: &EscrowDescriptor, role: Role) -> String {
+    escrow
+        .roles()
+        .iter()
+        .find(|(_, r)| **r == role)
+        .map(|(k, _)| k.to_string())
+        .unwrap()
+}
+
+#[test]
+fn a_descriptor_with_the_timelocked_keys_swapped_is_refused() {
+    let escrow = instantiate(DEFAULT_TEMPLATE).unwrap();
+    let text = escrow.to_string();
+    let body = text.split('#').next().unwrap();
+    let (l, b) = (
+        key_of(&escrow, Role::LenderDefault),
+        key_of(&escrow, Role::BorrowerRecovery),
+    );
+    let swapped = body.replace(&l, "<L>").replace(&b, &l).replace("<L>", &b);
+    assert_ne!(swapped, body);
+    // The old parser took the earlier lock as the lender's and accepted this.
+    let err = EscrowDescriptor::parse(&swapped, Network::Regtest, &accounts()).unwrap_err();
+    assert!(
+        matches!(err, PolicyError::RecoveryNotAfterDefault { .. }),
+        "{err}"
+    );
+    // The multisig keys of borrower and arbiter swapped: the roles still follow the
+    // accounts, so the descriptor is the same escrow, not a relabelled one.
+    let (bk, ak) = (
+        key_of(&escrow, Role::Borrower),
+        key_of(&escrow, Role::Arbiter),
+    );
+    let relabelled = body
+        .replace(&bk, "<B>")
+        .replace(&ak, &bk)
+        .replace("<B>", &ak);
+    let parsed = EscrowDescriptor::parse(&relabelled, Network::Regtest, &accounts()).unwrap();
+    assert_eq!(parsed.role_of_key_text(&bk), Some(Role::Borrower));
+}
+
+#[test]
+fn a_descriptor_with_foreign_or_misplaced_keys_is_refused() {
+    let escrow = instantiate(DEFAULT_TEMPLATE).unwrap();
+    let text = escrow.to_string();
+    let body = text.split('#').next().unwrap();
+    // Parsed against other parties' accounts: the keys belong to nobody.
+    let mut others = accounts();
+    others.arbiter = example_keys_seeded(9).arbiter;
+    assert!(matches!(
+        EscrowDescriptor::parse(body, Network::Regtest, &others),
+        Err(PolicyError::UnknownKey(_))
+    ));
+    // The lender's multisig key moved to chain 1 (not an escrow chain).
+    let l = key_of(&escrow, Role::Lender);
+    let moved = body.replace(&l, &l.replace("/0/0", "/1/0"));
+    assert!(matches!(
+        EscrowDescriptor::parse(&moved, Network::Regtest, &accounts()),
+        Err(PolicyError::Roles(_))
+    ));
+    // Keys of another network.
+    assert!(EscrowDescriptor::parse(body, Network::Bitcoin, &accounts()).is_err());
+}
+
+fn example_keys_seeded(seed: u8) -> EscrowKeys {
+    let secp = Secp256k1::new();
+    let master = bitcoin::bip32::Xpriv::new_master(Network::Regtest, &[seed; 32]).unwrap();
+    let path = crate::keys::account_path(Network::Regtest, 0).unwrap();
+    let account = AccountKey::from_master(&master, &path, &secp).unwrap();
+    let mut keys = example_keys(Network::Regtest);
+    keys.arbiter = account;
+    keys
+}
+
+#[test]
+fn the_wallet_policy_and_multipath_descriptor_give_the_escrow() {
+    let mut keys = example_keys(Network::Regtest);
+    keys.index = 7;
+    let escrow = PolicyTemplate::default()
+        .instantiate(&keys, heights(), Network::Regtest)
+        .unwrap();
+    // Keys on the BIP-388 chains.
+    assert!(key_of(&escrow, Role::Lender).ends_with("/0/7"));
+    assert!(key_of(&escrow, Role::LenderDefault).ends_with("/2/7"));
+    // The multipath descriptor's receive index 7 is the escrow.
+    let multi = escrow.multipath_descriptor();
+    assert!(
+        multi.contains("/<0;1>/*") && multi.contains("/<2;3>/*"),
+        "{multi}"
+    );
+    assert!(multi.contains('#'), "{multi}");
+    let parsed = Descriptor::<DescriptorPublicKey>::from_str(&multi).unwrap();
+    let receive = parsed.into_single_descriptors().unwrap().remove(0);
+    let derived = receive.at_derivation_index(7).unwrap();
+    assert_eq!(derived.script_pubkey(), escrow.script_pubkey());
+    // The wallet policy: three distinct account keys with origin, placeholders in
+    // order of first appearance, each reused only on disjoint chains.
+    let policy = escrow.wallet_policy();
+    assert_eq!(policy.keys.len(), 3);
+    for (i, a) in policy.keys.iter().enumerate() {
+        assert!(a.starts_with('['), "{a}");
+        assert!(policy.keys[i + 1..].iter().all(|b| b != a));
+    }
+    assert_eq!(
+        policy.template,
+        format!(
+            "wsh(or_d(multi(2,@0/<0;1>/*,@1/<0;1>/*,@2/<0;1>/*),or_i(and_v(v:pkh(@1/<2;3>/*),after({D})),and_v(v:pkh(@0/<2;3>/*),after({R})))))"
+        )
+    );
+    assert_eq!(policy.keys[0], keys.borrower.to_string());
+    assert_eq!(policy.keys[1], keys.lender.to_string());
+    assert_eq!(policy.keys[2], keys.arbiter.to_string());
 }
 
 #[test]

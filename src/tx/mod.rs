@@ -5,22 +5,23 @@
 
 mod describe;
 mod merge;
+mod sign;
 
 pub use describe::describe;
 pub use merge::{merge, MergeError};
+pub use sign::{sign, sign_decision, FeeCap, SpendDecision};
 
 use std::collections::BTreeSet;
 
 use bitcoin::absolute::LockTime;
 use bitcoin::psbt::{Psbt, PsbtSighashType};
-use bitcoin::secp256k1::{All, Secp256k1, Verification};
+use bitcoin::secp256k1::{Secp256k1, Verification};
 use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Weight};
 use miniscript::plan::Assets;
 use miniscript::psbt::PsbtExt;
 
-use crate::keys::SigningKey;
 use crate::policy::{EscrowDescriptor, PathName, PolicyError};
 
 /// Errors building, signing or finalizing; each names the input, output or field.
@@ -69,10 +70,38 @@ pub enum TxError {
     Input { index: usize, reason: String },
     #[error("input {index}: asks for sighash {found}; only SIGHASH_ALL is signed")]
     NonAllSighash { index: usize, found: String },
-    #[error("this key ({fingerprint}) is named by no input's bip32_derivation: nothing to sign")]
+    #[error("this key ({fingerprint}) holds none of the escrow keys the PSBT asks to sign: nothing to sign")]
     NothingToSign {
         fingerprint: bitcoin::bip32::Fingerprint,
     },
+    #[error(
+        "input {index}: spends {script}, not this escrow's script; a foreign input is never signed"
+    )]
+    ForeignInput { index: usize, script: ScriptBuf },
+    #[error("input {index}: its witness_script is missing or is not this escrow's")]
+    WrongWitnessScript { index: usize },
+    #[error("input {index}: asks this key to sign for {path}, which is not one of its keys in this escrow")]
+    UnexpectedDerivation {
+        index: usize,
+        path: bitcoin::bip32::DerivationPath,
+    },
+    #[error("input {index}: the key derived at {path} is not the key the PSBT lists")]
+    DerivedKeyMismatch {
+        index: usize,
+        path: bitcoin::bip32::DerivationPath,
+    },
+    #[error("fee: {fee} is above the cap of {cap} ({max_fee} absolute, {max_fee_bps} bps of the inputs {inputs})")]
+    FeeAboveCap {
+        fee: Amount,
+        cap: Amount,
+        max_fee: Amount,
+        max_fee_bps: u32,
+        inputs: Amount,
+    },
+    #[error("outputs: {outputs} exceed the inputs {inputs}")]
+    OutputsExceedInputs { inputs: Amount, outputs: Amount },
+    #[error("decision: the PSBT differs from the recorded decision: {0}")]
+    NotTheDecision(String),
     #[error("signing failed: {0}")]
     Sign(String),
     #[error("cannot finalize: {0}")]
@@ -319,34 +348,6 @@ pub fn check_inputs(psbt: &Psbt) -> Result<(), TxError> {
         }
     }
     Ok(())
-}
-
-/// Sign every input whose `bip32_derivation` names this key's fingerprint, after
-/// [`check_inputs`]. Returns how many signatures were added.
-pub fn sign(psbt: &mut Psbt, key: &SigningKey, secp: &Secp256k1<All>) -> Result<usize, TxError> {
-    check_inputs(psbt)?;
-    let fingerprint = key.fingerprint(secp);
-    let named = psbt.inputs.iter().any(|i| {
-        i.bip32_derivation
-            .values()
-            .any(|(fp, _)| *fp == fingerprint)
-    });
-    if !named {
-        return Err(TxError::NothingToSign { fingerprint });
-    }
-    let mut signed = psbt.clone();
-    let used = signed
-        .sign(key.master(), secp)
-        .map_err(|(_, errors)| TxError::Sign(format!("{errors:?}")))?;
-    let count = used
-        .values()
-        .map(|k| match k {
-            bitcoin::psbt::SigningKeys::Ecdsa(v) => v.len(),
-            bitcoin::psbt::SigningKeys::Schnorr(v) => v.len(),
-        })
-        .sum();
-    *psbt = signed;
-    Ok(count)
 }
 
 /// Finalize with miniscript (the cheapest satisfaction the signatures allow) and extract

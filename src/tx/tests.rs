@@ -1,8 +1,9 @@
 use super::*;
-use crate::keys::{account_path, AccountKey};
+use crate::keys::{account_path, AccountKey, SigningKey};
 use crate::policy::{EscrowHeights, EscrowKeys, PolicyTemplate};
 use bitcoin::bip32::Xpriv;
 use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::All;
 use bitcoin::{Network, Txid};
 use proptest::prelude::*;
 
@@ -22,7 +23,12 @@ pub(crate) fn fixture() -> Fixture {
     };
     let (borrower, lender, arbiter) = (key(11), key(12), key(13));
     let account = |k: &SigningKey| {
-        AccountKey::from_master(k.master(), &account_path(Network::Regtest, 0), &secp).unwrap()
+        AccountKey::from_master(
+            k.master(),
+            &account_path(Network::Regtest, 0).unwrap(),
+            &secp,
+        )
+        .unwrap()
     };
     let keys = EscrowKeys {
         borrower: account(&borrower),
@@ -118,7 +124,7 @@ fn every_path_builds_signs_and_finalizes_with_an_honest_fee() {
             }
             assert!(psbt.unsigned_tx.input.iter().all(|i| i.sequence.is_rbf()));
             for key in signers(&f, path) {
-                assert!(sign(&mut psbt, key, &f.secp).unwrap() > 0);
+                assert!(sign(&mut psbt, key, &f.escrow, &FeeCap::default(), &f.secp).unwrap() > 0);
             }
             let tx = finalize(&psbt, &f.secp).unwrap();
             let vsize = tx.vsize() as u64;
@@ -167,7 +173,14 @@ fn one_signature_on_a_two_key_path_does_not_finalize() {
     )
     .unwrap();
     let mut psbt = built.psbt;
-    sign(&mut psbt, &f.arbiter, &f.secp).unwrap();
+    sign(
+        &mut psbt,
+        &f.arbiter,
+        &f.escrow,
+        &FeeCap::default(),
+        &f.secp,
+    )
+    .unwrap();
     let err = finalize(&psbt, &f.secp).unwrap_err();
     assert!(matches!(err, TxError::Finalize(_)), "{err}");
     assert!(
@@ -193,7 +206,7 @@ fn a_key_not_in_the_psbt_signs_nothing() {
     )
     .unwrap();
     assert!(matches!(
-        sign(&mut psbt, &stranger, &f.secp),
+        sign(&mut psbt, &stranger, &f.escrow, &FeeCap::default(), &f.secp),
         Err(TxError::NothingToSign { .. })
     ));
 }
@@ -251,12 +264,26 @@ mod merge_refusals {
         )
         .unwrap();
         let mut ours = built.psbt;
-        sign(&mut ours, &f.arbiter, &f.secp).unwrap();
+        sign(
+            &mut ours,
+            &f.arbiter,
+            &f.escrow,
+            &FeeCap::default(),
+            &f.secp,
+        )
+        .unwrap();
         let mut theirs = ours.clone();
         for input in &mut theirs.inputs {
             input.partial_sigs.clear();
         }
-        sign(&mut theirs, &f.lender, &f.secp).unwrap();
+        sign(
+            &mut theirs,
+            &f.lender,
+            &f.escrow,
+            &FeeCap::default(),
+            &f.secp,
+        )
+        .unwrap();
         (f, ours, theirs)
     }
 
@@ -421,6 +448,224 @@ proptest! {
             }
         }
     }
+}
+
+/// A PSBT for the liquidation of two escrow UTXOs.
+fn liquidation_psbt(f: &Fixture) -> Psbt {
+    build(
+        &f.escrow,
+        &request(f, PathName::Liquidation, &[60_000_000, 50_000_000]),
+    )
+    .unwrap()
+    .psbt
+}
+
+/// Append an input spending `owner`'s own coin at m/84'/1'/0'/0/0 (P2WPKH), listed in
+/// `bip32_derivation` as a hardware wallet would want it.
+fn add_own_coin(psbt: &mut Psbt, owner: &SigningKey, secp: &Secp256k1<All>) {
+    use bitcoin::bip32::DerivationPath;
+    let path: DerivationPath = "m/84'/1'/0'/0/0".parse().unwrap();
+    let sk = owner.master().derive_priv(secp, &path).unwrap();
+    let pk = sk.private_key.public_key(secp);
+    let spk = ScriptBuf::new_p2wpkh(&bitcoin::CompressedPublicKey(pk).wpubkey_hash());
+    let prev = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(Txid::from_byte_array([77; 32]), 0),
+            ..TxIn::default()
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(5_000_000),
+            script_pubkey: spk,
+        }],
+    };
+    psbt.unsigned_tx.input.push(TxIn {
+        previous_output: OutPoint::new(prev.compute_txid(), 0),
+        sequence: SEQUENCE,
+        ..TxIn::default()
+    });
+    let mut input = bitcoin::psbt::Input {
+        witness_utxo: Some(prev.output[0].clone()),
+        non_witness_utxo: Some(prev),
+        ..Default::default()
+    };
+    input
+        .bip32_derivation
+        .insert(pk, (owner.fingerprint(secp), path));
+    psbt.inputs.push(input);
+    // The thief's output takes the coin.
+    psbt.unsigned_tx.output[0].value += Amount::from_sat(5_000_000);
+}
+
+/// Issue 9 item 1: the old signer signed every input naming its fingerprint, so a
+/// counterparty could slip in an input spending the signer's own unrelated coin.
+#[test]
+fn a_foreign_input_spending_the_signers_own_coin_is_never_signed() {
+    let f = fixture();
+    let mut psbt = liquidation_psbt(&f);
+    add_own_coin(&mut psbt, &f.lender, &f.secp);
+    let before = psbt.clone();
+    let err = sign(&mut psbt, &f.lender, &f.escrow, &FeeCap::default(), &f.secp).unwrap_err();
+    assert!(
+        matches!(err, TxError::ForeignInput { index: 2, .. }),
+        "{err}"
+    );
+    assert_eq!(psbt, before, "nothing signed");
+}
+
+#[test]
+fn a_derivation_that_is_not_an_escrow_key_is_refused() {
+    let f = fixture();
+    let mut psbt = liquidation_psbt(&f);
+    // An escrow input that also asks the lender to sign for another key of its seed.
+    let path: bitcoin::bip32::DerivationPath = "m/84'/1'/0'/0/0".parse().unwrap();
+    let other = f.lender.master().derive_priv(&f.secp, &path).unwrap();
+    psbt.inputs[0].bip32_derivation.insert(
+        other.private_key.public_key(&f.secp),
+        (f.lender.fingerprint(&f.secp), path),
+    );
+    let err = sign(&mut psbt, &f.lender, &f.escrow, &FeeCap::default(), &f.secp).unwrap_err();
+    assert!(
+        matches!(err, TxError::UnexpectedDerivation { index: 0, .. }),
+        "{err}"
+    );
+    // A listed key that is not what the path derives.
+    let mut psbt = liquidation_psbt(&f);
+    let (pk, origin) = psbt.inputs[0]
+        .bip32_derivation
+        .iter()
+        .find(|(_, (fp, _))| *fp == f.lender.fingerprint(&f.secp))
+        .map(|(k, o)| (*k, o.clone()))
+        .unwrap();
+    psbt.inputs[0].bip32_derivation.remove(&pk);
+    let stranger = other.private_key.public_key(&f.secp);
+    psbt.inputs[0].bip32_derivation.insert(stranger, origin);
+    let err = sign(&mut psbt, &f.lender, &f.escrow, &FeeCap::default(), &f.secp).unwrap_err();
+    assert!(matches!(err, TxError::UnexpectedDerivation { .. }), "{err}");
+}
+
+#[test]
+fn a_psbt_for_another_escrow_or_witness_script_is_refused() {
+    let f = fixture();
+    let mut psbt = liquidation_psbt(&f);
+    psbt.inputs[1].witness_script = Some(ScriptBuf::from_bytes(vec![0x51]));
+    let err = sign(
+        &mut psbt,
+        &f.arbiter,
+        &f.escrow,
+        &FeeCap::default(),
+        &f.secp,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TxError::WrongWitnessScript { index: 1 }),
+        "{err}"
+    );
+    // The same keys at another escrow index: every input is foreign to it.
+    let mut keys = crate::policy::example_keys(Network::Regtest);
+    let account = |k: &SigningKey| {
+        AccountKey::from_master(
+            k.master(),
+            &account_path(Network::Regtest, 0).unwrap(),
+            &f.secp,
+        )
+        .unwrap()
+    };
+    keys.borrower = account(&f.borrower);
+    keys.lender = account(&f.lender);
+    keys.arbiter = account(&f.arbiter);
+    keys.index = 8;
+    let other = PolicyTemplate::default()
+        .instantiate(
+            &keys,
+            EscrowHeights::new(300, 400, 200).unwrap(),
+            Network::Regtest,
+        )
+        .unwrap();
+    let mut psbt = liquidation_psbt(&f);
+    let err = sign(&mut psbt, &f.arbiter, &other, &FeeCap::default(), &f.secp).unwrap_err();
+    assert!(
+        matches!(err, TxError::ForeignInput { index: 0, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_fee_above_the_cap_is_refused_with_both_numbers() {
+    let f = fixture();
+    let mut req = request(&f, PathName::Liquidation, &[60_000_000, 50_000_000]);
+    req.fee_rate = FeeRate::from_sat_per_vb(1_000).unwrap();
+    let mut psbt = build(&f.escrow, &req).unwrap().psbt;
+    let cap = FeeCap {
+        max_fee: Amount::from_sat(100_000),
+        max_fee_bps: 200,
+    };
+    let err = sign(&mut psbt, &f.arbiter, &f.escrow, &cap, &f.secp).unwrap_err();
+    let TxError::FeeAboveCap {
+        fee, cap: limit, ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!(*limit, Amount::from_sat(100_000));
+    let text = err.to_string();
+    assert!(
+        text.contains(&fee.to_string()) && text.contains(&limit.to_string()),
+        "{text}"
+    );
+    // The relative cap binds on a small escrow: 2 % of 0.01 BTC.
+    let small = FeeCap::default().cap(Amount::from_sat(1_000_000));
+    assert_eq!(small, Amount::from_sat(20_000));
+}
+
+#[test]
+fn the_arbiter_signs_only_the_decided_transaction() {
+    let f = fixture();
+    let built = build(
+        &f.escrow,
+        &request(&f, PathName::Liquidation, &[60_000_000, 50_000_000]),
+    )
+    .unwrap();
+    let decision = SpendDecision {
+        inputs: built
+            .psbt
+            .unsigned_tx
+            .input
+            .iter()
+            .map(|i| i.previous_output)
+            .collect(),
+        outputs: built.psbt.unsigned_tx.output.clone(),
+        fee: built.fee,
+    };
+    let cap = FeeCap::default();
+    // The lender's output raised by a satoshi, taken from the borrower's.
+    let mut changed = built.psbt.clone();
+    changed.unsigned_tx.output[0].value += Amount::from_sat(1);
+    let last = changed.unsigned_tx.output.len() - 1;
+    changed.unsigned_tx.output[last].value -= Amount::from_sat(1);
+    let err = sign_decision(
+        &mut changed,
+        &f.arbiter,
+        &f.escrow,
+        &decision,
+        &cap,
+        &f.secp,
+    )
+    .unwrap_err();
+    assert!(matches!(err, TxError::NotTheDecision(_)), "{err}");
+    // A higher fee than decided.
+    let mut pricier = built.psbt.clone();
+    pricier.unsigned_tx.output[last].value -= Amount::from_sat(10);
+    let mut d = decision.clone();
+    d.outputs = pricier.unsigned_tx.output.clone();
+    let err = sign_decision(&mut pricier, &f.arbiter, &f.escrow, &d, &cap, &f.secp).unwrap_err();
+    assert!(err.to_string().contains("fee"), "{err}");
+    let mut psbt = built.psbt;
+    assert_eq!(
+        sign_decision(&mut psbt, &f.arbiter, &f.escrow, &decision, &cap, &f.secp).unwrap(),
+        2
+    );
 }
 
 fn fixture_cached() -> &'static Fixture {

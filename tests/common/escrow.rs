@@ -42,7 +42,7 @@ impl Parties {
     pub fn account(&self, key: &SigningKey) -> anyhow::Result<AccountKey> {
         Ok(AccountKey::from_master(
             key.master(),
-            &account_path(Network::Regtest, 0),
+            &account_path(Network::Regtest, 0)?,
             &self.secp,
         )?)
     }
@@ -139,7 +139,13 @@ pub fn spend(
     };
     let mut psbt = tx::build(escrow, &req)?.psbt;
     for key in parties.signers(path) {
-        tx::sign(&mut psbt, key, &parties.secp)?;
+        tx::sign(
+            &mut psbt,
+            key,
+            escrow,
+            &tx::FeeCap::default(),
+            &parties.secp,
+        )?;
     }
     Ok(tx::finalize(&psbt, &parties.secp)?)
 }
