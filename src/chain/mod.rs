@@ -6,7 +6,7 @@ pub mod fees;
 pub mod watcher;
 
 pub use broadcast::BroadcastError;
-pub use fees::{FeeEstimate, FeePolicy, FeeSource};
+pub use fees::{FeeEstimate, FeePolicy, FeePolicyError, FeeSource};
 pub use watcher::{
     Backoff, ChainEvent, ChainUpdate, ConnectionStatus, Deposit, EscrowState, Spend, TxStatus,
     WatchError, Watcher, WatcherConfig,
