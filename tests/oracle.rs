@@ -517,17 +517,17 @@ async fn prices_are_parsed_exactly_or_refused() -> anyhow::Result<()> {
 async fn the_ticker_keeps_ticking_past_a_hanging_source() -> anyhow::Result<()> {
     let (k, b, c) = three_exchanges("64000", "64001", "64002").await?;
     b.set(Answer::Hang);
-    let ticker = Ticker {
-        sources: vec![
+    let ticker = Ticker::new(
+        vec![
             k.source("kraken"),
             b.source("bitstamp"),
             c.source("coinbase"),
         ],
-        currency: "USD".into(),
-        rules: rules(2),
-        interval: Duration::from_millis(100),
-        history: 3,
-    };
+        "USD",
+        rules(2),
+        Duration::from_millis(100),
+        3,
+    )?;
     let mut handle = ticker.spawn(reqwest::Client::new());
     let started = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(30), handle.wait_for_ticks(5))

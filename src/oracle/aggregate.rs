@@ -20,6 +20,43 @@ pub struct AggregationRules {
     pub max_deviation_bps: u32,
 }
 
+/// An aggregation limit that makes no sense, named by its config field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesError {
+    #[error("quorum: must be at least 1")]
+    QuorumZero,
+    #[error("quorum: {quorum} is more than the {sources} configured sources")]
+    QuorumAboveSources { quorum: usize, sources: usize },
+    #[error("staleness_secs: must be at least 1")]
+    StalenessZero,
+    #[error("max_deviation_bps: {0} is not within 1..=10000")]
+    DeviationOutOfRange(u32),
+}
+
+impl AggregationRules {
+    /// Check the limits for `sources` configured sources: a quorum they can meet (and
+    /// not zero), a staleness limit above zero, a deviation limit within 1..=10000 bps.
+    /// A zero future skew is allowed (quotes must not be ahead of our clock at all).
+    pub fn validate(&self, sources: usize) -> Result<(), RulesError> {
+        if self.quorum == 0 {
+            return Err(RulesError::QuorumZero);
+        }
+        if self.quorum > sources {
+            return Err(RulesError::QuorumAboveSources {
+                quorum: self.quorum,
+                sources,
+            });
+        }
+        if self.staleness_secs == 0 {
+            return Err(RulesError::StalenessZero);
+        }
+        if !(1..=10_000).contains(&self.max_deviation_bps) {
+            return Err(RulesError::DeviationOutOfRange(self.max_deviation_bps));
+        }
+        Ok(())
+    }
+}
+
 impl Default for AggregationRules {
     fn default() -> Self {
         Self {
@@ -349,6 +386,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn each_senseless_rule_is_refused_by_name() {
+        let ok = AggregationRules::default();
+        assert_eq!(ok.validate(2), Ok(()));
+        let cases = [
+            (
+                AggregationRules { quorum: 0, ..ok },
+                3,
+                RulesError::QuorumZero,
+            ),
+            (
+                AggregationRules { quorum: 4, ..ok },
+                3,
+                RulesError::QuorumAboveSources {
+                    quorum: 4,
+                    sources: 3,
+                },
+            ),
+            (
+                AggregationRules {
+                    staleness_secs: 0,
+                    ..ok
+                },
+                3,
+                RulesError::StalenessZero,
+            ),
+            (
+                AggregationRules {
+                    max_deviation_bps: 0,
+                    ..ok
+                },
+                3,
+                RulesError::DeviationOutOfRange(0),
+            ),
+            (
+                AggregationRules {
+                    max_deviation_bps: 10_001,
+                    ..ok
+                },
+                3,
+                RulesError::DeviationOutOfRange(10_001),
+            ),
+        ];
+        for (rules, sources, want) in cases {
+            assert_eq!(rules.validate(sources), Err(want.clone()), "{rules:?}");
+        }
+        assert!(RulesError::QuorumZero.to_string().starts_with("quorum: "));
+        assert!(RulesError::DeviationOutOfRange(0)
+            .to_string()
+            .starts_with("max_deviation_bps: "));
     }
 
     #[test]

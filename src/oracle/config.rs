@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::sources::{parse_manual_price, ManualPrice, Source, SourceKind};
-use super::AggregationRules;
+use super::ticker::{MAX_HISTORY, MAX_INTERVAL};
+use super::{AggregationRules, RulesError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OracleConfigError {
@@ -15,6 +16,8 @@ pub enum OracleConfigError {
     Toml(String),
     #[error("oracle.{field}: {reason}")]
     Field { field: String, reason: String },
+    #[error("oracle.{0}")]
+    Rules(#[from] RulesError),
 }
 
 fn field_err(field: impl Into<String>, reason: impl Into<String>) -> OracleConfigError {
@@ -153,28 +156,19 @@ impl OracleConfig {
         if self.interval_secs == 0 {
             return Err(field_err("interval_secs", "must be at least 1"));
         }
-        if self.history == 0 {
-            return Err(field_err("history", "must be at least 1"));
-        }
-        if self.quorum == 0 {
-            return Err(field_err("quorum", "must be at least 1"));
-        }
-        if self.quorum > self.sources.len() {
+        if self.interval_secs > MAX_INTERVAL.as_secs() {
             return Err(field_err(
-                "quorum",
-                format!(
-                    "{} is more than the {} configured sources",
-                    self.quorum,
-                    self.sources.len()
-                ),
+                "interval_secs",
+                format!("must be at most {}", MAX_INTERVAL.as_secs()),
             ));
         }
-        if self.max_deviation_bps == 0 || self.max_deviation_bps > 10_000 {
-            return Err(field_err("max_deviation_bps", "must be within 1..=10000"));
+        if self.history == 0 || self.history > MAX_HISTORY {
+            return Err(field_err(
+                "history",
+                format!("must be within 1..={MAX_HISTORY}"),
+            ));
         }
-        if self.staleness_secs == 0 {
-            return Err(field_err("staleness_secs", "must be at least 1"));
-        }
+        self.rules().validate(self.sources.len())?;
         let mut names = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let at = |f: &str| format!("sources[{i}].{f}");
@@ -388,6 +382,28 @@ mod tests {
                 "quorum = 2",
                 "quorum = 2\nmax_deviation_bps = 0",
                 "oracle.max_deviation_bps",
+            ),
+            ("quorum = 2", "quorum = 0", "oracle.quorum"),
+            (
+                "quorum = 2",
+                "quorum = 2\nstaleness_secs = 0",
+                "oracle.staleness_secs",
+            ),
+            (
+                "quorum = 2",
+                "quorum = 2\ninterval_secs = 0",
+                "oracle.interval_secs",
+            ),
+            (
+                "quorum = 2",
+                "quorum = 2\ninterval_secs = 86401",
+                "oracle.interval_secs",
+            ),
+            ("quorum = 2", "quorum = 2\nhistory = 0", "oracle.history"),
+            (
+                "quorum = 2",
+                "quorum = 2\nhistory = 10001",
+                "oracle.history",
             ),
         ];
         for (from, to, field) in cases {

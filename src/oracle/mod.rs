@@ -10,10 +10,10 @@ pub mod ticker;
 
 use serde::{Deserialize, Serialize};
 
-pub use aggregate::{aggregate, AggregationRules};
+pub use aggregate::{aggregate, AggregationRules, RulesError};
 pub use config::{OracleConfig, OracleConfigError, SourceConfig};
 pub use sources::{ManualPrice, Source, SourceError};
-pub use ticker::{Ticker, TickerHandle};
+pub use ticker::{Ticker, TickerError, TickerHandle};
 
 /// The wall clock in unix seconds (0 if it reads before 1970, which the staleness
 /// rule then treats as a clock far behind every quote).

@@ -4,12 +4,14 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    aggregate, unix_now, AggregationRules, OracleResult, Source, SourceError, SourceResult,
+    aggregate, unix_now, AggregationRules, OracleResult, RulesError, Source, SourceError,
+    SourceResult,
 };
 
 /// Poll every source once, concurrently, and aggregate at `now`.
@@ -71,14 +73,56 @@ async fn futures_join_all<F: std::future::Future>(
         .collect()
 }
 
-/// Ticker settings.
+/// The longest history a ticker keeps (results, one per tick).
+pub const MAX_HISTORY: usize = 10_000;
+/// The longest polling interval: a day.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+/// The longest timeout a source may have.
+pub const MAX_SOURCE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A ticker setting refused at construction, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TickerError {
+    #[error("sources: at least one source is needed")]
+    NoSources,
+    #[error("sources[{index}].name: {name:?} is used twice")]
+    DuplicateSource { index: usize, name: String },
+    #[error("sources[{index}].timeout: {timeout_ms} ms is not within 1..={max_ms} ms")]
+    SourceTimeout {
+        index: usize,
+        timeout_ms: u64,
+        max_ms: u64,
+    },
+    #[error("sources[{index}].currency: {found}, not the ticker's {expected}")]
+    SourceCurrency {
+        index: usize,
+        expected: String,
+        found: String,
+    },
+    #[error("interval: must be more than zero")]
+    IntervalZero,
+    #[error("interval: {secs} s is more than the maximum of {max_secs} s")]
+    IntervalTooLong { secs: u64, max_secs: u64 },
+    #[error("history: must be at least 1")]
+    HistoryZero,
+    #[error("history: {history} is more than the maximum of {max}")]
+    HistoryTooLong { history: usize, max: usize },
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Ticker settings, validated by [`Ticker::new`].
 #[derive(Debug, Clone)]
 pub struct Ticker {
-    pub sources: Vec<Source>,
-    pub currency: String,
-    pub rules: AggregationRules,
-    pub interval: std::time::Duration,
-    pub history: usize,
+    sources: Vec<Source>,
+    currency: String,
+    rules: AggregationRules,
+    interval: Duration,
+    history: usize,
 }
 
 /// The running ticker: read its history, wait for ticks, shut it down.
@@ -90,6 +134,71 @@ pub struct TickerHandle {
 }
 
 impl Ticker {
+    /// Check every setting: at least one source, unique names, each source's timeout
+    /// within 1 ms..=[`MAX_SOURCE_TIMEOUT`] and its currency the ticker's; an interval
+    /// within 1 ms..=[`MAX_INTERVAL`]; a history within 1..=[`MAX_HISTORY`]; and the
+    /// aggregation rules (see [`AggregationRules::validate`]).
+    pub fn new(
+        sources: Vec<Source>,
+        currency: impl Into<String>,
+        rules: AggregationRules,
+        interval: Duration,
+        history: usize,
+    ) -> Result<Self, TickerError> {
+        let currency = currency.into();
+        if sources.is_empty() {
+            return Err(TickerError::NoSources);
+        }
+        for (index, s) in sources.iter().enumerate() {
+            if sources[..index].iter().any(|o| o.name == s.name) {
+                return Err(TickerError::DuplicateSource {
+                    index,
+                    name: s.name.clone(),
+                });
+            }
+            if s.timeout.is_zero() || s.timeout > MAX_SOURCE_TIMEOUT {
+                return Err(TickerError::SourceTimeout {
+                    index,
+                    timeout_ms: millis(s.timeout),
+                    max_ms: millis(MAX_SOURCE_TIMEOUT),
+                });
+            }
+            if s.currency != currency {
+                return Err(TickerError::SourceCurrency {
+                    index,
+                    expected: currency,
+                    found: s.currency.clone(),
+                });
+            }
+        }
+        if interval.is_zero() {
+            return Err(TickerError::IntervalZero);
+        }
+        if interval > MAX_INTERVAL {
+            return Err(TickerError::IntervalTooLong {
+                secs: interval.as_secs(),
+                max_secs: MAX_INTERVAL.as_secs(),
+            });
+        }
+        if history == 0 {
+            return Err(TickerError::HistoryZero);
+        }
+        if history > MAX_HISTORY {
+            return Err(TickerError::HistoryTooLong {
+                history,
+                max: MAX_HISTORY,
+            });
+        }
+        rules.validate(sources.len())?;
+        Ok(Self {
+            sources,
+            currency,
+            rules,
+            interval,
+            history,
+        })
+    }
+
     /// Start polling on the current tokio runtime.
     pub fn spawn(self, client: reqwest::Client) -> TickerHandle {
         let history = Arc::new(Mutex::new(VecDeque::with_capacity(self.history)));
@@ -118,7 +227,7 @@ impl Ticker {
                     Err(n) => tracing::warn!(reason = %n.reason, "oracle tick without a price"),
                 }
                 if let Ok(mut h) = shared.lock() {
-                    if h.len() == self.history {
+                    while h.len() >= self.history {
                         h.pop_front();
                     }
                     h.push_back(result);
@@ -176,19 +285,104 @@ mod tests {
     use super::*;
     use crate::oracle::sources::{ManualPrice, SourceKind};
 
+    fn manual(name: &str) -> Source {
+        let manual = ManualPrice::default();
+        manual.set(6_400_000);
+        Source {
+            name: name.into(),
+            kind: SourceKind::Manual(manual),
+            url: String::new(),
+            timeout: Duration::from_secs(1),
+            currency: "USD".into(),
+        }
+    }
+
+    #[test]
+    fn each_senseless_setting_is_refused_by_name() {
+        let rules = AggregationRules::default();
+        let two = || vec![manual("a"), manual("b")];
+        let second = Duration::from_secs(1);
+        let new =
+            |sources, interval, history| Ticker::new(sources, "USD", rules, interval, history);
+        assert!(new(two(), second, 16).is_ok());
+        let mut slow = two();
+        slow[1].timeout = Duration::MAX;
+        let mut instant = two();
+        instant[0].timeout = Duration::ZERO;
+        let mut euro = two();
+        euro[1].currency = "EUR".into();
+        let cases: Vec<(Result<Ticker, TickerError>, &str)> = vec![
+            (new(vec![], second, 16), "sources: "),
+            (
+                new(vec![manual("a"), manual("a")], second, 16),
+                "sources[1].name: ",
+            ),
+            (new(slow, second, 16), "sources[1].timeout: "),
+            (new(instant, second, 16), "sources[0].timeout: "),
+            (new(euro, second, 16), "sources[1].currency: "),
+            (new(two(), Duration::ZERO, 16), "interval: "),
+            (new(two(), Duration::MAX, 16), "interval: "),
+            (new(two(), second, 0), "history: "),
+            (new(two(), second, usize::MAX), "history: "),
+            (new(two(), second, MAX_HISTORY + 1), "history: "),
+            (
+                Ticker::new(
+                    two(),
+                    "USD",
+                    AggregationRules { quorum: 3, ..rules },
+                    second,
+                    16,
+                ),
+                "quorum: ",
+            ),
+            (
+                Ticker::new(
+                    two(),
+                    "USD",
+                    AggregationRules {
+                        staleness_secs: 0,
+                        ..rules
+                    },
+                    second,
+                    16,
+                ),
+                "staleness_secs: ",
+            ),
+        ];
+        for (result, field) in cases {
+            let err = result.expect_err(field).to_string();
+            assert!(err.starts_with(field), "{field}: {err}");
+        }
+        assert!(new(two(), MAX_INTERVAL, MAX_HISTORY).is_ok());
+    }
+
+    /// The smallest history keeps exactly the last result.
+    #[tokio::test]
+    async fn a_history_of_one_keeps_the_last_result() {
+        let rules = AggregationRules {
+            quorum: 1,
+            ..AggregationRules::default()
+        };
+        let ticker = Ticker::new(
+            vec![manual("a")],
+            "USD",
+            rules,
+            Duration::from_millis(10),
+            1,
+        )
+        .expect("valid settings");
+        let mut handle = ticker.spawn(reqwest::Client::new());
+        handle.wait_for_ticks(3).await;
+        assert_eq!(handle.history().len(), 1);
+        handle.shutdown().await;
+    }
+
     /// A source whose timeout is the largest Duration: the margin added to it
     /// saturates instead of panicking.
     #[tokio::test]
     async fn a_huge_source_timeout_does_not_overflow() {
-        let manual = ManualPrice::default();
-        manual.set(6_400_000);
-        let source = Source {
-            name: "operator".into(),
-            kind: SourceKind::Manual(manual),
-            url: String::new(),
-            timeout: std::time::Duration::MAX,
-            currency: "USD".into(),
-        };
+        let mut source = manual("operator");
+        source.timeout = Duration::MAX;
         let rules = AggregationRules {
             quorum: 1,
             ..AggregationRules::default()
