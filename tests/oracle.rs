@@ -44,6 +44,8 @@ enum Answer {
     OtherPair,
     /// Kraken's result holds two pairs (ours and another).
     SeveralPairs,
+    /// This exact JSON body, with status 200.
+    Body(serde_json::Value),
 }
 
 fn price(p: &str) -> Answer {
@@ -104,6 +106,7 @@ async fn answer(format: Format, State(state): State<Shared>) -> Response {
         Answer::SeveralPairs => axum::Json(json!({"error": [], "result": {
             "XXBTZUSD": kraken_ticker("64000.00"), "XETHZUSD": kraken_ticker("3400.10")}}))
         .into_response(),
+        Answer::Body(body) => axum::Json(body).into_response(),
         Answer::Status500 => (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response(),
         Answer::Malformed => (StatusCode::OK, "{\"result\": {\"XXBTZUSD\": ").into_response(),
         Answer::Empty => (StatusCode::OK, "").into_response(),
@@ -491,8 +494,14 @@ async fn prices_are_parsed_exactly_or_refused() -> anyhow::Result<()> {
         let r = poll_once(&client, &one("feed"), "USD", &rules(1)).await;
         match dropped_reason(&r, "feed") {
             Some(DropReason::Failed {
-                error: SourceError::BadPrice { .. },
-            }) => {}
+                error:
+                    error @ SourceError::BadPrice {
+                        source_name, field, ..
+                    },
+            }) if source_name == "feed" && field == "/ticker/price" => {
+                let text = error.to_string();
+                ensure!(text.starts_with("feed: /ticker/price: "), "{text}");
+            }
             other => anyhow::bail!("{bad:?} should be a bad price, got {other:?}"),
         }
     }
@@ -507,6 +516,53 @@ async fn prices_are_parsed_exactly_or_refused() -> anyhow::Result<()> {
             .await
             .map_err(|n| anyhow::anyhow!("{n:?}"))?;
         ensure!(p.price_minor == cents, "{text} -> {}", p.price_minor);
+    }
+    Ok(())
+}
+
+/// Scenario: a feed whose timestamp is not a unix time, and a Kraken answer without
+/// its last-trade field: each is refused with an error naming the source and the field
+/// (with what was found), not a bare message.
+#[tokio::test]
+async fn parse_errors_name_the_source_and_the_field() -> anyhow::Result<()> {
+    let feed = Fake::start(
+        Format::Json,
+        Answer::Body(json!({"ticker": {"price": "64000", "time": "yesterday"}})),
+    )
+    .await?;
+    let kraken = Fake::start(
+        Format::Kraken,
+        Answer::Body(json!({"error": [], "result": {"XXBTZUSD": {"a": ["64000", "1", "1.000"]}}})),
+    )
+    .await?;
+    let sources = vec![feed.source("feed"), kraken.source("kraken")];
+    let r = poll_once(&reqwest::Client::new(), &sources, "USD", &rules(1)).await;
+    match dropped_reason(&r, "feed") {
+        Some(DropReason::Failed {
+            error:
+                error @ SourceError::BadTimestamp {
+                    source_name,
+                    field,
+                    found,
+                },
+        }) if source_name == "feed" && field == "/ticker/time" && found.contains("yesterday") => {
+            ensure!(
+                error.to_string().starts_with("feed: /ticker/time: "),
+                "{error}"
+            );
+        }
+        other => anyhow::bail!("feed: {other:?}"),
+    }
+    match dropped_reason(&r, "kraken") {
+        Some(DropReason::Failed {
+            error:
+                error @ SourceError::MissingField {
+                    source_name, field, ..
+                },
+        }) if source_name == "kraken" && field == "/result/XXBTZUSD/c/0" => {
+            ensure!(error.to_string().starts_with("kraken: "), "{error}");
+        }
+        other => anyhow::bail!("kraken: {other:?}"),
     }
     Ok(())
 }

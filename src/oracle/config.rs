@@ -6,24 +6,67 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::decimal::PriceParseError;
 use super::sources::{parse_manual_price, ManualPrice, Source, SourceKind};
-use super::ticker::{MAX_HISTORY, MAX_INTERVAL};
+use super::ticker::{MAX_HISTORY, MAX_INTERVAL, MAX_SOURCE_TIMEOUT};
 use super::{AggregationRules, RulesError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OracleConfigError {
     #[error("oracle config: {0}")]
-    Toml(String),
-    #[error("oracle.{field}: {reason}")]
-    Field { field: String, reason: String },
+    Toml(#[from] toml::de::Error),
+    #[error("oracle.{field}: {problem}")]
+    Field {
+        field: String,
+        problem: FieldProblem,
+    },
     #[error("oracle.{0}")]
     Rules(#[from] RulesError),
 }
 
-fn field_err(field: impl Into<String>, reason: impl Into<String>) -> OracleConfigError {
+/// What is wrong with one field's value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldProblem {
+    #[error("{0:?} is not a three-letter upper-case currency code")]
+    NotACurrencyCode(String),
+    #[error("{found} is not within {min}..={max}")]
+    OutOfRange { found: u64, min: u64, max: u64 },
+    #[error("must not be empty")]
+    Empty,
+    #[error("{0:?} is used twice")]
+    UsedTwice(String),
+    #[error("required for {0} sources")]
+    RequiredFor(&'static str),
+    #[error("not used by {0} sources")]
+    NotUsedBy(&'static str),
+    #[error("required with {0}")]
+    RequiredWith(&'static str),
+    #[error("only with {0}")]
+    OnlyWith(&'static str),
+    #[error("{0:?} is not a URL")]
+    NotAUrl(String),
+    #[error("{0:?} is not a JSON pointer (one starts with /)")]
+    NotAPointer(String),
+    #[error(transparent)]
+    BadPrice(#[from] PriceParseError),
+}
+
+fn field_err(field: impl Into<String>, problem: FieldProblem) -> OracleConfigError {
     OracleConfigError::Field {
         field: field.into(),
-        reason: reason.into(),
+        problem,
+    }
+}
+
+/// `found` unless it is outside `min..=max`.
+fn in_range(field: &str, found: u64, min: u64, max: u64) -> Result<(), OracleConfigError> {
+    if (min..=max).contains(&found) {
+        Ok(())
+    } else {
+        Err(field_err(
+            field,
+            FieldProblem::OutOfRange { found, min, max },
+        ))
     }
 }
 
@@ -109,6 +152,19 @@ fn default_deviation() -> u32 {
     200
 }
 
+impl SourceKindConfig {
+    /// The name as written in the config.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Kraken => "kraken",
+            Self::Bitstamp => "bitstamp",
+            Self::Coinbase => "coinbase",
+            Self::Json => "json",
+            Self::Manual => "manual",
+        }
+    }
+}
+
 /// The default public endpoint of each exchange adapter, for BTC in `currency`.
 fn default_url(kind: &SourceKindConfig, currency: &str) -> Option<String> {
     let (upper, lower) = (currency.to_ascii_uppercase(), currency.to_ascii_lowercase());
@@ -139,87 +195,78 @@ impl OracleConfig {
         struct Loose {
             oracle: toml::Value,
         }
-        let loose: Loose =
-            toml::from_str(text).map_err(|e| OracleConfigError::Toml(e.to_string()))?;
+        let loose: Loose = toml::from_str(text)?;
         let file: File = toml::Value::try_into(toml::Value::Table(
             [("oracle".to_owned(), loose.oracle)].into_iter().collect(),
-        ))
-        .map_err(|e| OracleConfigError::Toml(e.to_string()))?;
+        ))?;
         file.oracle.validate()?;
         Ok(file.oracle)
     }
 
     pub fn validate(&self) -> Result<(), OracleConfigError> {
+        use FieldProblem::*;
         if self.currency.len() != 3 || !self.currency.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(field_err("currency", "a three-letter upper-case code"));
-        }
-        if self.interval_secs == 0 {
-            return Err(field_err("interval_secs", "must be at least 1"));
-        }
-        if self.interval_secs > MAX_INTERVAL.as_secs() {
             return Err(field_err(
-                "interval_secs",
-                format!("must be at most {}", MAX_INTERVAL.as_secs()),
+                "currency",
+                NotACurrencyCode(self.currency.clone()),
             ));
         }
-        if self.history == 0 || self.history > MAX_HISTORY {
-            return Err(field_err(
-                "history",
-                format!("must be within 1..={MAX_HISTORY}"),
-            ));
-        }
+        in_range(
+            "interval_secs",
+            self.interval_secs,
+            1,
+            MAX_INTERVAL.as_secs(),
+        )?;
+        let history = u64::try_from(self.history).unwrap_or(u64::MAX);
+        in_range("history", history, 1, MAX_HISTORY as u64)?;
         self.rules().validate(self.sources.len())?;
+        let max_timeout_ms = u64::try_from(MAX_SOURCE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
         let mut names = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let at = |f: &str| format!("sources[{i}].{f}");
+            let err = |f: &str, problem| Err(field_err(at(f), problem));
             if s.name.trim().is_empty() {
-                return Err(field_err(at("name"), "must not be empty"));
+                return err("name", Empty);
             }
             if !names.insert(s.name.as_str()) {
-                return Err(field_err(at("name"), format!("{:?} is used twice", s.name)));
+                return err("name", UsedTwice(s.name.clone()));
             }
-            if s.timeout_ms == 0 || s.timeout_ms > 60_000 {
-                return Err(field_err(at("timeout_ms"), "must be within 1..=60000"));
-            }
-            if s.kind != SourceKindConfig::Manual {
-                let url = s.url.clone().or(default_url(&s.kind, &self.currency));
-                match url {
-                    None => return Err(field_err(at("url"), "required for this kind")),
-                    Some(u) if reqwest::Url::parse(&u).is_err() => {
-                        return Err(field_err(at("url"), format!("{u:?} is not a URL")))
-                    }
+            in_range(&at("timeout_ms"), s.timeout_ms, 1, max_timeout_ms)?;
+            match (&s.kind, &s.url) {
+                (SourceKindConfig::Manual, Some(_)) => return err("url", NotUsedBy("manual")),
+                (SourceKindConfig::Manual, None) => {}
+                (kind, url) => match url.clone().or_else(|| default_url(kind, &self.currency)) {
+                    None => return err("url", RequiredFor("json")),
+                    Some(u) if reqwest::Url::parse(&u).is_err() => return err("url", NotAUrl(u)),
                     Some(_) => {}
+                },
+            }
+            let json = s.kind == SourceKindConfig::Json;
+            for (f, pointer) in [
+                ("price_pointer", &s.price_pointer),
+                ("timestamp_pointer", &s.timestamp_pointer),
+            ] {
+                match pointer {
+                    Some(_) if !json => return err(f, NotUsedBy(s.kind.name())),
+                    Some(p) if !p.starts_with('/') => return err(f, NotAPointer(p.clone())),
+                    None if json && f == "price_pointer" => return err(f, RequiredFor("json")),
+                    _ => {}
                 }
             }
-            match (&s.kind, &s.price_pointer) {
-                (SourceKindConfig::Json, None) => {
-                    return Err(field_err(at("price_pointer"), "required for json sources"))
+            match (&s.price, s.price_set_at) {
+                (Some(_), _) if s.kind != SourceKindConfig::Manual => {
+                    return err("price", NotUsedBy(s.kind.name()))
                 }
-                (SourceKindConfig::Json, Some(p)) if !p.starts_with('/') => {
-                    return Err(field_err(
-                        at("price_pointer"),
-                        "a JSON pointer starts with /",
-                    ))
+                (Some(price), set_at) => {
+                    if let Err(e) = parse_manual_price(price) {
+                        return err("price", BadPrice(e));
+                    }
+                    if set_at.is_none() {
+                        return err("price_set_at", RequiredWith("price"));
+                    }
                 }
-                (SourceKindConfig::Json, _) => {}
-                (_, Some(_)) => {
-                    return Err(field_err(at("price_pointer"), "only for json sources"))
-                }
-                (_, None) => {}
-            }
-            if let Some(price) = &s.price {
-                if s.kind != SourceKindConfig::Manual {
-                    return Err(field_err(at("price"), "only for manual sources"));
-                }
-                parse_manual_price(price).map_err(|e| field_err(at("price"), e.to_string()))?;
-                if s.price_set_at.is_none() {
-                    return Err(field_err(
-                        at("price_set_at"),
-                        "required with price: the unix time the price was set",
-                    ));
-                }
-            } else if s.price_set_at.is_some() {
-                return Err(field_err(at("price_set_at"), "only with price"));
+                (None, Some(_)) => return err("price_set_at", OnlyWith("price")),
+                (None, None) => {}
             }
         }
         Ok(())
@@ -401,6 +448,26 @@ mod tests {
             ),
             ("quorum = 2", "quorum = 2\nhistory = 0", "oracle.history"),
             (
+                "kind = \"kraken\"",
+                "kind = \"kraken\"\ntimestamp_pointer = \"/t\"",
+                "oracle.sources[0].timestamp_pointer",
+            ),
+            (
+                "price_pointer = \"/data/price\"",
+                "price_pointer = \"/data/price\"\ntimestamp_pointer = \"t\"",
+                "oracle.sources[1].timestamp_pointer",
+            ),
+            (
+                "kind = \"manual\"",
+                "kind = \"manual\"\nurl = \"http://127.0.0.1:1/\"",
+                "oracle.sources[2].url",
+            ),
+            (
+                "kind = \"kraken\"",
+                "kind = \"kraken\"\ntimeout_ms = 60001",
+                "oracle.sources[0].timeout_ms",
+            ),
+            (
                 "quorum = 2",
                 "quorum = 2\nhistory = 10001",
                 "oracle.history",
@@ -415,6 +482,13 @@ mod tests {
             OracleConfig::from_toml(&GOOD.replace("kind = \"kraken\"", "kind = \"binance\""))
                 .is_err()
         );
+        assert!(matches!(
+            OracleConfig::from_toml(&GOOD.replace("price = \"64000.5\"", "price = \"-1\"")),
+            Err(OracleConfigError::Field {
+                problem: FieldProblem::BadPrice(PriceParseError::Negative(_)),
+                ..
+            })
+        ));
     }
 }
 

@@ -5,37 +5,29 @@
 //! what pushes a loan over its liquidation threshold (the borrower is the party a
 //! liquidation hurts); the lender's exposure to it is under one cent per BTC.
 
-use std::fmt;
+use serde::{Deserialize, Serialize};
 
 /// The largest price accepted: 10^12 minor units (ten billion units per BTC).
 pub const MAX_PRICE_MINOR: u64 = 1_000_000_000_000;
 /// Longest fractional part accepted.
 const MAX_DECIMALS: usize = 18;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a price text was refused; each carries the text as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "problem", content = "text", rename_all = "snake_case")]
 pub enum PriceParseError {
+    #[error("empty price")]
     Empty,
+    #[error("{0:?} is not a decimal number")]
     NotANumber(String),
+    #[error("{0:?} is negative")]
     Negative(String),
+    #[error("the price is zero")]
     Zero,
+    #[error("{0:?} has more than {MAX_DECIMALS} decimals")]
     TooManyDecimals(String),
+    #[error("{0:?} exceeds the maximum of {MAX_PRICE_MINOR} minor units")]
     TooLarge(String),
-}
-
-impl fmt::Display for PriceParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Empty => write!(f, "empty price"),
-            Self::NotANumber(t) => write!(f, "{t:?} is not a decimal number"),
-            Self::Negative(t) => write!(f, "{t:?} is negative"),
-            Self::Zero => write!(f, "the price is zero"),
-            Self::TooManyDecimals(t) => write!(f, "{t:?} has more than {MAX_DECIMALS} decimals"),
-            Self::TooLarge(t) => write!(
-                f,
-                "{t:?} exceeds the maximum of {MAX_PRICE_MINOR} minor units"
-            ),
-        }
-    }
 }
 
 /// Parse a plain decimal (`123`, `123.4`, `0.00001`, optional leading `+`) into minor

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::decimal::{parse_price, price_from_json};
+use super::decimal::{parse_price, price_from_json, PriceParseError};
 use super::Quote;
 
 /// Bodies larger than this are refused (a ticker answer is a few hundred bytes).
@@ -33,12 +33,21 @@ pub enum SourceError {
     Malformed { message: String },
     #[error("the exchange reports an error: {message}")]
     Exchange { message: String },
-    #[error("field {field} is missing")]
-    MissingField { field: String },
-    #[error("bad price: {message}")]
-    BadPrice { message: String },
-    #[error("bad timestamp: {message}")]
-    BadTimestamp { message: String },
+    #[error("{source_name}: {field} is missing")]
+    MissingField { source_name: String, field: String },
+    #[error("{source_name}: {field}: {error}")]
+    BadPrice {
+        source_name: String,
+        field: String,
+        error: PriceParseError,
+    },
+    /// Not a whole number of unix seconds (`found` is the JSON value as sent).
+    #[error("{source_name}: {field}: {found} is not a unix time in seconds")]
+    BadTimestamp {
+        source_name: String,
+        field: String,
+        found: String,
+    },
     /// The answer is for another market than BTC in the configured currency: another
     /// pair, several pairs, another base asset.
     #[error("{source_name}: {field} is {found}, expected {expected}")]
@@ -138,29 +147,6 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, SourceErr
     Ok(body)
 }
 
-fn field<'a>(v: &'a Value, pointer: &str) -> Result<&'a Value, SourceError> {
-    v.pointer(pointer).ok_or_else(|| SourceError::MissingField {
-        field: pointer.to_owned(),
-    })
-}
-
-fn price(v: &Value) -> Result<u64, SourceError> {
-    price_from_json(v, 2).map_err(|e| SourceError::BadPrice {
-        message: e.to_string(),
-    })
-}
-
-fn timestamp(v: &Value) -> Result<u64, SourceError> {
-    let bad = || SourceError::BadTimestamp {
-        message: v.to_string(),
-    };
-    match v {
-        Value::Number(n) => n.as_u64().ok_or_else(bad),
-        Value::String(s) => s.trim().parse().map_err(|_| bad()),
-        _ => Err(bad()),
-    }
-}
-
 /// The names Kraken gives the BTC/`currency` pair in a Ticker result: the legacy
 /// asset-code form (`XXBTZUSD`, `XXBTZEUR`, …) and the plain form newer fiat pairs use
 /// (`XBTCHF`, `XBTAUD`, …).
@@ -170,6 +156,38 @@ pub fn kraken_pair_names(currency: &str) -> [String; 2] {
 }
 
 impl Source {
+    /// The value at `pointer` within `v`; `path` is `v`'s own place in the answer
+    /// ("" for the root), so a missing field is named by its full pointer.
+    fn field<'a>(&self, v: &'a Value, path: &str, pointer: &str) -> Result<&'a Value, SourceError> {
+        v.pointer(pointer).ok_or_else(|| SourceError::MissingField {
+            source_name: self.name.clone(),
+            field: format!("{path}{pointer}"),
+        })
+    }
+
+    /// The price at `path`.
+    fn price(&self, v: &Value, path: String) -> Result<u64, SourceError> {
+        price_from_json(v, 2).map_err(|error| SourceError::BadPrice {
+            source_name: self.name.clone(),
+            field: path,
+            error,
+        })
+    }
+
+    /// The unix-seconds timestamp at `path`: a non-negative integer, or a string of one.
+    fn timestamp(&self, v: &Value, path: &str) -> Result<u64, SourceError> {
+        let bad = || SourceError::BadTimestamp {
+            source_name: self.name.clone(),
+            field: path.to_owned(),
+            found: v.to_string(),
+        };
+        match v {
+            Value::Number(n) => n.as_u64().ok_or_else(bad),
+            Value::String(s) => s.trim().parse().map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+
     fn wrong_market(&self, field: &str, expected: String, found: String) -> SourceError {
         SourceError::WrongMarket {
             source_name: self.name.clone(),
@@ -291,18 +309,17 @@ impl Source {
     fn parse(&self, json: &Value, now: u64) -> Result<Quote, SourceError> {
         match &self.kind {
             SourceKind::Kraken => {
-                let pairs =
-                    field(json, "/result")?
-                        .as_object()
-                        .ok_or(SourceError::MissingField {
-                            field: "/result".into(),
-                        })?;
+                let result = self.field(json, "", "/result")?;
+                let pairs = result.as_object().ok_or_else(|| {
+                    self.wrong_market("/result", "an object of pairs".into(), result.to_string())
+                })?;
                 let names = kraken_pair_names(&self.currency);
-                let ticker = match pairs.iter().collect::<Vec<_>>()[..] {
-                    [(pair, ticker)] if names.contains(pair) => ticker,
+                let (pair, ticker) = match pairs.iter().collect::<Vec<_>>()[..] {
+                    [(pair, ticker)] if names.contains(pair) => (pair, ticker),
                     [] => {
                         return Err(SourceError::MissingField {
-                            field: "/result/<pair>".into(),
+                            source_name: self.name.clone(),
+                            field: format!("/result/{}", names[0]),
                         })
                     }
                     _ => {
@@ -314,7 +331,9 @@ impl Source {
                         ));
                     }
                 };
-                Ok(self.quote(price(field(ticker, "/c/0")?)?, now))
+                let path = format!("/result/{pair}");
+                let last = self.field(ticker, &path, "/c/0")?;
+                Ok(self.quote(self.price(last, format!("{path}/c/0"))?, now))
             }
             SourceKind::Bitstamp => {
                 if let Some(pair) = json.get("pair") {
@@ -329,17 +348,25 @@ impl Source {
                         }
                     }
                 }
-                let at = timestamp(field(json, "/timestamp")?)?;
-                Ok(self.quote(price(field(json, "/last")?)?, at))
+                let at = self.timestamp(self.field(json, "", "/timestamp")?, "/timestamp")?;
+                let last = self.field(json, "", "/last")?;
+                Ok(self.quote(self.price(last, "/last".into())?, at))
             }
             SourceKind::Coinbase => {
-                let currency = field(json, "/data/currency")?.as_str().unwrap_or_default();
-                let base = field(json, "/data/base")?.as_str().unwrap_or_default();
+                let text = |pointer: &str| -> Result<String, SourceError> {
+                    let v = self.field(json, "", pointer)?;
+                    Ok(v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                };
+                let base = text("/data/base")?;
                 if base != "BTC" {
-                    return Err(self.wrong_market("/data/base", "BTC".into(), base.to_owned()));
+                    return Err(self.wrong_market("/data/base", "BTC".into(), base));
                 }
-                let mut q = self.quote(price(field(json, "/data/amount")?)?, now);
-                q.currency = currency.to_owned();
+                // A quote in another currency is kept, labelled with it, for the
+                // aggregation to drop as WrongCurrency (with the evidence).
+                let currency = text("/data/currency")?;
+                let amount = self.field(json, "", "/data/amount")?;
+                let mut q = self.quote(self.price(amount, "/data/amount".into())?, now);
+                q.currency = currency;
                 Ok(q)
             }
             SourceKind::Json {
@@ -347,21 +374,20 @@ impl Source {
                 timestamp_pointer,
             } => {
                 let at = match timestamp_pointer {
-                    Some(p) => timestamp(field(json, p)?)?,
+                    Some(p) => self.timestamp(self.field(json, "", p)?, p)?,
                     None => now,
                 };
-                Ok(self.quote(price(field(json, price_pointer)?)?, at))
+                let price = self.field(json, "", price_pointer)?;
+                Ok(self.quote(self.price(price, price_pointer.clone())?, at))
             }
-            SourceKind::Manual(_) => unreachable!("handled before any HTTP"),
+            SourceKind::Manual(_) => unreachable!("fetch answers manual sources before any HTTP"),
         }
     }
 }
 
 /// Parse an operator's decimal price text (e.g. "64250.12") into minor units.
-pub fn parse_manual_price(text: &str) -> Result<u64, SourceError> {
-    parse_price(text, 2).map_err(|e| SourceError::BadPrice {
-        message: e.to_string(),
-    })
+pub fn parse_manual_price(text: &str) -> Result<u64, PriceParseError> {
+    parse_price(text, 2)
 }
 
 #[cfg(test)]
