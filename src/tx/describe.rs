@@ -66,16 +66,58 @@ pub fn describe(psbt: &Psbt, network: Network) -> String {
 }
 
 /// The largest vsize the signed transaction can have: every input satisfied by its
-/// witness script's most expensive satisfaction.
+/// witness script's most expensive satisfaction (miniscript's `max_weight_to_satisfy`,
+/// which counts the witness items, the script and their lengths).
 fn max_signed_vsize(psbt: &Psbt) -> Option<u64> {
-    use miniscript::{Miniscript, Segwitv0};
+    use miniscript::{Descriptor, ExtParams, Miniscript, Segwitv0};
+    // The segwit marker and flag.
     let mut weight = psbt.unsigned_tx.weight().to_wu() + 2;
     for input in &psbt.inputs {
         let script = input.witness_script.as_ref()?;
-        let ms = Miniscript::<bitcoin::PublicKey, Segwitv0>::parse(script).ok()?;
-        let sat = ms.max_satisfaction_size().ok()? as u64;
-        // Witness items (with their count) plus the script pushed last.
-        weight += sat + 1 + script.len() as u64 + 3;
+        // A script's pkh() shows only the key's hash (a "raw pkh"); its satisfaction
+        // size is known all the same.
+        let ms = Miniscript::<bitcoin::PublicKey, Segwitv0>::parse_with_ext(
+            script,
+            &ExtParams::sane().raw_pkh(),
+        )
+        .ok()?;
+        let descriptor = Descriptor::new_wsh(ms).ok()?;
+        // An empty witness's stack count (one byte) plus what satisfying it adds.
+        weight += 1 + descriptor.max_weight_to_satisfy().ok()?.to_wu();
     }
     Some(weight.div_ceil(4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PathName;
+    use crate::tx::tests::{fixture, request};
+    use crate::tx::{build, finalize, sign, FeeCap};
+
+    #[test]
+    fn the_described_size_bounds_the_signed_transaction() {
+        let f = fixture();
+        for path in [PathName::Liquidation, PathName::DefaultClaim] {
+            let built = build(&f.escrow, &request(&f, path, &[60_000_000, 50_000_000])).unwrap();
+            let mut psbt = built.psbt.clone();
+            let signers = match path {
+                PathName::Liquidation => vec![&f.lender, &f.arbiter],
+                _ => vec![&f.lender],
+            };
+            for key in signers {
+                sign(&mut psbt, key, &f.escrow, &FeeCap::default(), &f.secp).unwrap();
+            }
+            let tx = finalize(&psbt, &f.secp).unwrap();
+            let bound = max_signed_vsize(&built.psbt).unwrap();
+            // The most expensive satisfaction of any path bounds every path's.
+            assert!(
+                bound >= tx.vsize() as u64,
+                "{path}: {bound} < {}",
+                tx.vsize()
+            );
+            assert!(bound >= built.max_weight.to_vbytes_ceil(), "{path}");
+            assert!(bound <= tx.vsize() as u64 + 80, "{path}: {bound} is loose");
+        }
+    }
 }
