@@ -116,7 +116,7 @@ pub struct OracleConfig {
     pub currency: String,
     #[serde(default = "default_interval")]
     pub interval_secs: u64,
-    /// How many aggregated results the ticker keeps (for confirm_ticks).
+    /// How many aggregated results the ticker keeps (1..=[`MAX_HISTORY`]).
     #[serde(default = "default_history")]
     pub history: usize,
     #[serde(default = "default_quorum")]
@@ -500,5 +500,58 @@ mod example_file {
         let text = include_str!("../../btc-escrow.example.toml");
         let config = super::OracleConfig::from_toml(text).unwrap();
         assert_eq!(config.sources.len(), 3);
+    }
+
+    /// Every key the example shows, commented out or not, is one the config reads:
+    /// with its commented-out sources enabled the `[oracle]` part still loads
+    /// (unknown keys are refused), and its values are the documented defaults.
+    #[test]
+    fn the_examples_commented_keys_exist() {
+        let text = include_str!("../../btc-escrow.example.toml");
+        let start = text
+            .find("[oracle]")
+            .expect("the example has an [oracle] section");
+        let mut oracle = String::new();
+        for line in text[start..].lines() {
+            let t = line.trim_start();
+            if t.starts_with('[') && !t.starts_with("[oracle") && !t.starts_with("[[oracle") {
+                break;
+            }
+            let uncommented = t.strip_prefix("# ").filter(|rest| {
+                rest.starts_with("[[oracle.")
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            });
+            oracle.push_str(uncommented.unwrap_or(line));
+            oracle.push('\n');
+        }
+        let config = super::OracleConfig::from_toml(&oracle).unwrap();
+        let kinds: Vec<_> = config.sources.iter().map(|s| s.kind.name()).collect();
+        assert_eq!(kinds, ["kraken", "bitstamp", "coinbase", "json", "manual"]);
+        let defaults = super::OracleConfig::from_toml(
+            "[oracle]\nquorum = 1\n[[oracle.sources]]\nname = \"k\"\nkind = \"kraken\"",
+        )
+        .unwrap();
+        assert_eq!(
+            (config.interval_secs, config.history, config.staleness_secs),
+            (
+                defaults.interval_secs,
+                defaults.history,
+                defaults.staleness_secs
+            )
+        );
+        assert_eq!(
+            (
+                config.max_future_skew_secs,
+                config.max_deviation_bps,
+                config.sources[0].timeout_ms
+            ),
+            (
+                defaults.max_future_skew_secs,
+                defaults.max_deviation_bps,
+                defaults.sources[0].timeout_ms
+            )
+        );
     }
 }

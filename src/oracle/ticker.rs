@@ -1,6 +1,7 @@
 //! The ticker: a supervised tokio task that polls every source concurrently on an
 //! interval (each bounded by its own timeout, so one hanging source delays nothing
-//! beyond it), aggregates, and keeps the last N results for the `confirm_ticks` rule.
+//! beyond it), aggregates, and keeps the last N results with their evidence. (The
+//! `confirm_ticks` rule is a loan term, counted by each loan from the prices it is fed.)
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
