@@ -23,7 +23,7 @@ pub const VALUE_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Db(String),
+    Db(#[source] sled::Error),
     #[error("the database has schema version {found}; this build understands up to {SCHEMA_VERSION}: upgrade btc-escrow")]
     FutureSchema { found: u32 },
     #[error("{kind} {key}: written by a newer version (value version {found} > {VALUE_VERSION})")]
@@ -76,8 +76,8 @@ pub enum StoreError {
     },
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Db(e.to_string())
+fn db_err(e: sled::Error) -> StoreError {
+    StoreError::Db(e)
 }
 
 /// Whether a write must be on disk before the call returns.

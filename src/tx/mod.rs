@@ -66,8 +66,28 @@ pub enum TxError {
     Unplannable { path: PathName },
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("input {index}: {reason}")]
-    Input { index: usize, reason: String },
+    #[error("input {index}: non_witness_utxo is missing; the amount cannot be checked")]
+    MissingPrevTx { index: usize },
+    #[error("input {index}: non_witness_utxo is {found} but the input spends {spends}")]
+    WrongPrevTx {
+        index: usize,
+        found: bitcoin::Txid,
+        spends: bitcoin::Txid,
+    },
+    #[error("input {index}: non_witness_utxo has no output {vout}")]
+    NoSuchPrevOutput { index: usize, vout: u32 },
+    #[error("input {index}: witness_utxo is missing or differs from the output it spends")]
+    WitnessUtxoMismatch { index: usize },
+    #[error("input {index}: cannot fill it from the descriptor: {source}")]
+    Update {
+        index: usize,
+        source: miniscript::psbt::UtxoUpdateError,
+    },
+    #[error("input {index}: cannot compute its sighash: {source}")]
+    Sighash {
+        index: usize,
+        source: bitcoin::transaction::InputsIndexError,
+    },
     #[error("input {index}: asks for sighash {found}; only SIGHASH_ALL is signed")]
     NonAllSighash { index: usize, found: String },
     #[error("this key ({fingerprint}) holds none of the escrow keys the PSBT asks to sign: nothing to sign")]
@@ -102,12 +122,12 @@ pub enum TxError {
     OutputsExceedInputs { inputs: Amount, outputs: Amount },
     #[error("decision: the PSBT differs from the recorded decision: {0}")]
     NotTheDecision(String),
-    #[error("signing failed: {0}")]
-    Sign(String),
+    #[error("deriving a key to sign with: {0}")]
+    Derive(#[from] bitcoin::bip32::Error),
     #[error("cannot finalize: {0}")]
     Finalize(String),
     #[error("extracted transaction fails the script check: {0}")]
-    Extract(String),
+    Extract(#[source] miniscript::psbt::Error),
 }
 
 /// An escrow UTXO with its full previous transaction (segwit v0 amount attack,
@@ -273,10 +293,7 @@ pub fn build(escrow: &EscrowDescriptor, req: &SpendRequest) -> Result<BuiltSpend
         psbt_in.non_witness_utxo = Some(input.prev_tx.clone());
         psbt_in.sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::All));
         psbt.update_input_with_descriptor(index, &definite)
-            .map_err(|e| TxError::Input {
-                index,
-                reason: e.to_string(),
-            })?;
+            .map_err(|source| TxError::Update { index, source })?;
     }
     Ok(BuiltSpend {
         psbt,
@@ -311,32 +328,22 @@ pub fn check_inputs(psbt: &Psbt) -> Result<(), TxError> {
         let prev = input
             .non_witness_utxo
             .as_ref()
-            .ok_or_else(|| TxError::Input {
-                index,
-                reason: "non_witness_utxo is missing; the amount cannot be checked".into(),
-            })?;
+            .ok_or(TxError::MissingPrevTx { index })?;
         if prev.compute_txid() != txin.previous_output.txid {
-            return Err(TxError::Input {
+            return Err(TxError::WrongPrevTx {
                 index,
-                reason: format!(
-                    "non_witness_utxo is {} but the input spends {}",
-                    prev.compute_txid(),
-                    txin.previous_output.txid
-                ),
+                found: prev.compute_txid(),
+                spends: txin.previous_output.txid,
             });
         }
-        let spent = prev
-            .output
-            .get(txin.previous_output.vout as usize)
-            .ok_or_else(|| TxError::Input {
+        let spent = prev.output.get(txin.previous_output.vout as usize).ok_or(
+            TxError::NoSuchPrevOutput {
                 index,
-                reason: "non_witness_utxo has no such output".into(),
-            })?;
+                vout: txin.previous_output.vout,
+            },
+        )?;
         if input.witness_utxo.as_ref() != Some(spent) {
-            return Err(TxError::Input {
-                index,
-                reason: "witness_utxo is missing or differs from the output it spends".into(),
-            });
+            return Err(TxError::WitnessUtxoMismatch { index });
         }
         for (pk, sig) in &input.partial_sigs {
             if sig.sighash_type != EcdsaSighashType::All {
@@ -387,8 +394,7 @@ pub fn finalize<C: Verification>(psbt: &Psbt, secp: &Secp256k1<C>) -> Result<Tra
             reasons.join("; ")
         )));
     }
-    work.extract(secp)
-        .map_err(|e| TxError::Extract(e.to_string()))
+    work.extract(secp).map_err(TxError::Extract)
 }
 
 #[cfg(test)]

@@ -139,10 +139,7 @@ pub fn sign(
             if ours.get(&listed) != Some(&path) {
                 return Err(TxError::UnexpectedDerivation { index, path });
             }
-            let derived = key
-                .master()
-                .derive_priv(secp, &path)
-                .map_err(|e| TxError::Sign(e.to_string()))?;
+            let derived = key.master().derive_priv(secp, &path)?;
             let secret = derived.private_key;
             if secret.public_key(secp) != listed {
                 return Err(TxError::DerivedKeyMismatch { index, path });
@@ -154,7 +151,7 @@ pub fn sign(
                 .value;
             let sighash = cache
                 .p2wsh_signature_hash(index, &witness_script, value, EcdsaSighashType::All)
-                .map_err(|e| TxError::Sign(e.to_string()))?;
+                .map_err(|source| TxError::Sighash { index, source })?;
             let signature = secp.sign_ecdsa(&Message::from(sighash), &secret);
             let previous = input.partial_sigs.insert(
                 bitcoin::PublicKey::new(listed),

@@ -411,14 +411,14 @@ mod merge_refusals {
         theirs.inputs[0].non_witness_utxo = None;
         assert!(matches!(
             refused(&ours, &theirs, &f),
-            MergeError::BadInput(TxError::Input { index: 0, .. })
+            MergeError::BadInput(TxError::MissingPrevTx { index: 0 })
         ));
         let (f, ours, mut theirs) = pair();
         let other = theirs.inputs[1].non_witness_utxo.clone();
         theirs.inputs[0].non_witness_utxo = other;
         assert!(matches!(
             refused(&ours, &theirs, &f),
-            MergeError::BadInput(TxError::Input { index: 0, .. })
+            MergeError::BadInput(TxError::WrongPrevTx { index: 0, .. })
         ));
     }
 }
