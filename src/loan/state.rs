@@ -67,10 +67,12 @@ pub enum LiquidationReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuoteEvidence {
     pub source: String,
-    pub minor_per_btc: u64,
+    /// The quoted price (none when the source failed to answer).
+    pub minor_per_btc: Option<u64>,
     /// Unix seconds the source dated it.
-    pub at: u64,
-    /// Why the aggregation dropped it (stale, outlier, other currency), if it did.
+    pub at: Option<u64>,
+    /// Why the aggregation dropped it (failed, stale, outlier, other currency), if it
+    /// did.
     pub dropped: Option<String>,
 }
 

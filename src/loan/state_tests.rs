@@ -750,14 +750,14 @@ fn decisions_store_the_oracle_evidence() {
         quotes: vec![
             QuoteEvidence {
                 source: "kraken".into(),
-                minor_per_btc: 5_000_000,
-                at: NOW,
+                minor_per_btc: Some(5_000_000),
+                at: Some(NOW),
                 dropped: None,
             },
             QuoteEvidence {
                 source: "bitstamp".into(),
-                minor_per_btc: 3_000_000,
-                at: NOW,
+                minor_per_btc: Some(3_000_000),
+                at: Some(NOW),
                 dropped: Some("outlier".into()),
             },
         ],
