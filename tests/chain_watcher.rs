@@ -1,7 +1,9 @@
 //! The chain watcher against a real electrs: deposits with their confirmations and
 //! top-ups, the five spending paths classified, reorgs of depth 1 and 6, a spend
 //! replaced by a conflicting spend in a reorg, an RBF-replaced deposit, electrs killed
-//! and restarted, and broadcast answers classified.
+//! and restarted, broadcast answers classified, an escrow unregistered and registered
+//! again, a server whose chain became a shorter fork of ours, a server of another
+//! network, and the graph kept bounded across register/unregister cycles.
 
 mod common;
 
@@ -268,8 +270,8 @@ fn reorg_replacing_a_spend_reports_the_other_spend() -> anyhow::Result<()> {
         tip: env.height()?,
     };
     let mut psbt = tx::build(&escrow, &req)?.psbt;
-    tx::sign(&mut psbt, &parties.lender, &parties.secp)?;
-    tx::sign(&mut psbt, &parties.arbiter, &parties.secp)?;
+    parties.sign(&mut psbt, &parties.lender, &escrow)?;
+    parties.sign(&mut psbt, &parties.arbiter, &escrow)?;
     let liquidation = tx::finalize(&psbt, &parties.secp)?;
     env.broadcast_rpc(&liquidation)?;
     env.mine(2)?;
@@ -422,8 +424,8 @@ fn broadcast_answers_are_classified() -> anyhow::Result<()> {
     };
     let sign = |req: &SpendRequest| -> anyhow::Result<bitcoin::Transaction> {
         let mut psbt = tx::build(&escrow, req)?.psbt;
-        tx::sign(&mut psbt, &parties.borrower, &parties.secp)?;
-        tx::sign(&mut psbt, &parties.lender, &parties.secp)?;
+        parties.sign(&mut psbt, &parties.borrower, &escrow)?;
+        parties.sign(&mut psbt, &parties.lender, &escrow)?;
         Ok(tx::finalize(&psbt, &parties.secp)?)
     };
     let free = sign(&req)?;
@@ -478,5 +480,84 @@ fn new_blocks_wake_the_watcher() -> anyhow::Result<()> {
     ensure!(u.tip.height == env.height()?);
     watcher.unregister("loan-1");
     ensure!(watcher.sync()?.escrows.is_empty());
+    Ok(())
+}
+
+/// Sync until `ok` holds, failing on the first sync error: for scenarios where a
+/// reconnect (which subscribes every script anew and syncs everything) would hide the
+/// bug under test.
+fn sync_strictly_until(
+    w: &mut Watcher,
+    ok: impl Fn(&ChainUpdate) -> bool,
+) -> anyhow::Result<(ChainUpdate, Vec<ChainEvent>)> {
+    let deadline = Instant::now() + common::WAIT;
+    let mut events = Vec::new();
+    loop {
+        let update = w.sync().context("every sync must succeed here")?;
+        events.extend(update.events.clone());
+        if ok(&update) {
+            return Ok((update, events));
+        }
+        if Instant::now() > deadline {
+            bail!("condition never met; events so far: {events:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Scenario: an escrow is funded, confirmed and synced, then unregistered and
+/// registered again on the same connection. The very next sync reports its deposit
+/// again (the script was unsubscribed on the server and is subscribed anew, rather
+/// than refused as already subscribed, which used to drop the connection), and a
+/// top-up paid after that is picked up through the new subscription's notification,
+/// every sync on the way succeeding.
+#[test]
+fn an_unregistered_escrow_registered_again_is_watched_again() -> anyhow::Result<()> {
+    let Setup {
+        env,
+        mut wallet,
+        escrow,
+        mut watcher,
+        ..
+    } = setup()?;
+    let first = fund(&mut wallet, &env, &escrow, Amount::from_sat(10_000_000))?;
+    env.mine(1)?;
+    sync_until(&mut watcher, |u| collateral(u, 1) > Amount::ZERO)?;
+    watcher.unregister("loan-1");
+    ensure!(watcher.sync()?.escrows.is_empty());
+
+    watcher.register("loan-1", escrow.clone())?;
+    let u = watcher
+        .sync()
+        .context("the first sync after registering again")?;
+    ensure!(collateral(&u, 1) == Amount::from_sat(10_000_000));
+    ensure!(
+        matches!(
+            u.events.as_slice(),
+            [
+                ChainEvent::DepositSeen { outpoint: seen, .. },
+                ChainEvent::DepositConfirmed { outpoint: confirmed, .. },
+            ] if *seen == first.outpoint && *confirmed == first.outpoint
+        ),
+        "the deposit is reported again: {:?}",
+        u.events
+    );
+    ensure!(matches!(
+        watcher.status(),
+        ConnectionStatus::Connected { .. }
+    ));
+
+    let top_up = fund(&mut wallet, &env, &escrow, Amount::from_sat(3_000_000))?;
+    let (u, events) = sync_strictly_until(&mut watcher, |u| {
+        u.escrows[0]
+            .deposits
+            .iter()
+            .any(|d| d.outpoint == top_up.outpoint)
+    })?;
+    ensure!(u.escrows[0].unconfirmed_collateral() == Amount::from_sat(3_000_000));
+    ensure!(
+        matches!(events.as_slice(), [ChainEvent::DepositSeen { outpoint, .. }] if *outpoint == top_up.outpoint),
+        "{events:?}"
+    );
     Ok(())
 }

@@ -157,13 +157,30 @@ impl Watcher {
         Ok(())
     }
 
-    /// Stop watching `loan_id` (its history stays in the graph, unused).
+    /// Stop watching `loan_id`. Its script is unsubscribed on the server, so that
+    /// registering it again subscribes it anew (and reports its history again). If the
+    /// server cannot be told, the connection is dropped: a new one starts with no
+    /// subscriptions.
     pub fn unregister(&mut self, loan_id: &str) {
-        if let Some(d) = self.escrows.remove(loan_id) {
-            self.subscribed.remove(&d.script_pubkey());
-        }
         self.last.remove(loan_id);
         self.dirty.remove(loan_id);
+        let Some(descriptor) = self.escrows.remove(loan_id) else {
+            return;
+        };
+        let spk = descriptor.script_pubkey();
+        let still_watched = self.escrows.values().any(|d| d.script_pubkey() == spk);
+        if still_watched || self.subscribed.remove(&spk).is_none() {
+            return;
+        }
+        if let Some(client) = &self.client {
+            match client.inner.script_unsubscribe(&spk) {
+                // `false`: the server no longer had it; either way it is gone.
+                Ok(_) | Err(electrum_client::Error::NotSubscribed(_)) => {}
+                Err(e) => {
+                    let _ = self.disconnected(format!("unsubscribing loan {loan_id}: {e}"));
+                }
+            }
+        }
     }
 
     pub fn status(&self) -> &ConnectionStatus {
