@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use bitcoin::{Amount, FeeRate, Network};
 use btc_escrow::chain::{
-    BroadcastError, ChainEvent, ChainUpdate, ConnectionStatus, FeeSource, Watcher, WatcherConfig,
+    BroadcastError, ChainEvent, ChainUpdate, ConnectionStatus, FeeSource, WatchError, Watcher,
+    WatcherConfig,
 };
 use btc_escrow::policy::{EscrowDescriptor, PathName};
 use btc_escrow::tx::{self, SpendRequest};
@@ -559,5 +560,43 @@ fn an_unregistered_escrow_registered_again_is_watched_again() -> anyhow::Result<
         matches!(events.as_slice(), [ChainEvent::DepositSeen { outpoint, .. }] if *outpoint == top_up.outpoint),
         "{events:?}"
     );
+    Ok(())
+}
+
+/// Scenario: watchers configured for testnet and for signet are pointed at the regtest
+/// electrs. Each sync is refused with an error naming the expected and the found
+/// genesis block, the status says disconnected with that reason, and a fee estimate
+/// is not asked of the wrong server (it falls back, saying why). A regtest watcher on
+/// the same server is accepted.
+#[test]
+fn a_server_of_another_network_is_refused() -> anyhow::Result<()> {
+    let env = Regtest::start()?;
+    let genesis = |n: Network| bitcoin::constants::genesis_block(n).block_hash();
+    let found = genesis(Network::Regtest);
+    for network in [Network::Testnet, Network::Signet] {
+        let expected = genesis(network);
+        let mut w = Watcher::new(WatcherConfig::new(&env.electrum_url, network));
+        let got = w.sync();
+        ensure!(
+            matches!(&got, Err(WatchError::WrongNetwork { expected: e, found: f, .. }) if *e == expected && *f == found),
+            "{network}: {got:?}"
+        );
+        let ConnectionStatus::Disconnected { reason, .. } = w.status() else {
+            bail!("{network}: {:?}", w.status());
+        };
+        ensure!(
+            reason.contains(&expected.to_string()) && reason.contains(&found.to_string()),
+            "{network}: {reason}"
+        );
+
+        let mut fresh = Watcher::new(WatcherConfig::new(&env.electrum_url, network));
+        let fee = fresh.fee_estimate(6);
+        ensure!(
+            matches!(&fee.source, FeeSource::Fallback { reason } if reason.contains(&found.to_string())),
+            "{network}: {fee:?}"
+        );
+    }
+    let mut w = watcher(&env);
+    ensure!(w.sync()?.tip.height == env.height()?);
     Ok(())
 }

@@ -16,7 +16,7 @@ pub use state::{Deposit, EscrowState, Spend, TxStatus};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bdk_chain::bitcoin::{Network, ScriptBuf, Transaction, Txid};
+use bdk_chain::bitcoin::{BlockHash, Network, ScriptBuf, Transaction, Txid};
 use bdk_chain::local_chain::LocalChain;
 use bdk_chain::spk_client::SyncRequest;
 use bdk_chain::spk_txout::SpkTxOutIndex;
@@ -47,6 +47,17 @@ pub enum WatchError {
     },
     #[error("loan {loan_id} is already watched with a different escrow script")]
     ScriptChanged { loan_id: LoanId },
+    /// The server's block 0 is not the configured network's genesis block.
+    #[error(
+        "electrum server {url} is not on {network}: its genesis block is {found}, \
+         {network}'s is {expected}"
+    )]
+    WrongNetwork {
+        url: String,
+        network: Network,
+        expected: BlockHash,
+        found: BlockHash,
+    },
     #[error("the server's chain does not connect to ours: {0}")]
     CannotConnect(String),
 }
@@ -191,18 +202,26 @@ impl Watcher {
         self.chain.tip().block_id()
     }
 
-    fn disconnected(&mut self, reason: String) -> WatchError {
+    /// Drop the connection (the server forgets our subscriptions with it), start the
+    /// backoff and report `reason`; returns since when we are disconnected.
+    fn drop_connection(&mut self, reason: String) -> u64 {
         self.client = None;
         self.subscribed.clear();
         self.config.backoff.failed();
-        let since_unix = match &self.status {
+        let since_unix = self.disconnected_since();
+        self.status = ConnectionStatus::Disconnected { since_unix, reason };
+        since_unix
+    }
+
+    fn disconnected_since(&self) -> u64 {
+        match &self.status {
             ConnectionStatus::Disconnected { since_unix, .. } => *since_unix,
             ConnectionStatus::Connected { .. } => unix_now(),
-        };
-        self.status = ConnectionStatus::Disconnected {
-            since_unix,
-            reason: reason.clone(),
-        };
+        }
+    }
+
+    fn disconnected(&mut self, reason: String) -> WatchError {
+        let since_unix = self.drop_connection(reason.clone());
         WatchError::Disconnected {
             url: self.config.url.clone(),
             since_unix,
@@ -210,18 +229,14 @@ impl Watcher {
         }
     }
 
+    /// The current connection, or a new one to a server on our network.
     fn connected(&mut self) -> Result<&BdkElectrumClient<Client>, WatchError> {
         if self.client.is_none() {
             if !self.config.backoff.ready() {
-                let reason = "waiting to reconnect (backoff)".to_owned();
-                let since_unix = match &self.status {
-                    ConnectionStatus::Disconnected { since_unix, .. } => *since_unix,
-                    ConnectionStatus::Connected { .. } => unix_now(),
-                };
                 return Err(WatchError::Disconnected {
                     url: self.config.url.clone(),
-                    since_unix,
-                    reason,
+                    since_unix: self.disconnected_since(),
+                    reason: "waiting to reconnect (backoff)".to_owned(),
                 });
             }
             // retry(0): a reconnect inside electrum-client would silently drop our script
@@ -234,6 +249,22 @@ impl Watcher {
                 Ok(c) => c,
                 Err(e) => return Err(self.disconnected(e.to_string())),
             };
+            // Block 0 hashed here, not the genesis the server claims in its features.
+            let found = match client.block_header(0) {
+                Ok(header) => header.block_hash(),
+                Err(e) => return Err(self.disconnected(format!("reading block 0: {e}"))),
+            };
+            let expected = self.chain.genesis_hash();
+            if found != expected {
+                let err = WatchError::WrongNetwork {
+                    url: self.config.url.clone(),
+                    network: self.config.network,
+                    expected,
+                    found,
+                };
+                self.drop_connection(err.to_string());
+                return Err(err);
+            }
             if let Err(e) = client.block_headers_subscribe() {
                 return Err(self.disconnected(e.to_string()));
             }
