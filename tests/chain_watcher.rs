@@ -10,10 +10,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use bitcoin::{Amount, FeeRate, Network};
+use bitcoin::{Amount, BlockHash, FeeRate, Network, OutPoint};
 use btc_escrow::chain::{
-    BroadcastError, ChainEvent, ChainUpdate, ConnectionStatus, FeeSource, WatchError, Watcher,
-    WatcherConfig,
+    BroadcastError, ChainEvent, ChainUpdate, ConnectionStatus, FeeSource, TxStatus, WatchError,
+    Watcher, WatcherConfig,
 };
 use btc_escrow::policy::{EscrowDescriptor, PathName};
 use btc_escrow::tx::{self, SpendRequest};
@@ -560,6 +560,89 @@ fn an_unregistered_escrow_registered_again_is_watched_again() -> anyhow::Result<
         matches!(events.as_slice(), [ChainEvent::DepositSeen { outpoint, .. }] if *outpoint == top_up.outpoint),
         "{events:?}"
     );
+    Ok(())
+}
+
+/// Scenario: two escrows, one funded deep in the chain, one a few blocks below the
+/// tip. The server then drops its last two (empty) blocks and mines a single other
+/// one, so its chain is a shorter fork of ours: bdk alone would keep our longer chain
+/// and report a tip the server no longer has. No escrow's history changes, so no
+/// script notification marks any escrow for a sync. On the same connection, the next
+/// sync refuses the server's chain as not connecting to ours and reports Disconnected
+/// with the reason; the sync after that rescans every escrow from genesis and reports
+/// the server's tip with no event at all: both deposits are still in their blocks
+/// (before the fix, the one deeper than the last eight blocks would have lost its
+/// anchor's block and been reported gone).
+#[test]
+fn a_shorter_fork_is_resynced_without_spurious_events() -> anyhow::Result<()> {
+    let Setup {
+        env,
+        mut wallet,
+        parties,
+        escrow: deep,
+        mut watcher,
+    } = setup()?;
+    let shallow = parties.escrow(&env, 2, 20, 30)?;
+    watcher.register("loan-2", shallow.clone())?;
+    fund(&mut wallet, &env, &deep, Amount::from_sat(10_000_000))?;
+    env.mine(11)?;
+    fund(&mut wallet, &env, &shallow, Amount::from_sat(20_000_000))?;
+    env.mine(4)?;
+    let our_tip = env.height()?;
+    let (before, _) = sync_until(&mut watcher, |u| {
+        u.tip.height == our_tip
+            && u.escrows
+                .iter()
+                .all(|e| e.confirmed_collateral(1) > Amount::ZERO)
+    })?;
+
+    let dropped = env.rpc.call("getblockhash", json!([our_tip - 1]))?;
+    env.rpc.call("invalidateblock", json!([dropped]))?;
+    // Paid elsewhere than the dropped block, so not that same block again.
+    let elsewhere = bitcoin::Address::p2wsh(bitcoin::Script::from_bytes(&[0x52]), Network::Regtest);
+    let fork_tip = env.mine_to(1, &elsewhere)?[0];
+    ensure!(
+        env.height()? == our_tip - 1,
+        "the server's chain is shorter"
+    );
+
+    let refused = watcher.sync();
+    ensure!(
+        matches!(refused, Err(WatchError::CannotConnect { .. })),
+        "the shorter fork must be refused: {refused:?}"
+    );
+    ensure!(
+        matches!(watcher.status(), ConnectionStatus::Disconnected { reason, .. } if reason.contains("does not connect")),
+        "{:?}",
+        watcher.status()
+    );
+
+    let u = watcher.sync().context("the resync from genesis")?;
+    ensure!(
+        (u.tip.height, u.tip.hash) == (our_tip - 1, fork_tip),
+        "the server's tip: {:?}",
+        u.tip
+    );
+    ensure!(u.events.is_empty(), "no deposit moved: {:?}", u.events);
+    // Same outpoints in the same blocks; only the confirmation counts moved.
+    let place = |u: &ChainUpdate| -> Vec<(OutPoint, Option<(u32, BlockHash)>)> {
+        u.escrows
+            .iter()
+            .flat_map(|e| &e.deposits)
+            .map(|d| match d.status {
+                TxStatus::Confirmed {
+                    height, block_hash, ..
+                } => (d.outpoint, Some((height, block_hash))),
+                TxStatus::Unconfirmed => (d.outpoint, None),
+            })
+            .collect()
+    };
+    ensure!(place(&u).len() == 2 && place(&u).iter().all(|(_, b)| b.is_some()));
+    ensure!(place(&u) == place(&before), "{:?} then {:?}", before, u);
+    ensure!(matches!(
+        watcher.status(),
+        ConnectionStatus::Connected { tip_height, .. } if *tip_height == our_tip - 1
+    ));
     Ok(())
 }
 

@@ -8,8 +8,8 @@ pub mod watcher;
 pub use broadcast::BroadcastError;
 pub use fees::{FeeEstimate, FeePolicy, FeePolicyError, FeeSource};
 pub use watcher::{
-    Backoff, ChainEvent, ChainUpdate, ConnectionStatus, Deposit, EscrowState, Spend, TxStatus,
-    WatchError, Watcher, WatcherConfig,
+    Backoff, ChainEvent, ChainUpdate, ConnectionStatus, Deposit, Divergence, EscrowState, Spend,
+    TxStatus, WatchError, Watcher, WatcherConfig,
 };
 
 use bitcoin::{BlockHash, Network};

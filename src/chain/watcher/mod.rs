@@ -58,8 +58,34 @@ pub enum WatchError {
         expected: BlockHash,
         found: BlockHash,
     },
-    #[error("the server's chain does not connect to ours: {0}")]
-    CannotConnect(String),
+    /// Every escrow is then synced again from genesis (see [`Watcher::sync`]).
+    #[error("the chain of electrum server {url} does not connect to ours: {divergence}")]
+    CannotConnect {
+        url: String,
+        #[source]
+        divergence: Divergence,
+    },
+}
+
+/// How the server's chain fails to connect to ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Divergence {
+    /// The server's tip is below ours and its block at `height` is not ours: it serves
+    /// a shorter fork (bdk would keep our longer chain as if the server were lagging).
+    #[error(
+        "its tip {server_tip} is below ours {our_tip} and its block at height {height} is \
+         {theirs}, ours is {ours}"
+    )]
+    ShorterFork {
+        server_tip: u32,
+        our_tip: u32,
+        height: u32,
+        ours: BlockHash,
+        theirs: BlockHash,
+    },
+    /// bdk could not apply the server's blocks to our chain.
+    #[error("the update needs our block at height {try_include_height}")]
+    Update { try_include_height: u32 },
 }
 
 /// One sync's result.
@@ -349,9 +375,17 @@ impl Watcher {
     /// Sync the watched scripts that changed (all of them after a connect) and return
     /// the snapshot of every escrow and the events since the previous successful sync.
     /// While disconnected it returns an error and reports nothing (nothing is guessed).
+    ///
+    /// If the server's chain does not connect to ours, our chain is dropped, every
+    /// escrow marked for a full rescan, the status set to disconnected with the reason
+    /// and [`WatchError::CannotConnect`] returned; the next sync rebuilds the view from
+    /// genesis and reports only what differs from the last snapshot.
     pub fn sync(&mut self) -> Result<ChainUpdate, WatchError> {
         let started = Instant::now();
         self.refresh_dirty()?;
+        if let Some(divergence) = self.shorter_fork()? {
+            return Err(self.resync_from_genesis(divergence));
+        }
         // bdk only counts seen/evicted times that increase.
         let now = unix_now().max(self.last_sync_time + 1);
         let tip_cp = self.chain.tip();
@@ -383,10 +417,9 @@ impl Watcher {
         };
         if let Some(update) = response.chain_update {
             if let Err(e) = self.chain.apply_update(update) {
-                // The server's chain does not connect to ours: start over from genesis.
-                let genesis = self.chain.genesis_hash();
-                self.chain = LocalChain::from_genesis_hash(genesis).0;
-                return Err(WatchError::CannotConnect(e.to_string()));
+                return Err(self.resync_from_genesis(Divergence::Update {
+                    try_include_height: e.try_include_height,
+                }));
             }
         }
         let _ = self.graph.apply_update(response.tx_update);
@@ -422,6 +455,81 @@ impl Watcher {
             escrows,
             events,
         })
+    }
+
+    /// A server whose tip is below ours is lagging or on a shorter fork; bdk assumes
+    /// the former. Tell them apart by the server's block at our highest checkpoint at
+    /// or below its tip.
+    fn shorter_fork(&mut self) -> Result<Option<Divergence>, WatchError> {
+        let ours = self.chain.tip();
+        let answer = self.connected()?.inner.block_headers_subscribe();
+        let server_tip = match answer {
+            Ok(tip) => u32::try_from(tip.height).unwrap_or(u32::MAX),
+            Err(e) => return Err(self.disconnected(format!("reading the tip: {e}"))),
+        };
+        if server_tip >= ours.height() {
+            return Ok(None);
+        }
+        let common = ours
+            .iter()
+            .find(|cp| cp.height() <= server_tip)
+            .expect("every chain holds block 0, and no tip is below it");
+        let answer = self
+            .connected()?
+            .inner
+            .block_header(common.height() as usize);
+        let theirs = match answer {
+            Ok(header) => header.block_hash(),
+            Err(e) => return Err(self.disconnected(format!("reading a block header: {e}"))),
+        };
+        Ok((theirs != common.hash()).then(|| Divergence::ShorterFork {
+            server_tip,
+            our_tip: ours.height(),
+            height: common.height(),
+            ours: common.hash(),
+            theirs,
+        }))
+    }
+
+    /// Forget our chain and the client's caches of it (block headers and anchors of
+    /// the old chain would be trusted again otherwise), mark every escrow for a full
+    /// rescan and report the divergence. The graph, the subscriptions and the last
+    /// snapshot stay: the rescan re-anchors every transaction still in the server's
+    /// chain, so only real changes become events.
+    fn resync_from_genesis(&mut self, divergence: Divergence) -> WatchError {
+        self.chain = LocalChain::from_genesis_hash(self.chain.genesis_hash()).0;
+        self.dirty.extend(self.escrows.keys().cloned());
+        self.renew_client_caches(false);
+        let err = WatchError::CannotConnect {
+            url: self.config.url.clone(),
+            divergence,
+        };
+        tracing::warn!(%err, "resyncing every escrow from genesis");
+        self.status = ConnectionStatus::Disconnected {
+            since_unix: self.disconnected_since(),
+            reason: format!("{err}; resyncing every escrow from genesis"),
+        };
+        err
+    }
+
+    /// Replace the bdk client around the same connection (so the subscriptions stay),
+    /// emptying its caches; refill the transaction cache (and, if `anchors`, the anchor
+    /// cache) from the graph.
+    fn renew_client_caches(&mut self, anchors: bool) {
+        let Some(old) = self.client.take() else {
+            return;
+        };
+        let fresh = BdkElectrumClient::new(old.inner);
+        let graph = self.graph.graph();
+        fresh.populate_tx_cache(graph.full_txs().map(|n| n.tx));
+        if anchors {
+            fresh.populate_anchor_cache(
+                graph
+                    .full_txs()
+                    .map(|n| (n.txid, n.anchors.iter().copied().collect::<Vec<_>>())),
+            );
+        }
+        self.client = Some(fresh);
     }
 
     /// Broadcast through the current connection (see [`broadcast::broadcast`]).
