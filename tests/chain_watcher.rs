@@ -683,3 +683,58 @@ fn a_server_of_another_network_is_refused() -> anyhow::Result<()> {
     ensure!(w.sync()?.tip.height == env.height()?);
     Ok(())
 }
+
+/// Scenario: one escrow stays watched and funded while eight others, one after the
+/// other, are registered, funded, synced and unregistered, with the graph set to be
+/// rebuilt after every second unregister. After each unregister the graph holds at
+/// most the watched escrow's deposit and one unregistered escrow's; the watched
+/// escrow's state is untouched by the rebuilds, and an escrow registered again after
+/// its transactions were pruned is filled again from the server.
+#[test]
+fn the_graph_stays_bounded_across_register_unregister_cycles() -> anyhow::Result<()> {
+    let env = Regtest::start()?;
+    let mut wallet = TestWallet::new(&env)?;
+    wallet.fund(&env, 2)?;
+    let parties = Parties::new()?;
+    let mut config = WatcherConfig::new(&env.electrum_url, Network::Regtest);
+    config.prune_after_unregistered = 2;
+    let mut watcher = Watcher::new(config);
+    let kept = parties.escrow(&env, 1, 20, 30)?;
+    watcher.register("kept", kept.clone())?;
+    fund(&mut wallet, &env, &kept, Amount::from_sat(10_000_000))?;
+    env.mine(1)?;
+    let (before, _) = sync_until(&mut watcher, |u| collateral(u, 1) > Amount::ZERO)?;
+
+    let mut cycles = Vec::new();
+    for i in 0..8u32 {
+        let id = format!("cycle-{i}");
+        let escrow = parties.escrow(&env, 10 + i, 20, 30)?;
+        watcher.register(&id, escrow.clone())?;
+        let deposit = fund(&mut wallet, &env, &escrow, Amount::from_sat(1_000_000))?;
+        sync_until(&mut watcher, |u| {
+            u.escrows.iter().any(|e| {
+                e.loan_id == id && e.deposits.iter().any(|d| d.outpoint == deposit.outpoint)
+            })
+        })?;
+        watcher.unregister(&id);
+        ensure!(
+            watcher.graph_tx_count() <= 2,
+            "after cycle {i} the graph holds {} transactions",
+            watcher.graph_tx_count()
+        );
+        cycles.push((id, escrow, deposit));
+    }
+
+    let u = watcher.sync()?;
+    ensure!(u.events.is_empty(), "{:?}", u.events);
+    ensure!(u.escrows == before.escrows, "{:?}", u.escrows);
+
+    let (id, escrow, deposit) = &cycles[0];
+    watcher.register(id, escrow.clone())?;
+    let (_, events) = sync_until(&mut watcher, |u| u.escrows.len() == 2)?;
+    ensure!(
+        matches!(events.as_slice(), [ChainEvent::DepositSeen { outpoint, .. }] if *outpoint == deposit.outpoint),
+        "{events:?}"
+    );
+    Ok(())
+}

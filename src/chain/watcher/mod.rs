@@ -47,6 +47,8 @@ pub enum WatchError {
     },
     #[error("loan {loan_id} is already watched with a different escrow script")]
     ScriptChanged { loan_id: LoanId },
+    #[error("the escrow script of loan {loan_id} is already watched for loan {other}")]
+    ScriptShared { loan_id: LoanId, other: LoanId },
     /// The server's block 0 is not the configured network's genesis block.
     #[error(
         "electrum server {url} is not on {network}: its genesis block is {found}, \
@@ -106,6 +108,11 @@ pub struct WatcherConfig {
     /// Re-sync every script this often even without a status notification (a safety
     /// net under the subscriptions).
     pub full_resync_every: Duration,
+    /// The transaction graph is rebuilt from the watched escrows once this many
+    /// escrows (or as many as are watched, if more) have been unregistered since the
+    /// last rebuild: memory stays proportional to the watched escrows, and rebuilding
+    /// costs O(1) amortized per unregister.
+    pub prune_after_unregistered: usize,
 }
 
 impl WatcherConfig {
@@ -117,6 +124,7 @@ impl WatcherConfig {
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             fees: FeePolicy::default(),
             full_resync_every: Duration::from_secs(600),
+            prune_after_unregistered: 64,
         }
     }
 }
@@ -137,6 +145,8 @@ pub struct Watcher {
     /// Escrows whose script changed since their last successful sync.
     dirty: BTreeSet<LoanId>,
     last_full_resync: Instant,
+    /// Escrows unregistered since the graph was last rebuilt.
+    unregistered_since_prune: usize,
 }
 
 impl Watcher {
@@ -160,6 +170,7 @@ impl Watcher {
             subscribed: HashMap::new(),
             dirty: BTreeSet::new(),
             last_full_resync: Instant::now(),
+            unregistered_since_prune: 0,
         }
     }
 
@@ -169,28 +180,45 @@ impl Watcher {
         loan_id: &str,
         descriptor: EscrowDescriptor,
     ) -> Result<(), WatchError> {
+        let id = loan_id.to_owned();
         let spk = descriptor.script_pubkey();
-        if let Some(existing) = self.graph.index.spk_at_index(&loan_id.to_owned()) {
-            if existing != spk {
-                return Err(WatchError::ScriptChanged {
-                    loan_id: loan_id.to_owned(),
+        if let Some(existing) = self.escrows.get(loan_id) {
+            if existing.script_pubkey() != spk {
+                return Err(WatchError::ScriptChanged { loan_id: id });
+            }
+        }
+        if let Some(other) = self.graph.index.index_of_spk(spk.clone()) {
+            if *other != id && self.escrows.contains_key(other) {
+                return Err(WatchError::ScriptShared {
+                    loan_id: id,
+                    other: other.clone(),
                 });
             }
-        } else {
-            self.graph.index.insert_spk(loan_id.to_owned(), spk);
+        }
+        // The index keeps unregistered escrows until the next prune: one left behind
+        // under this id or this script would hide the new script's outputs.
+        let stale_id = self
+            .graph
+            .index
+            .spk_at_index(&id)
+            .is_some_and(|old| old != spk);
+        let stale_spk = self
+            .graph
+            .index
+            .index_of_spk(spk.clone())
+            .is_some_and(|other| *other != id);
+        if stale_id || stale_spk {
+            self.prune();
+        }
+        if self.graph.index.insert_spk(id.clone(), spk) {
             // Scan what the graph already holds for the new script.
-            let txs: Vec<_> = self
-                .graph
-                .graph()
-                .full_txs()
-                .map(|n| n.tx.clone())
-                .collect();
+            let txs: Vec<_> = self.graph.graph().full_txs().map(|n| n.tx).collect();
             for tx in txs {
                 self.graph.index.scan(&tx);
             }
         }
-        self.escrows.insert(loan_id.to_owned(), descriptor);
-        self.dirty.insert(loan_id.to_owned());
+        self.escrows.insert(id.clone(), descriptor);
+        self.dirty.insert(id);
         Ok(())
     }
 
@@ -204,9 +232,13 @@ impl Watcher {
         let Some(descriptor) = self.escrows.remove(loan_id) else {
             return;
         };
+        self.unregistered_since_prune += 1;
+        let threshold = self.config.prune_after_unregistered.max(self.escrows.len());
+        if self.unregistered_since_prune >= threshold {
+            self.prune();
+        }
         let spk = descriptor.script_pubkey();
-        let still_watched = self.escrows.values().any(|d| d.script_pubkey() == spk);
-        if still_watched || self.subscribed.remove(&spk).is_none() {
+        if self.subscribed.remove(&spk).is_none() {
             return;
         }
         if let Some(client) = &self.client {
@@ -218,6 +250,26 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// Rebuild the graph from the transactions the watched escrows need (and the
+    /// client's caches from the graph), forgetting the unregistered ones.
+    fn prune(&mut self) {
+        let before = self.graph_tx_count();
+        let watched = self
+            .escrows
+            .iter()
+            .map(|(id, d)| (id.clone(), d.script_pubkey()));
+        self.graph = graph::rebuild(&self.graph, watched);
+        self.unregistered_since_prune = 0;
+        self.renew_client_caches(true);
+        tracing::debug!(before, after = self.graph_tx_count(), "pruned the graph");
+    }
+
+    /// Transactions in the graph (for tests and metrics: it stays proportional to the
+    /// watched escrows).
+    pub fn graph_tx_count(&self) -> usize {
+        self.graph.graph().full_txs().count()
     }
 
     pub fn status(&self) -> &ConnectionStatus {
