@@ -1,10 +1,18 @@
-//! The watcher's connection bookkeeping: the status reported on the API and the
-//! reconnection backoff.
+//! The watcher's connection: connecting (to a server on our network only), dropping
+//! it with a reason, the backoff between attempts, the status reported on the API,
+//! and what goes through the connection besides syncing (new blocks, broadcast, fee
+//! estimates).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bdk_chain::bitcoin::BlockHash;
+use bdk_chain::bitcoin::{BlockHash, Transaction, Txid};
+use bdk_electrum::BdkElectrumClient;
+use electrum_client::{Client, ConfigBuilder, ElectrumApi};
 use serde::Serialize;
+
+use super::{WatchError, Watcher};
+use crate::chain::broadcast::{self, BroadcastError};
+use crate::chain::fees::{self, FeeEstimate};
 
 /// Connection status, for the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,4 +67,149 @@ pub(super) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+impl Watcher {
+    /// Drop the connection (the server forgets our subscriptions with it), start the
+    /// backoff and report `reason`; returns since when we are disconnected.
+    pub(super) fn drop_connection(&mut self, reason: String) -> u64 {
+        self.client = None;
+        self.subscribed.clear();
+        self.config.backoff.failed();
+        let since_unix = self.disconnected_since();
+        self.status = ConnectionStatus::Disconnected { since_unix, reason };
+        since_unix
+    }
+
+    pub(super) fn disconnected_since(&self) -> u64 {
+        match &self.status {
+            ConnectionStatus::Disconnected { since_unix, .. } => *since_unix,
+            ConnectionStatus::Connected { .. } => unix_now(),
+        }
+    }
+
+    pub(super) fn disconnected(&mut self, reason: String) -> WatchError {
+        let since_unix = self.drop_connection(reason.clone());
+        WatchError::Disconnected {
+            url: self.config.url.clone(),
+            since_unix,
+            reason,
+        }
+    }
+
+    /// The current connection, or a new one to a server on our network.
+    pub(super) fn connected(&mut self) -> Result<&BdkElectrumClient<Client>, WatchError> {
+        if self.client.is_none() {
+            if !self.config.backoff.ready() {
+                return Err(WatchError::Disconnected {
+                    url: self.config.url.clone(),
+                    since_unix: self.disconnected_since(),
+                    reason: "waiting to reconnect (backoff)".to_owned(),
+                });
+            }
+            // retry(0): a reconnect inside electrum-client would silently drop our script
+            // subscriptions; reconnecting here clears them and syncs everything again.
+            let config = ConfigBuilder::new()
+                .timeout(Some(Duration::from_secs(60)))
+                .retry(0)
+                .build();
+            let client = match Client::from_config(&self.config.url, config) {
+                Ok(c) => c,
+                Err(e) => return Err(self.disconnected(e.to_string())),
+            };
+            // Block 0 hashed here, not the genesis the server claims in its features.
+            let found = match client.block_header(0) {
+                Ok(header) => header.block_hash(),
+                Err(e) => return Err(self.disconnected(format!("reading block 0: {e}"))),
+            };
+            let expected = self.chain.genesis_hash();
+            if found != expected {
+                let err = WatchError::WrongNetwork {
+                    url: self.config.url.clone(),
+                    network: self.config.network,
+                    expected,
+                    found,
+                };
+                self.drop_connection(err.to_string());
+                return Err(err);
+            }
+            if let Err(e) = client.block_headers_subscribe() {
+                return Err(self.disconnected(e.to_string()));
+            }
+            let bdk = BdkElectrumClient::new(client);
+            bdk.populate_tx_cache(self.graph.graph().full_txs().map(|n| n.tx));
+            self.client = Some(bdk);
+        }
+        Ok(self.client.as_ref().expect("set just above"))
+    }
+
+    /// Wait up to `timeout` for a new block announced by the header subscription;
+    /// true if one arrived. A broken connection returns an error (and is dropped).
+    pub fn wait_for_block(&mut self, timeout: Duration) -> Result<bool, WatchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let popped = self.connected()?.inner.block_headers_pop();
+            match popped {
+                Ok(Some(_)) => {
+                    // Drain the rest: one sync covers them all.
+                    while let Ok(Some(_)) = self.connected()?.inner.block_headers_pop() {}
+                    return Ok(true);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.disconnected(e.to_string())),
+            }
+            // The subscription is only read when the socket is read; a ping does that.
+            if let Err(e) = self.connected()?.inner.ping() {
+                return Err(self.disconnected(e.to_string()));
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Replace the bdk client around the same connection (so the subscriptions stay),
+    /// emptying its caches; refill the transaction cache (and, if `anchors`, the anchor
+    /// cache) from the graph.
+    pub(super) fn renew_client_caches(&mut self, anchors: bool) {
+        let Some(old) = self.client.take() else {
+            return;
+        };
+        let fresh = BdkElectrumClient::new(old.inner);
+        let graph = self.graph.graph();
+        fresh.populate_tx_cache(graph.full_txs().map(|n| n.tx));
+        if anchors {
+            fresh.populate_anchor_cache(
+                graph
+                    .full_txs()
+                    .map(|n| (n.txid, n.anchors.iter().copied().collect::<Vec<_>>())),
+            );
+        }
+        self.client = Some(fresh);
+    }
+
+    /// Broadcast through the current connection (see [`broadcast::broadcast`]).
+    pub fn broadcast(&mut self, tx: &Transaction) -> Result<Txid, BroadcastError> {
+        let txid = tx.compute_txid();
+        let client = self.connected().map_err(|e| BroadcastError::Connection {
+            txid,
+            message: e.to_string(),
+        })?;
+        let result = broadcast::broadcast(&client.inner, tx);
+        if let Err(BroadcastError::Connection { message, .. }) = &result {
+            let _ = self.disconnected(message.clone());
+        }
+        result
+    }
+
+    /// The server's fee estimate for `target` blocks, clamped (falls back when
+    /// disconnected, and says so).
+    pub fn fee_estimate(&mut self, target: usize) -> FeeEstimate {
+        let policy = self.config.fees;
+        match self.connected() {
+            Ok(client) => fees::estimate(&client.inner, target, &policy),
+            Err(e) => policy.apply(Err(e.to_string())),
+        }
+    }
 }
