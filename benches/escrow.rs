@@ -105,6 +105,10 @@ fn bench(c: &mut Criterion) {
         tip: 500,
     };
     let unsigned = tx::build(&escrow, &req).expect("builds").psbt;
+    let decision = tx::SpendDecision {
+        tx: unsigned.unsigned_tx.clone(),
+    };
+    let cap = tx::FeeCap::default();
     let mut group = c.benchmark_group("tx");
     group.bench_function("build_liquidation", |bench| {
         bench.iter(|| black_box(tx::build(&escrow, &req).expect("builds")))
@@ -113,14 +117,14 @@ fn bench(c: &mut Criterion) {
         bench.iter(|| {
             let mut psbt = unsigned.clone();
             black_box(
-                tx::sign(&mut psbt, &a, &escrow, &tx::FeeCap::default(), &secp).expect("signs"),
+                tx::sign_decision(&mut psbt, &a, &escrow, &decision, &cap, &secp).expect("signs"),
             )
         })
     });
     let mut ours = unsigned.clone();
-    tx::sign(&mut ours, &a, &escrow, &tx::FeeCap::default(), &secp).expect("signs");
+    tx::sign_decision(&mut ours, &a, &escrow, &decision, &cap, &secp).expect("signs");
     let mut theirs = unsigned.clone();
-    tx::sign(&mut theirs, &l, &escrow, &tx::FeeCap::default(), &secp).expect("signs");
+    tx::sign(&mut theirs, &l, &escrow, &cap, &secp).expect("signs");
     group.bench_function("merge_and_finalize", |bench| {
         bench.iter(|| {
             let merged = tx::merge(&ours, &theirs, &secp).expect("merges");

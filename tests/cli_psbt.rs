@@ -1,5 +1,7 @@
-//! The command line end to end on regtest: three `key new` keys, `policy compile`,
-//! fund the address, `psbt build` a liquidation, `psbt sign` by arbiter and lender,
+//! The command line end to end on regtest: three `key new` keys, `policy compile`
+//! (descriptor, multipath descriptor, wallet policy), fund the address, `psbt build` a
+//! cooperative settlement paying the lender, `psbt sign` by borrower and lender (each
+//! given the escrow; the arbiter's key is refused: it signs only recorded decisions),
 //! `psbt finalize`, and bitcoind accepts the result. Also: `psbt sign` refuses a PSBT
 //! that asks for a sighash other than ALL or lacks the previous transaction, and
 //! `policy check` exits 1 naming the broken guarantee.
@@ -23,11 +25,16 @@ fn run(args: &[&str], stdin: Option<&str>) -> anyhow::Result<(bool, String, Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    child
+    let written = child
         .stdin
         .take()
         .context("stdin")?
-        .write_all(stdin.unwrap_or("").as_bytes())?;
+        .write_all(stdin.unwrap_or("").as_bytes());
+    // A command refused at argument parsing exits without reading its input.
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
     let out = child.wait_with_output()?;
     Ok((
         out.status.success(),
@@ -43,7 +50,7 @@ fn ok(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
 }
 
 #[test]
-fn liquidation_through_the_command_line() -> anyhow::Result<()> {
+fn settlement_through_the_command_line() -> anyhow::Result<()> {
     let env = Regtest::start()?;
     let dir = tempfile::tempdir()?;
     let mut xpubs = Vec::new();
@@ -80,9 +87,9 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
             "--index",
             "4",
             "--default-height",
-            &(tip + 50).to_string(),
+            &(tip + 500).to_string(),
             "--recovery-height",
-            &(tip + 60).to_string(),
+            &(tip + 600).to_string(),
         ],
         None,
     )?)?;
@@ -161,7 +168,7 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
         "--network",
         "regtest",
         "--path",
-        "liquidation",
+        "cooperative",
         "--input",
         &input,
         "--pay",
@@ -174,12 +181,16 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
         &tip,
     ];
     let unsigned = ok(&build_args, None)?;
-    let arbiter = key_files[2].to_str().context("path")?;
+    let borrower = key_files[0].to_str().context("path")?;
     let lender = key_files[1].to_str().context("path")?;
+    let arbiter = key_files[2].to_str().context("path")?;
+    // The arbiter's key signs only a recorded decision, never through `psbt sign`.
+    let (success, _, stderr) = sign(arbiter, &unsigned)?;
+    ensure!(!success && stderr.contains("recorded decision"), "{stderr}");
     // Without the escrow, the signer refuses.
-    let (success, _, stderr) = run(&["psbt", "sign", "--key", arbiter], Some(&unsigned))?;
+    let (success, _, stderr) = run(&["psbt", "sign", "--key", borrower], Some(&unsigned))?;
     ensure!(!success && stderr.contains("--descriptor"), "{stderr}");
-    let (success, signed_once, stderr) = sign(arbiter, &unsigned)?;
+    let (success, signed_once, stderr) = sign(borrower, &unsigned)?;
     ensure!(success, "{stderr}");
     ensure!(
         stderr.contains(&lender_payout.to_string()) && stderr.contains("0.15000000 BTC"),
@@ -204,11 +215,11 @@ fn liquidation_through_the_command_line() -> anyhow::Result<()> {
     // A PSBT asking for SIGHASH_NONE, or without the previous transaction, is refused.
     let mut psbt: Psbt = unsigned.parse()?;
     psbt.inputs[0].sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::None));
-    let (success, _, stderr) = sign(arbiter, &psbt.to_string())?;
+    let (success, _, stderr) = sign(borrower, &psbt.to_string())?;
     ensure!(!success && stderr.contains("only SIGHASH_ALL"), "{stderr}");
     let mut psbt: Psbt = unsigned.parse()?;
     psbt.inputs[0].non_witness_utxo = None;
-    let (success, _, stderr) = sign(arbiter, &psbt.to_string())?;
+    let (success, _, stderr) = sign(borrower, &psbt.to_string())?;
     ensure!(
         !success && stderr.contains("non_witness_utxo is missing"),
         "{stderr}"

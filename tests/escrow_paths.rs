@@ -126,25 +126,13 @@ fn one_key_on_a_two_key_path_fails_in_finalize() -> anyhow::Result<()> {
     };
     let built = tx::build(&escrow, &req)?;
     let mut ours = built.psbt.clone();
-    tx::sign(
-        &mut ours,
-        &parties.arbiter,
-        &escrow,
-        &tx::FeeCap::default(),
-        &parties.secp,
-    )?;
+    parties.sign(&mut ours, &parties.arbiter, &escrow)?;
     ensure!(
         tx::finalize(&ours, &parties.secp).is_err(),
         "one signature must not finalize"
     );
     let mut theirs = built.psbt;
-    tx::sign(
-        &mut theirs,
-        &parties.lender,
-        &escrow,
-        &tx::FeeCap::default(),
-        &parties.secp,
-    )?;
+    parties.sign(&mut theirs, &parties.lender, &escrow)?;
     let merged = tx::merge(&ours, &theirs, &parties.secp)?;
     let signed = tx::finalize(&merged, &parties.secp)?;
     let txid = env.broadcast_rpc(&signed)?;

@@ -92,8 +92,8 @@ fn max_signed_vsize(psbt: &Psbt) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::policy::PathName;
-    use crate::tx::tests::{fixture, request};
-    use crate::tx::{build, finalize, sign, FeeCap};
+    use crate::tx::tests::{fixture, request, sign_party};
+    use crate::tx::{build, finalize};
 
     #[test]
     fn the_described_size_bounds_the_signed_transaction() {
@@ -106,7 +106,7 @@ mod tests {
                 _ => vec![&f.lender],
             };
             for key in signers {
-                sign(&mut psbt, key, &f.escrow, &FeeCap::default(), &f.secp).unwrap();
+                sign_party(&mut psbt, key, &f).unwrap();
             }
             let tx = finalize(&psbt, &f.secp).unwrap();
             let bound = max_signed_vsize(&built.psbt).unwrap();

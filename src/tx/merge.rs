@@ -35,7 +35,8 @@ pub enum MergeError {
     NothingNew,
 }
 
-fn differences(ours: &bitcoin::Transaction, theirs: &bitcoin::Transaction) -> String {
+/// What differs between two unsigned transactions, named field by field.
+pub(super) fn differences(ours: &bitcoin::Transaction, theirs: &bitcoin::Transaction) -> String {
     let mut what = Vec::new();
     if ours.version != theirs.version {
         what.push("version".to_owned());

@@ -122,6 +122,8 @@ pub enum TxError {
     OutputsExceedInputs { inputs: Amount, outputs: Amount },
     #[error("decision: the PSBT differs from the recorded decision: {0}")]
     NotTheDecision(String),
+    #[error("the arbiter's key signs only the transaction of a recorded decision (sign_decision)")]
+    ArbiterNeedsDecision,
     #[error("deriving a key to sign with: {0}")]
     Derive(#[from] bitcoin::bip32::Error),
     #[error("cannot finalize: {0}")]

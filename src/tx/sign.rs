@@ -11,11 +11,11 @@ use bitcoin::ecdsa::Signature;
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{All, Message, Secp256k1};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use bitcoin::{Amount, OutPoint, TxOut};
+use bitcoin::{Amount, Transaction};
 
 use super::{check_inputs, TxError};
 use crate::keys::SigningKey;
-use crate::policy::EscrowDescriptor;
+use crate::policy::{EscrowDescriptor, KeyOrigin, Role};
 
 /// The most a signer lets a transaction pay in fees: both limits apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +47,12 @@ impl FeeCap {
     }
 }
 
-/// What a recorded decision says the transaction does: the arbiter signs nothing else.
+/// The unsigned transaction a recorded decision derives (deterministically, from the
+/// stored decision): the arbiter signs nothing else, to the byte (inputs, sequences,
+/// outputs, nLockTime, version).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpendDecision {
-    pub inputs: Vec<OutPoint>,
-    pub outputs: Vec<TxOut>,
-    pub fee: Amount,
+    pub tx: Transaction,
 }
 
 /// The inputs' total and the fee, from the witness UTXOs (checked against the full
@@ -76,18 +76,32 @@ fn fee_of(psbt: &Psbt) -> Result<(Amount, Amount), TxError> {
     Ok((inputs, fee))
 }
 
-/// Sign `psbt` with `key` as a party of `escrow`: after [`check_inputs`], every input
-/// must spend the escrow's script with its witness script; every derivation the PSBT
-/// lists under this key's fingerprint must be one of this key's keys in the escrow
-/// (any other is refused, not skipped: someone is asking this key to sign something
-/// else); each key is derived and compared with the listed one; the fee must be
-/// within `cap`. Returns how many signatures were added; on error `psbt` is untouched.
+/// Sign `psbt` with `key` as the borrower or the lender of `escrow`: after
+/// [`check_inputs`], every input must spend the escrow's script with its witness
+/// script; every derivation the PSBT lists under this key's fingerprint must be one of
+/// this key's keys in the escrow (any other is refused, not skipped: someone is asking
+/// this key to sign something else); each key is derived and compared with the listed
+/// one; the fee must be within `cap`. The arbiter's key is refused here: it signs only
+/// through [`sign_decision`]. Returns how many of this key's escrow keys have a
+/// signature on the PSBT (a repeated call, giving the same RFC 6979 signatures, counts
+/// them again); on error `psbt` is untouched.
 pub fn sign(
     psbt: &mut Psbt,
     key: &SigningKey,
     escrow: &EscrowDescriptor,
     cap: &FeeCap,
     secp: &Secp256k1<All>,
+) -> Result<usize, TxError> {
+    sign_as(psbt, key, escrow, cap, secp, false)
+}
+
+fn sign_as(
+    psbt: &mut Psbt,
+    key: &SigningKey,
+    escrow: &EscrowDescriptor,
+    cap: &FeeCap,
+    secp: &Secp256k1<All>,
+    arbiter_for_decision: bool,
 ) -> Result<usize, TxError> {
     check_inputs(psbt)?;
     let spk = escrow.script_pubkey();
@@ -118,13 +132,17 @@ pub fn sign(
     }
 
     let fingerprint = key.fingerprint(secp);
-    // This key's keys in the escrow: public key → full path from the master.
-    let ours: BTreeMap<bitcoin::secp256k1::PublicKey, DerivationPath> = escrow
+    let origins: Vec<KeyOrigin> = escrow
         .key_origins()
         .into_iter()
         .filter(|k| k.fingerprint == fingerprint)
-        .map(|k| (k.key.inner, k.path))
         .collect();
+    if !arbiter_for_decision && origins.iter().any(|k| k.role == Role::Arbiter) {
+        return Err(TxError::ArbiterNeedsDecision);
+    }
+    // This key's keys in the escrow: public key → full path from the master.
+    let ours: BTreeMap<bitcoin::secp256k1::PublicKey, DerivationPath> =
+        origins.into_iter().map(|k| (k.key.inner, k.path)).collect();
     let mut signed = psbt.clone();
     let mut cache = SighashCache::new(&psbt.unsigned_tx);
     let mut count = 0;
@@ -153,16 +171,14 @@ pub fn sign(
                 .p2wsh_signature_hash(index, &witness_script, value, EcdsaSighashType::All)
                 .map_err(|source| TxError::Sighash { index, source })?;
             let signature = secp.sign_ecdsa(&Message::from(sighash), &secret);
-            let previous = input.partial_sigs.insert(
+            input.partial_sigs.insert(
                 bitcoin::PublicKey::new(listed),
                 Signature {
                     signature,
                     sighash_type: EcdsaSighashType::All,
                 },
             );
-            if previous.is_none() {
-                count += 1;
-            }
+            count += 1;
         }
     }
     if count == 0 {
@@ -172,8 +188,8 @@ pub fn sign(
     Ok(count)
 }
 
-/// The arbiter's signature: only on the transaction of `decision` (same inputs, same
-/// outputs, same fee), then as [`sign`].
+/// The arbiter's signature: only on the transaction of `decision` (the unsigned
+/// transaction equal to it, to the byte), then under every check of [`sign`].
 pub fn sign_decision(
     psbt: &mut Psbt,
     key: &SigningKey,
@@ -182,33 +198,11 @@ pub fn sign_decision(
     cap: &FeeCap,
     secp: &Secp256k1<All>,
 ) -> Result<usize, TxError> {
-    let tx = &psbt.unsigned_tx;
-    let inputs: Vec<OutPoint> = tx.input.iter().map(|i| i.previous_output).collect();
-    if inputs != decision.inputs {
-        return Err(TxError::NotTheDecision(format!(
-            "inputs {inputs:?}, decided {:?}",
-            decision.inputs
+    if psbt.unsigned_tx != decision.tx {
+        return Err(TxError::NotTheDecision(super::merge::differences(
+            &decision.tx,
+            &psbt.unsigned_tx,
         )));
     }
-    if tx.output != decision.outputs {
-        let show = |o: &[TxOut]| {
-            o.iter()
-                .map(|o| format!("{} to {}", o.value, o.script_pubkey))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(TxError::NotTheDecision(format!(
-            "outputs [{}], decided [{}]",
-            show(&tx.output),
-            show(&decision.outputs)
-        )));
-    }
-    let (_, fee) = fee_of(psbt)?;
-    if fee != decision.fee {
-        return Err(TxError::NotTheDecision(format!(
-            "fee {fee}, decided {}",
-            decision.fee
-        )));
-    }
-    sign(psbt, key, escrow, cap, secp)
+    sign_as(psbt, key, escrow, cap, secp, true)
 }

@@ -124,7 +124,7 @@ fn every_path_builds_signs_and_finalizes_with_an_honest_fee() {
             }
             assert!(psbt.unsigned_tx.input.iter().all(|i| i.sequence.is_rbf()));
             for key in signers(&f, path) {
-                assert!(sign(&mut psbt, key, &f.escrow, &FeeCap::default(), &f.secp).unwrap() > 0);
+                assert!(sign_party(&mut psbt, key, &f).unwrap() > 0);
             }
             let tx = finalize(&psbt, &f.secp).unwrap();
             let vsize = tx.vsize() as u64;
@@ -173,14 +173,7 @@ fn one_signature_on_a_two_key_path_does_not_finalize() {
     )
     .unwrap();
     let mut psbt = built.psbt;
-    sign(
-        &mut psbt,
-        &f.arbiter,
-        &f.escrow,
-        &FeeCap::default(),
-        &f.secp,
-    )
-    .unwrap();
+    sign_party(&mut psbt, &f.arbiter, &f).unwrap();
     let err = finalize(&psbt, &f.secp).unwrap_err();
     assert!(matches!(err, TxError::Finalize(_)), "{err}");
     assert!(
@@ -206,7 +199,7 @@ fn a_key_not_in_the_psbt_signs_nothing() {
     )
     .unwrap();
     assert!(matches!(
-        sign(&mut psbt, &stranger, &f.escrow, &FeeCap::default(), &f.secp),
+        sign_party(&mut psbt, &stranger, &f),
         Err(TxError::NothingToSign { .. })
     ));
 }
@@ -264,26 +257,12 @@ mod merge_refusals {
         )
         .unwrap();
         let mut ours = built.psbt;
-        sign(
-            &mut ours,
-            &f.arbiter,
-            &f.escrow,
-            &FeeCap::default(),
-            &f.secp,
-        )
-        .unwrap();
+        sign_party(&mut ours, &f.arbiter, &f).unwrap();
         let mut theirs = ours.clone();
         for input in &mut theirs.inputs {
             input.partial_sigs.clear();
         }
-        sign(
-            &mut theirs,
-            &f.lender,
-            &f.escrow,
-            &FeeCap::default(),
-            &f.secp,
-        )
-        .unwrap();
+        sign_party(&mut theirs, &f.lender, &f).unwrap();
         (f, ours, theirs)
     }
 
@@ -506,7 +485,7 @@ fn a_foreign_input_spending_the_signers_own_coin_is_never_signed() {
     let mut psbt = liquidation_psbt(&f);
     add_own_coin(&mut psbt, &f.lender, &f.secp);
     let before = psbt.clone();
-    let err = sign(&mut psbt, &f.lender, &f.escrow, &FeeCap::default(), &f.secp).unwrap_err();
+    let err = sign_party(&mut psbt, &f.lender, &f).unwrap_err();
     assert!(
         matches!(err, TxError::ForeignInput { index: 2, .. }),
         "{err}"
@@ -525,7 +504,7 @@ fn a_derivation_that_is_not_an_escrow_key_is_refused() {
         other.private_key.public_key(&f.secp),
         (f.lender.fingerprint(&f.secp), path),
     );
-    let err = sign(&mut psbt, &f.lender, &f.escrow, &FeeCap::default(), &f.secp).unwrap_err();
+    let err = sign_party(&mut psbt, &f.lender, &f).unwrap_err();
     assert!(
         matches!(err, TxError::UnexpectedDerivation { index: 0, .. }),
         "{err}"
@@ -541,7 +520,7 @@ fn a_derivation_that_is_not_an_escrow_key_is_refused() {
     psbt.inputs[0].bip32_derivation.remove(&pk);
     let stranger = other.private_key.public_key(&f.secp);
     psbt.inputs[0].bip32_derivation.insert(stranger, origin);
-    let err = sign(&mut psbt, &f.lender, &f.escrow, &FeeCap::default(), &f.secp).unwrap_err();
+    let err = sign_party(&mut psbt, &f.lender, &f).unwrap_err();
     assert!(matches!(err, TxError::UnexpectedDerivation { .. }), "{err}");
 }
 
@@ -550,14 +529,7 @@ fn a_psbt_for_another_escrow_or_witness_script_is_refused() {
     let f = fixture();
     let mut psbt = liquidation_psbt(&f);
     psbt.inputs[1].witness_script = Some(ScriptBuf::from_bytes(vec![0x51]));
-    let err = sign(
-        &mut psbt,
-        &f.arbiter,
-        &f.escrow,
-        &FeeCap::default(),
-        &f.secp,
-    )
-    .unwrap_err();
+    let err = sign_party(&mut psbt, &f.arbiter, &f).unwrap_err();
     assert!(
         matches!(err, TxError::WrongWitnessScript { index: 1 }),
         "{err}"
@@ -584,7 +556,7 @@ fn a_psbt_for_another_escrow_or_witness_script_is_refused() {
         )
         .unwrap();
     let mut psbt = liquidation_psbt(&f);
-    let err = sign(&mut psbt, &f.arbiter, &other, &FeeCap::default(), &f.secp).unwrap_err();
+    let err = sign(&mut psbt, &f.lender, &other, &FeeCap::default(), &f.secp).unwrap_err();
     assert!(
         matches!(err, TxError::ForeignInput { index: 0, .. }),
         "{err}"
@@ -601,7 +573,7 @@ fn a_fee_above_the_cap_is_refused_with_both_numbers() {
         max_fee: Amount::from_sat(100_000),
         max_fee_bps: 200,
     };
-    let err = sign(&mut psbt, &f.arbiter, &f.escrow, &cap, &f.secp).unwrap_err();
+    let err = sign(&mut psbt, &f.lender, &f.escrow, &cap, &f.secp).unwrap_err();
     let TxError::FeeAboveCap {
         fee, cap: limit, ..
     } = &err
@@ -628,44 +600,128 @@ fn the_arbiter_signs_only_the_decided_transaction() {
     )
     .unwrap();
     let decision = SpendDecision {
-        inputs: built
-            .psbt
-            .unsigned_tx
-            .input
-            .iter()
-            .map(|i| i.previous_output)
-            .collect(),
-        outputs: built.psbt.unsigned_tx.output.clone(),
-        fee: built.fee,
+        tx: built.psbt.unsigned_tx.clone(),
     };
     let cap = FeeCap::default();
-    // The lender's output raised by a satoshi, taken from the borrower's.
-    let mut changed = built.psbt.clone();
-    changed.unsigned_tx.output[0].value += Amount::from_sat(1);
-    let last = changed.unsigned_tx.output.len() - 1;
-    changed.unsigned_tx.output[last].value -= Amount::from_sat(1);
-    let err = sign_decision(
-        &mut changed,
-        &f.arbiter,
-        &f.escrow,
-        &decision,
-        &cap,
-        &f.secp,
-    )
-    .unwrap_err();
-    assert!(matches!(err, TxError::NotTheDecision(_)), "{err}");
-    // A higher fee than decided.
-    let mut pricier = built.psbt.clone();
-    pricier.unsigned_tx.output[last].value -= Amount::from_sat(10);
-    let mut d = decision.clone();
-    d.outputs = pricier.unsigned_tx.output.clone();
-    let err = sign_decision(&mut pricier, &f.arbiter, &f.escrow, &d, &cap, &f.secp).unwrap_err();
-    assert!(err.to_string().contains("fee"), "{err}");
+    // Through the party signer, the arbiter's key signs nothing.
+    let mut psbt = built.psbt.clone();
+    assert!(matches!(
+        sign(&mut psbt, &f.arbiter, &f.escrow, &cap, &f.secp),
+        Err(TxError::ArbiterNeedsDecision)
+    ));
+    let last = built.psbt.unsigned_tx.output.len() - 1;
+    type Edit = fn(&mut Transaction, usize);
+    let edits: [(&str, Edit); 4] = [
+        // The lender's output raised by a satoshi, taken from the borrower's.
+        ("output 0 amount", |tx, last| {
+            tx.output[0].value += Amount::from_sat(1);
+            tx.output[last].value -= Amount::from_sat(1);
+        }),
+        // A higher fee.
+        ("amount", |tx, last| {
+            tx.output[last].value -= Amount::from_sat(10)
+        }),
+        // RBF switched off (no fee bump possible later).
+        ("sequence", |tx, _| tx.input[0].sequence = Sequence::MAX),
+        ("nLockTime", |tx, _| {
+            tx.lock_time = LockTime::from_height(499_999_999).unwrap()
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut changed = built.psbt.clone();
+        edit(&mut changed.unsigned_tx, last);
+        let err = sign_decision(
+            &mut changed,
+            &f.arbiter,
+            &f.escrow,
+            &decision,
+            &cap,
+            &f.secp,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TxError::NotTheDecision(d) if d.contains(what)),
+            "{what}: {err}"
+        );
+    }
     let mut psbt = built.psbt;
     assert_eq!(
         sign_decision(&mut psbt, &f.arbiter, &f.escrow, &decision, &cap, &f.secp).unwrap(),
         2
     );
+    // Signing again (a resumed action) gives the same signatures and is no error.
+    let once = psbt.clone();
+    assert_eq!(
+        sign_decision(&mut psbt, &f.arbiter, &f.escrow, &decision, &cap, &f.secp).unwrap(),
+        2
+    );
+    assert_eq!(psbt, once);
+}
+
+/// The account key registered for the lender claims the lender's fingerprint but is
+/// another xpub: the PSBT lists that key, the lender's seed derives another one at the
+/// path, and nothing is signed.
+#[test]
+fn a_listed_key_the_seed_does_not_derive_is_refused() {
+    let f = fixture();
+    let secp = &f.secp;
+    let account = |k: &SigningKey| {
+        AccountKey::from_master(
+            k.master(),
+            &account_path(Network::Regtest, 0).unwrap(),
+            secp,
+        )
+        .unwrap()
+    };
+    let impostor_seed = Xpriv::new_master(Network::Regtest, &[55; 32]).unwrap();
+    let impostor = AccountKey::from_master(
+        &impostor_seed,
+        &account_path(Network::Regtest, 0).unwrap(),
+        secp,
+    )
+    .unwrap();
+    // Same origin (the lender's fingerprint and path), another xpub.
+    let text = impostor.to_string();
+    let fake = format!(
+        "[{}{}",
+        f.lender.fingerprint(secp),
+        &text[text.find('/').unwrap()..]
+    );
+    let lender = AccountKey::parse("lender", &fake, Network::Regtest).unwrap();
+    let keys = EscrowKeys {
+        borrower: account(&f.borrower),
+        lender,
+        arbiter: account(&f.arbiter),
+        index: 7,
+    };
+    let escrow = PolicyTemplate::default()
+        .instantiate(
+            &keys,
+            EscrowHeights::new(300, 400, 200).unwrap(),
+            Network::Regtest,
+        )
+        .unwrap();
+    let mut req = request(&f, PathName::Liquidation, &[60_000_000]);
+    req.inputs = funding(&escrow, &[60_000_000]);
+    let mut psbt = build(&escrow, &req).unwrap().psbt;
+    let err = sign(&mut psbt, &f.lender, &escrow, &FeeCap::default(), secp).unwrap_err();
+    assert!(
+        matches!(err, TxError::DerivedKeyMismatch { index: 0, .. }),
+        "{err}"
+    );
+}
+
+/// Sign as a party would: the arbiter through a decision equal to the PSBT (the
+/// service's own path), the others directly.
+pub(crate) fn sign_party(psbt: &mut Psbt, key: &SigningKey, f: &Fixture) -> Result<usize, TxError> {
+    if key.fingerprint(&f.secp) == f.arbiter.fingerprint(&f.secp) {
+        let decision = SpendDecision {
+            tx: psbt.unsigned_tx.clone(),
+        };
+        sign_decision(psbt, key, &f.escrow, &decision, &FeeCap::default(), &f.secp)
+    } else {
+        sign(psbt, key, &f.escrow, &FeeCap::default(), &f.secp)
+    }
 }
 
 fn fixture_cached() -> &'static Fixture {

@@ -81,6 +81,27 @@ impl Parties {
         Ok(PolicyTemplate::default().instantiate(&self.keys(index)?, heights, Network::Regtest)?)
     }
 
+    /// Sign as the party holding `key`: the arbiter as the service does, through a
+    /// decision (here, the PSBT's own transaction), the others directly.
+    pub fn sign(
+        &self,
+        psbt: &mut bitcoin::Psbt,
+        key: &SigningKey,
+        escrow: &EscrowDescriptor,
+    ) -> anyhow::Result<usize> {
+        let cap = tx::FeeCap::default();
+        if std::ptr::eq(key, &self.arbiter) {
+            let decision = tx::SpendDecision {
+                tx: psbt.unsigned_tx.clone(),
+            };
+            Ok(tx::sign_decision(
+                psbt, key, escrow, &decision, &cap, &self.secp,
+            )?)
+        } else {
+            Ok(tx::sign(psbt, key, escrow, &cap, &self.secp)?)
+        }
+    }
+
     /// The keys that sign each path.
     pub fn signers(&self, path: PathName) -> Vec<&SigningKey> {
         match path {
@@ -139,13 +160,7 @@ pub fn spend(
     };
     let mut psbt = tx::build(escrow, &req)?.psbt;
     for key in parties.signers(path) {
-        tx::sign(
-            &mut psbt,
-            key,
-            escrow,
-            &tx::FeeCap::default(),
-            &parties.secp,
-        )?;
+        parties.sign(&mut psbt, key, escrow)?;
     }
     Ok(tx::finalize(&psbt, &parties.secp)?)
 }
