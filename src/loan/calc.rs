@@ -117,8 +117,10 @@ impl Accrual {
         let leftover = paid - interest;
         let reduce = leftover.div_ceil(INTEREST_DENOM);
         if reduce >= u128::from(self.principal) {
+            // The whole principal: what the leftover does not cover (less than a minor
+            // unit) stays owed; a leftover above it is the final payment's rounding.
             next.principal = 0;
-            next.interest = 0;
+            next.interest = (u128::from(self.principal) * INTEREST_DENOM).saturating_sub(leftover);
         } else {
             next.principal = self.principal - to_u64(reduce)?;
             next.interest = reduce * INTEREST_DENOM - leftover;
@@ -397,6 +399,12 @@ mod tests {
         let big = a.repay(2_000, YEAR).unwrap();
         assert_eq!((big.principal, big.interest), (9_000, 0));
         assert_eq!(big.owed(2 * YEAR).unwrap().minor, 9_000 + 900);
+        // A payment a fraction of a cent short of the exact amount leaves a cent owed.
+        let day = a.repay(0, 0).unwrap();
+        let owed_day = day.owed(86_400).unwrap().minor;
+        let short = day.repay(owed_day - 1, 86_400).unwrap();
+        assert!(!short.is_repaid());
+        assert_eq!(short.owed(86_400).unwrap().minor, 1);
         // Paying what is owed clears it, fractions included.
         let one_sec = a.owed(1).unwrap();
         assert_eq!(

@@ -20,9 +20,16 @@
 //!   them completes the decision; any other spend closes the loan on chain. `Liquidated`,
 //!   `Closed` and `ClosedOnChain` move back when the transaction that led there leaves
 //!   the chain. `Expired` is reached by the clock alone, from loans never activated.
-//! - **Maturity**: at activation + term or at the escrow's `maturity_height`, whichever
-//!   comes first, so the lender's solo path (`maturity_height + grace`) never opens
-//!   before maturity plus grace (see `LoanTerms::escrow_heights`).
+//! - **Maturity and default**: the loan matures at activation + term or when the chain
+//!   reaches the escrow's `maturity_height`, whichever comes first; it is in default
+//!   (liquidated with the penalty, if money is owed) `grace_blocks` after maturity: at
+//!   activation + term + grace × 600 s or at `default_height = maturity_height +
+//!   grace`, whichever first. The lender's solo path opens at `default_height`, so it
+//!   never opens before maturity plus grace (see `LoanTerms::escrow_heights`).
+//! - **Expired** is reached by the clock alone (the engine sends the deadline only with a
+//!   fresh chain view), from loans never activated; a partial deposit, or a funding
+//!   that confirms too late, stays tracked in `Expired` and is refunded there
+//!   (`TxKind::Refund`).
 //! - **Evidence**: price decisions (margin calls, liquidations) carry the oracle's
 //!   aggregate with every quote, used and dropped.
 
@@ -101,6 +108,8 @@ impl PriceEvidence {
 pub enum TxKind {
     Liquidation,
     Release,
+    /// An expired loan's deposits back to the borrower.
+    Refund,
 }
 
 /// A loan record.
@@ -188,15 +197,18 @@ impl Loan {
         calc::ltv(self.owed(now)?, self.collateral, price)
     }
 
-    /// Has the loan matured at `now` with the chain at `tip_height`? At activation +
-    /// term, or at the escrow's maturity height, whichever comes first.
-    pub fn matured(&self, now: u64, tip_height: u32) -> bool {
+    /// Is the loan past maturity plus grace at `now` with the chain at `tip_height`? At
+    /// activation + term + grace × 600 s, or at the escrow's `default_height` (=
+    /// `maturity_height + grace`), whichever comes first.
+    pub fn default_due(&self, now: u64, tip_height: u32) -> bool {
+        let t = self.terms.get();
+        let grace_secs = u64::from(t.grace_blocks).saturating_mul(super::terms::SECS_PER_BLOCK);
         let by_time = self
             .activated_at
-            .is_some_and(|a| now >= a.saturating_add(self.terms.get().term_secs));
+            .is_some_and(|a| now >= a.saturating_add(t.term_secs).saturating_add(grace_secs));
         let by_height = self
             .schedule
-            .is_some_and(|s| tip_height >= s.maturity_height);
+            .is_some_and(|s| tip_height >= s.default_height);
         by_time || by_height
     }
 
@@ -204,6 +216,7 @@ impl Loan {
     /// coins that only its spending paths can move)?
     fn ever_funded(&self) -> bool {
         self.activated_at.is_some()
+            || self.collateral > Amount::ZERO
             || matches!(
                 self.state,
                 LoanState::Active
@@ -246,8 +259,9 @@ pub enum Input {
         seq: u64,
         price: Option<PriceEvidence>,
     },
-    /// The clock or the chain says the loan may have matured; refused if it has not.
-    MaturityReached {
+    /// The clock or the chain says maturity plus grace may have passed; refused if it
+    /// has not (see [`Loan::default_due`]).
+    DefaultDue {
         now: u64,
         tip_height: u32,
     },
@@ -347,7 +361,8 @@ pub enum Event {
     TxConfirmed {
         kind: TxKind,
         txid: Txid,
-        height: u32,
+        /// Unknown when the confirmation came as a spend report.
+        height: Option<u32>,
     },
     TxReorgedOut {
         kind: TxKind,
@@ -398,8 +413,8 @@ pub enum TransitionError {
     },
     #[error("loan {id}: the deadline has not passed")]
     DeadlineNotPassed { id: String },
-    #[error("loan {id}: not matured at {now} with the chain at height {tip_height}")]
-    NotMatured {
+    #[error("loan {id}: maturity plus grace has not passed at {now} with the chain at height {tip_height}")]
+    NotDue {
         id: String,
         now: u64,
         tip_height: u32,
@@ -411,7 +426,7 @@ fn input_name(input: &Input) -> &'static str {
         Input::Accepted { .. } => "accepted",
         Input::CollateralObserved { .. } => "collateral_observed",
         Input::PriceTick { .. } => "price_tick",
-        Input::MaturityReached { .. } => "maturity_reached",
+        Input::DefaultDue { .. } => "default_due",
         Input::RepaymentRecorded { .. } => "repayment_recorded",
         Input::TxBroadcast { .. } => "tx_broadcast",
         Input::TxConfirmed { .. } => "tx_confirmed",
@@ -428,6 +443,7 @@ impl TxKind {
         match self {
             TxKind::Liquidation => LoanState::Liquidating,
             TxKind::Release => LoanState::Releasing,
+            TxKind::Refund => LoanState::Expired,
         }
     }
 
@@ -436,6 +452,8 @@ impl TxKind {
         match self {
             TxKind::Liquidation => LoanState::Liquidated,
             TxKind::Release => LoanState::Closed,
+            // A refund leaves the loan Expired; its confirmation is recorded.
+            TxKind::Refund => LoanState::Expired,
         }
     }
 }
@@ -606,9 +624,9 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             // (or an older one) is ignored whatever happened in between.
             next.last_price_seq = Some(*seq);
         }
-        (S::Active | S::MarginCall, Input::MaturityReached { now, tip_height }) => {
-            if !loan.matured(*now, *tip_height) {
-                return Err(TransitionError::NotMatured {
+        (S::Active | S::MarginCall, Input::DefaultDue { now, tip_height }) => {
+            if !loan.default_due(*now, *tip_height) {
+                return Err(TransitionError::NotDue {
                     id: loan.id.clone(),
                     now: *now,
                     tip_height: *tip_height,
@@ -628,7 +646,7 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 });
             }
         }
-        (S::Liquidating, Input::MaturityReached { .. }) => return unchanged(),
+        (S::Liquidating, Input::DefaultDue { .. }) => return unchanged(),
         (_, Input::RepaymentRecorded { amount, key, .. }) if loan.repayments.contains_key(key) => {
             let first = loan.repayments[key];
             if first != amount.minor {
@@ -689,13 +707,16 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             });
         }
         (state, Input::TxConfirmed { kind, txid, height }) if state == kind.pending_state() => {
+            if loan.confirmed_tx == Some((*kind, *txid)) {
+                return unchanged();
+            }
             if loan.is_ours(*txid) {
                 next.state = kind.done_state();
                 next.confirmed_tx = Some((*kind, *txid));
                 events.push(Event::TxConfirmed {
                     kind: *kind,
                     txid: *txid,
-                    height: *height,
+                    height: Some(*height),
                 });
             } else {
                 // Nothing we broadcast: someone else spent the escrow.
@@ -717,6 +738,9 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
         }
         (state, Input::TxReorgedOut { kind, txid }) if state == kind.done_state() => {
             if loan.confirmed_tx != Some((*kind, *txid)) {
+                if state == kind.pending_state() && loan.is_ours(*txid) {
+                    return unchanged();
+                }
                 return Err(TransitionError::UnknownTx {
                     id: loan.id.clone(),
                     kind: *kind,
@@ -738,6 +762,34 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
         (S::ClosedOnChain, Input::SpentByUnknownTx { txid, .. })
             if loan.spent_by == Some(*txid) =>
         {
+            return unchanged();
+        }
+        (state, Input::SpentByUnknownTx { txid, .. }) if loan.is_ours(*txid) => {
+            // A transaction we broadcast (an RBF replacement the reporter did not
+            // know): it is a confirmation of ours, never a stranger's spend.
+            let kind = loan
+                .broadcasts
+                .iter()
+                .find(|(_, t)| t == txid)
+                .map(|(k, _)| *k)
+                .expect("is_ours: recorded");
+            if loan.confirmed_tx == Some((kind, *txid)) {
+                return unchanged();
+            }
+            if state != kind.pending_state() {
+                return Err(illegal());
+            }
+            next.state = kind.done_state();
+            next.confirmed_tx = Some((kind, *txid));
+            events.push(Event::TxConfirmed {
+                kind,
+                txid: *txid,
+                height: None,
+            });
+        }
+        (S::Liquidated | S::Closed, Input::SpentByUnknownTx { .. }) => {
+            // The decision's transaction already took the escrow; a later spend of a
+            // reused address is not this loan's.
             return unchanged();
         }
         (state, Input::SpentByUnknownTx { txid, path })
@@ -781,6 +833,17 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             events.push(Event::Expired);
         }
         (S::Expired, Input::DeadlinePassed { .. }) => return unchanged(),
+        (S::Expired, Input::CollateralObserved { confirmed, .. }) => {
+            // Deposits of an expired loan (partial, or confirmed too late) are tracked
+            // so they can be refunded; they never activate it.
+            if *confirmed != loan.collateral {
+                events.push(Event::CollateralChanged {
+                    from: loan.collateral,
+                    to: *confirmed,
+                });
+                next.collateral = *confirmed;
+            }
+        }
         _ => return Err(illegal()),
     }
     if next == *loan {

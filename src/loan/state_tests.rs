@@ -297,8 +297,8 @@ fn liquidation_confirms_and_reorgs_back() {
 fn maturity_with_money_owed_liquidates() {
     let (liq, ev) = apply(
         &active(),
-        &Input::MaturityReached {
-            now: NOW + 30 * 86_400,
+        &Input::DefaultDue {
+            now: NOW + 31 * 86_400,
             tip_height: 0,
         },
     )
@@ -477,14 +477,6 @@ fn every_illegal_input_is_refused_without_change() {
         ),
         (
             &expired,
-            Input::CollateralObserved {
-                now: NOW,
-                confirmed: Amount::ONE_BTC,
-                escrow_spent: false,
-            },
-        ),
-        (
-            &expired,
             Input::PriceTick {
                 now: NOW,
                 seq: 1,
@@ -493,7 +485,7 @@ fn every_illegal_input_is_refused_without_change() {
         ),
         (
             &expired,
-            Input::MaturityReached {
+            Input::DefaultDue {
                 now: NOW,
                 tip_height: 0,
             },
@@ -719,27 +711,148 @@ fn an_unrecorded_confirmation_is_closed_on_chain() {
     assert!(matches!(ev.as_slice(), [Event::ClosedOnChain { .. }]));
 }
 
-/// Item 6: maturity by time or by height, whichever first; never before both.
+/// Item 6: the default comes grace after maturity, by the clock or by the height,
+/// whichever first; never before both.
 #[test]
-fn maturity_comes_by_the_clock_or_the_height() {
+fn default_comes_grace_after_maturity_by_clock_or_height() {
     let loan = active();
     let s = loan.schedule.unwrap();
-    let term = terms().get().term_secs;
+    let t = terms();
+    let (term, grace) = (t.get().term_secs, u64::from(t.get().grace_blocks));
     let start = loan.activated_at.unwrap();
-    let input = |now, tip_height| Input::MaturityReached { now, tip_height };
+    let due = start + term + grace * 600;
+    let input = |now, tip_height| Input::DefaultDue { now, tip_height };
     assert!(matches!(
-        apply(&loan, &input(start + term - 1, s.maturity_height - 1)),
-        Err(TransitionError::NotMatured { .. })
+        apply(&loan, &input(due - 1, s.default_height - 1)),
+        Err(TransitionError::NotDue { .. })
     ));
-    for i in [input(start + term, 0), input(start, s.maturity_height)] {
-        let (m, _) = apply(&loan, &i).unwrap();
+    // At maturity itself, before the grace: not yet (the old rule liquidated here).
+    assert!(apply(&loan, &input(start + term, 0)).is_err());
+    for i in [input(due, 0), input(start, s.default_height)] {
+        let (m, ev) = apply(&loan, &i).unwrap();
         assert_eq!(m.state, LoanState::Liquidating, "{i:?}");
+        assert!(matches!(
+            ev.as_slice(),
+            [Event::LiquidationDecided {
+                reason: LiquidationReason::Default,
+                ..
+            }]
+        ));
     }
-    // The lender's solo path opens `grace` blocks after the latest maturity height.
+}
+
+/// Item 6: for activation anywhere up to the funding deadline and blocks from 10 %
+/// fast to 20 % slow, the lender's solo path (open at `default_height`) never opens
+/// before the clock's maturity plus the grace blocks at that speed.
+#[test]
+fn the_solo_path_never_opens_before_maturity_plus_grace() {
+    let t = terms();
+    let (accept_tip, accept_at) = (1_000u32, NOW);
+    let s = t.escrow_heights(accept_tip, accept_at).unwrap();
+    let deadline = t.get().funding_deadline;
+    let grace = u64::from(t.get().grace_blocks);
+    for block_secs in [540u64, 570, 600, 660, 720] {
+        for activated in [accept_at, (accept_at + deadline) / 2, deadline] {
+            let solo_opens = accept_at + u64::from(s.default_height - accept_tip) * block_secs;
+            let matured = activated + t.get().term_secs;
+            assert!(
+                solo_opens >= matured + grace * block_secs,
+                "blocks of {block_secs} s, activated {}: solo at {solo_opens}, maturity {matured}",
+                activated - accept_at
+            );
+        }
+    }
+}
+
+/// Item 3 (review): an expired loan's deposits are tracked and refunded there; a late
+/// funding never activates it.
+#[test]
+fn an_expired_loans_deposit_is_tracked_and_refunded() {
+    let (awaiting, _) = apply(
+        &Loan::offered("l1", terms()),
+        &Input::Accepted {
+            now: NOW,
+            escrow_index: 1,
+            descriptor: "d".into(),
+            required_collateral: Amount::from_int_btc(2),
+            schedule: schedule(),
+        },
+    )
+    .unwrap();
+    let (partial, _) = observe(&awaiting, 1, false);
+    let deadline = terms().get().funding_deadline;
+    let (expired, _) = apply(&partial, &Input::DeadlinePassed { now: deadline }).unwrap();
+    assert_eq!(expired.state, LoanState::Expired);
+    // The rest arrives too late: tracked, not activated.
+    let (late, ev) = observe(&expired, 2, false);
     assert_eq!(
-        s.default_height - s.maturity_height,
-        terms().get().grace_blocks
+        (late.state, late.collateral),
+        (LoanState::Expired, Amount::from_int_btc(2))
     );
+    assert!(matches!(ev.as_slice(), [Event::CollateralChanged { .. }]));
+    let refund = |kind, n| Input::TxBroadcast {
+        kind,
+        txid: txid(n),
+    };
+    let (sent, _) = apply(&late, &refund(TxKind::Refund, 30)).unwrap();
+    let confirm = Input::TxConfirmed {
+        kind: TxKind::Refund,
+        txid: txid(30),
+        height: 400,
+    };
+    let (done, _) = apply(&sent, &confirm).unwrap();
+    assert_eq!(done.confirmed_tx, Some((TxKind::Refund, txid(30))));
+    assert_eq!(done.state, LoanState::Expired);
+    assert_eq!(apply(&done, &confirm).unwrap().1.len(), 0, "replay");
+    let reorg = Input::TxReorgedOut {
+        kind: TxKind::Refund,
+        txid: txid(30),
+    };
+    let (back, _) = apply(&done, &reorg).unwrap();
+    assert_eq!(back.confirmed_tx, None);
+    assert_eq!(
+        apply(&back, &reorg).unwrap(),
+        (back.clone(), vec![]),
+        "replay"
+    );
+}
+
+/// Item 5 (review): a spend report naming a transaction we broadcast is our
+/// confirmation; a spend after the decision's own transaction confirmed is ignored.
+#[test]
+fn a_spend_report_of_our_own_transaction_is_our_confirmation() {
+    let (liq, _) = tick(&active(), 5_000_000);
+    let (a, _) = apply(
+        &liq,
+        &Input::TxBroadcast {
+            kind: TxKind::Liquidation,
+            txid: txid(3),
+        },
+    )
+    .unwrap();
+    let (ab, _) = apply(
+        &a,
+        &Input::TxBroadcast {
+            kind: TxKind::Liquidation,
+            txid: txid(4),
+        },
+    )
+    .unwrap();
+    let report = |n| Input::SpentByUnknownTx {
+        txid: txid(n),
+        path: "liquidation".into(),
+    };
+    let (done, ev) = apply(&ab, &report(4)).unwrap();
+    assert_eq!(done.state, LoanState::Liquidated);
+    assert_eq!(done.confirmed_tx, Some((TxKind::Liquidation, txid(4))));
+    assert!(matches!(
+        ev.as_slice(),
+        [Event::TxConfirmed { height: None, .. }]
+    ));
+    assert_eq!(apply(&done, &report(4)).unwrap().1.len(), 0, "replay");
+    // Someone pays the reused address later and spends it: not this loan's business.
+    let (same, ev) = apply(&done, &report(9)).unwrap();
+    assert_eq!((same, ev.len()), (done, 0));
 }
 
 /// Item 8: the margin call and the liquidation decision carry the oracle evidence.
@@ -835,6 +948,10 @@ mod replays {
                 kind: TxKind::Release,
                 txid: txid(n),
             }),
+            (0u8..3).prop_map(|n| Input::TxBroadcast {
+                kind: TxKind::Refund,
+                txid: txid(n),
+            }),
             (0u8..4).prop_map(|n| Input::TxConfirmed {
                 kind: if n % 2 == 0 {
                     TxKind::Liquidation
@@ -860,7 +977,7 @@ mod replays {
             Just(Input::DeadlinePassed {
                 now: NOW + 10_000_000
             }),
-            Just(Input::MaturityReached {
+            Just(Input::DefaultDue {
                 now: NOW + 100_000_000,
                 tip_height: 0,
             }),
@@ -883,8 +1000,25 @@ mod replays {
         fn replays_change_nothing(
             inputs in proptest::collection::vec(input_strategy(), 1..40),
             replays in proptest::collection::vec((any::<bool>(), any::<proptest::sample::Index>()), 40),
+            start_funded in any::<bool>(),
         ) {
-            let mut loan = active();
+            // From an active loan, or one awaiting its collateral (which can expire).
+            let mut loan = if start_funded {
+                active()
+            } else {
+                apply(
+                    &Loan::offered("l1", terms()),
+                    &Input::Accepted {
+                        now: NOW,
+                        escrow_index: 7,
+                        descriptor: "wsh(...)".into(),
+                        required_collateral: Amount::from_int_btc(2),
+                        schedule: schedule(),
+                    },
+                )
+                .unwrap()
+                .0
+            };
             let mut applied: Vec<Input> = Vec::new();
             for (input, (immediate, pick)) in inputs.iter().zip(&replays) {
                 if let Ok((next, events)) = apply(&loan, input) {

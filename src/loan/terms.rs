@@ -112,8 +112,14 @@ pub struct EscrowSchedule {
     pub recovery_height: u32,
 }
 
-/// Blocks assumed per second of wall time when turning durations into heights.
+/// The target block interval, for turning grace blocks into wall time.
 pub const SECS_PER_BLOCK: u64 = 600;
+
+/// The block interval assumed when turning the funding window and the term into the
+/// escrow's `maturity_height`: 10 % faster than the target, so blocks coming up to 10 %
+/// fast (as they do while hashrate grows) never bring maturity forward of the clock's
+/// activation + term; the lender's solo path opens correspondingly later.
+pub const FAST_SECS_PER_BLOCK: u64 = 540;
 
 fn address(field: &str, text: &str, network: Network) -> Result<Address, AddressError> {
     crate::util::parse_address(field, text, network)
@@ -213,13 +219,14 @@ impl LoanTerms {
     /// The escrow's absolute heights, fixed when the borrower accepts at `tip` and
     /// `now`. Interest and maturity run from activation, which can come as late as the
     /// funding deadline, so the heights are taken from the **latest possible
-    /// maturity**: `maturity_height = tip + ceil((funding_deadline − now) / 600) +
-    /// ceil(term / 600)`. The loan matures at activation + term *or* when the chain
-    /// reaches `maturity_height`, whichever comes first (see `Loan::matured`), so
-    /// however fast or slow blocks come, the lender's solo path (`default_height =
-    /// maturity_height + grace_blocks`) never opens before maturity plus grace.
+    /// maturity**: `maturity_height = tip + ceil((funding_deadline − now) / 540) +
+    /// ceil(term / 540)` (see [`FAST_SECS_PER_BLOCK`]). The loan matures at activation +
+    /// term *or* when the chain reaches `maturity_height`, whichever comes first, and
+    /// is in default grace blocks later (see `Loan::default_due`): so however fast or
+    /// slow blocks come, the lender's solo path (`default_height = maturity_height +
+    /// grace_blocks`) never opens before maturity plus grace.
     pub fn escrow_heights(&self, tip: u32, now: u64) -> Option<EscrowSchedule> {
-        let blocks = |secs: u64| u32::try_from(secs.div_ceil(SECS_PER_BLOCK)).ok();
+        let blocks = |secs: u64| u32::try_from(secs.div_ceil(FAST_SECS_PER_BLOCK)).ok();
         let deadline_blocks = blocks(self.input.funding_deadline.saturating_sub(now))?;
         let maturity_height = tip
             .checked_add(deadline_blocks)?
@@ -270,15 +277,16 @@ pub(crate) mod tests {
     #[test]
     fn good_terms_pass_and_heights_follow_the_latest_maturity() {
         let t = terms();
-        // Accepted at NOW: the deadline is a day (144 blocks) away, the term 30 days.
+        // Accepted at NOW: the deadline is a day away (160 blocks of 540 s), the term
+        // 30 days (4,800 of them).
         let s = t.escrow_heights(100, NOW).unwrap();
-        assert_eq!(s.maturity_height, 100 + 144 + 4_320);
+        assert_eq!(s.maturity_height, 100 + 160 + 4_800);
         assert_eq!(s.default_height, s.maturity_height + 144);
         assert_eq!(s.recovery_height, s.default_height + 1_000);
         // One second less to the deadline rounds the same; accepted later, fewer blocks.
         assert_eq!(t.escrow_heights(100, NOW + 1).unwrap(), s);
         assert_eq!(
-            t.escrow_heights(100, NOW + 600).unwrap().maturity_height,
+            t.escrow_heights(100, NOW + 540).unwrap().maturity_height,
             s.maturity_height - 1
         );
     }
