@@ -328,23 +328,42 @@ impl ArbiterKey {
             &mut seed,
         );
         let master = Xpriv::new_master(network, &seed)?;
+        if path.exists() {
+            return Err(file_err(
+                "already exists; an existing key is never overwritten".into(),
+            ));
+        }
+        // Written in full to a temporary file, then linked into place: a crash leaves
+        // either no key or the whole key, never an empty file that blocks a retry, and
+        // the link refuses to replace a key created meanwhile.
+        let tmp = data_dir.join(format!("{}.tmp", Self::FILE_NAME));
+        let _ = std::fs::remove_file(&tmp);
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(|e| {
-                file_err(format!(
-                    "cannot create ({e}); an existing key is never overwritten"
-                ))
-            })?;
+            .open(&tmp)
+            .map_err(|e| file_err(format!("cannot create {} ({e})", tmp.display())))?;
         file.write_all(format!("{master}\n").as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| file_err(e.to_string()))?;
-        // The new directory entry is durable only once the directory is synced.
-        std::fs::File::open(data_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| file_err(format!("syncing its directory: {e}")))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(|e| {
+            file_err(format!(
+                "cannot create ({e}); an existing key is never overwritten"
+            ))
+        })?;
+        // The new directory entries are durable only once their directories are synced
+        // (the data directory's own entry too, when it was just made).
+        for dir in [Some(data_dir), data_dir.parent()].into_iter().flatten() {
+            if dir.as_os_str().is_empty() {
+                continue;
+            }
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| file_err(format!("syncing {}: {e}", dir.display())))?;
+        }
         Ok(Self {
             signing: SigningKey { master },
             network,
@@ -453,6 +472,10 @@ mod tests {
         assert!(
             ArbiterKey::create(dir.path(), Network::Regtest).is_err(),
             "never overwrites"
+        );
+        assert!(
+            !dir.path().join("arbiter.key.tmp").exists(),
+            "no temporary file left"
         );
         let loaded = ArbiterKey::load(dir.path(), Network::Regtest).unwrap();
         let secp = Secp256k1::new();

@@ -68,6 +68,8 @@ pub enum StoreError {
         appended: u64,
         found: u64,
     },
+    #[error("loan {id}: event {seq} is already stored; the event log is append-only")]
+    EventExists { id: String, seq: u64 },
     #[error("database {path}: still locked after {waited_ms} ms by {holder}; is another btc-escrow running on it?")]
     Locked {
         path: PathBuf,
@@ -167,7 +169,8 @@ pub struct StoredEvent {
 
 const META_SCHEMA: &[u8] = b"schema";
 const META_EVENT_SEQ: &[u8] = b"event_seq";
-const META_NEXT_INDEX: &[u8] = b"next_escrow_index";
+const META_NEXT_INDEX: &str = "next_escrow_index";
+const META_PRICE_SEQ: &str = "price_seq";
 
 /// A counter in `meta`: absent is 0, anything but 8 bytes is corruption (never read as
 /// 0, which would hand out an escrow index or event number a second time).
@@ -418,7 +421,14 @@ impl Store {
                     global_seq: global,
                     event: event.clone(),
                 };
-                evs.insert(event_key(&loan.id, loan_seq), encode(&stored))?;
+                let key = event_key(&loan.id, loan_seq);
+                if evs.get(&key)?.is_some() {
+                    return Err(abort(StoreError::EventExists {
+                        id: loan.id.clone(),
+                        seq: loan_seq,
+                    }));
+                }
+                evs.insert(key, encode(&stored))?;
             }
             meta.insert(META_EVENT_SEQ, &global.to_be_bytes())?;
             loans.insert(loan.id.as_bytes(), value.clone())?;
@@ -462,27 +472,40 @@ impl Store {
             .collect()
     }
 
-    /// The next escrow index. Always durable: an index handed out is on disk first, so
-    /// it is never handed out again, crash or not.
-    pub fn allocate_escrow_index(&self) -> Result<u32, StoreError> {
+    /// Take the next value of a durable counter in `meta` below `limit`.
+    fn allocate(&self, key: &'static str, limit: u64) -> Result<u64, StoreError> {
         let result = self.meta.transaction(|meta| {
-            let next = read_u64("next_escrow_index", meta.get(META_NEXT_INDEX)?)
+            let next = read_u64(key, meta.get(key.as_bytes())?)
                 .map_err(ConflictableTransactionError::Abort)?;
-            if next >= 1 << 31 {
+            if next >= limit {
                 return Err(ConflictableTransactionError::Abort(
                     StoreError::IndexExhausted,
                 ));
             }
-            meta.insert(META_NEXT_INDEX, &(next + 1).to_be_bytes())?;
-            Ok(next as u32)
+            meta.insert(key.as_bytes(), &(next + 1).to_be_bytes())?;
+            Ok(next)
         });
-        let index = match result {
-            Ok(i) => i,
+        let value = match result {
+            Ok(v) => v,
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(db_err(e)),
         };
         self.flush()?;
-        Ok(index)
+        Ok(value)
+    }
+
+    /// The next escrow index. Always durable: an index handed out is on disk first, so
+    /// it is never handed out again, crash or not.
+    pub fn allocate_escrow_index(&self) -> Result<u32, StoreError> {
+        let index = self.allocate(META_NEXT_INDEX, 1 << 31)?;
+        Ok(u32::try_from(index).expect("below 2^31 (checked)"))
+    }
+
+    /// The sequence number of the next aggregated price tick, starting at 1. Durable,
+    /// so it only grows across restarts: a loan ignores ticks at or below the last one
+    /// it applied, and an in-memory counter restarting at 0 would blind it.
+    pub fn allocate_price_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.allocate(META_PRICE_SEQ, u64::MAX)? + 1)
     }
 
     fn put<T: Serialize>(

@@ -252,3 +252,42 @@ fn reopening_waits_for_the_lock_and_names_a_holder_that_keeps_it() {
     closer.join().unwrap();
     assert_eq!(reopened.allocate_escrow_index().unwrap(), 0);
 }
+
+#[test]
+fn the_price_sequence_only_grows_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.allocate_price_seq().unwrap(), 1);
+    assert_eq!(store.allocate_price_seq().unwrap(), 2);
+    store.close().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.allocate_price_seq().unwrap(), 3);
+    assert_eq!(
+        store.allocate_escrow_index().unwrap(),
+        0,
+        "counters are separate"
+    );
+}
+
+#[test]
+fn an_event_already_stored_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .insert_loan(&Loan::offered("loan-1", terms()), &[], Durability::Buffered)
+        .unwrap();
+    let (next, events) = accepted();
+    // An event at seq 0 already there (say, left by a bug elsewhere): refused.
+    store
+        .events
+        .insert(event_key("loan-1", 0), b"{}".to_vec())
+        .unwrap();
+    let err = store
+        .apply(0, &next, &events, Durability::Buffered)
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::EventExists { seq: 0, .. }),
+        "{err}"
+    );
+    assert_eq!(store.loan("loan-1").unwrap().unwrap().version, 0);
+}
