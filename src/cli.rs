@@ -84,8 +84,13 @@ impl EscrowArgs {
             lender: AccountKey::parse("--lender", &self.lender, network)?,
             arbiter: AccountKey::parse("--arbiter", &self.arbiter, network)?,
         };
-        EscrowDescriptor::parse(&self.descriptor, network, &accounts)
-            .context("--descriptor: not this escrow of these parties")
+        EscrowDescriptor::parse(
+            &self.descriptor,
+            network,
+            &accounts,
+            &PolicyTemplate::default(),
+        )
+        .context("--descriptor: not this escrow of these parties")
     }
 }
 

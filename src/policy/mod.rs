@@ -86,6 +86,8 @@ pub enum PolicyError {
     NoSuchPath(PathName),
     #[error("descriptor: cannot tell which key belongs to whom: {0}")]
     Roles(String),
+    #[error("descriptor: not the escrow the policy template gives for these keys, index and heights ({expected})")]
+    NotTheTemplate { expected: String },
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -634,10 +636,15 @@ impl EscrowDescriptor {
     /// paths (the lender's default key's lock is `default_height`, the borrower's
     /// recovery key's `recovery_height`), so a descriptor with the two timelocked keys
     /// swapped is refused; then every guarantee is checked again.
+    ///
+    /// Finally the descriptor must be exactly what `template` gives for these keys,
+    /// index and heights: a descriptor of the parties' keys in another shape (keys
+    /// reordered, paths changed) is refused even when it would keep the guarantees.
     pub fn parse(
         text: &str,
         network: Network,
         accounts: &PartyAccounts,
+        template: &PolicyTemplate,
     ) -> Result<Self, PolicyError> {
         let descriptor = Descriptor::<DescriptorPublicKey>::from_str(text.trim())
             .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
@@ -688,7 +695,20 @@ impl EscrowDescriptor {
             solo_height(Role::BorrowerRecovery)?,
             0,
         )?;
-        Self::from_parts(descriptor, roles, heights, network, index)
+        let parsed = Self::from_parts(descriptor, roles, heights, network, index)?;
+        let keys = EscrowKeys {
+            borrower: accounts.borrower.clone(),
+            lender: accounts.lender.clone(),
+            arbiter: accounts.arbiter.clone(),
+            index,
+        };
+        let expected = template.instantiate(&keys, heights, network)?;
+        if expected.descriptor != parsed.descriptor {
+            return Err(PolicyError::NotTheTemplate {
+                expected: expected.to_string(),
+            });
+        }
+        Ok(parsed)
     }
 
     pub fn descriptor(&self) -> &Descriptor<DescriptorPublicKey> {
@@ -757,7 +777,9 @@ impl EscrowDescriptor {
 
     /// The BIP-388 wallet policy: the template with `@k/<0;1>/*` / `@k/<2;3>/*`
     /// placeholders, numbered in order of first appearance, and each account key (with
-    /// origin) listed once.
+    /// origin) listed once. The template carries this escrow's absolute heights, so a
+    /// hardware wallet registers one policy per loan, and only its receive index `i`
+    /// (this escrow) is ever funded: other indexes of that policy are not escrows.
     pub fn wallet_policy(&self) -> WalletPolicy {
         let body = self.body();
         let mut found: Vec<(usize, String, Role, String)> = self
@@ -840,14 +862,6 @@ impl EscrowDescriptor {
                 })
             })
             .collect()
-    }
-
-    /// The role of a descriptor key given as text, if it is one of the escrow's.
-    pub fn role_of_key_text(&self, key: &str) -> Option<Role> {
-        self.roles
-            .iter()
-            .find(|(k, _)| k.to_string() == key)
-            .map(|(_, r)| *r)
     }
 
     /// The role of a concrete public key, if it is one of the escrow's.

@@ -63,9 +63,18 @@ fn accounts() -> PartyAccounts {
 #[test]
 fn descriptor_text_parses_back_with_the_same_roles() {
     let escrow = instantiate(DEFAULT_TEMPLATE).unwrap();
-    let parsed =
-        EscrowDescriptor::parse(&escrow.to_string(), Network::Regtest, &accounts()).unwrap();
+    let parsed = EscrowDescriptor::parse(
+        &escrow.to_string(),
+        Network::Regtest,
+        &accounts(),
+        &PolicyTemplate::default(),
+    )
+    .unwrap();
     assert_eq!(parsed, escrow);
+}
+
+fn parse(text: &str, accounts: &PartyAccounts) -> Result<EscrowDescriptor, PolicyError> {
+    EscrowDescriptor::parse(text, Network::Regtest, accounts, &PolicyTemplate::default())
 }
 
 fn key_of(escrow: &EscrowDescriptor, role: Role) -> String {
@@ -89,7 +98,7 @@ fn a_descriptor_with_the_timelocked_keys_swapped_is_refused() {
     let swapped = body.replace(&l, "<L>").replace(&b, &l).replace("<L>", &b);
     assert_ne!(swapped, body);
     // The old parser took the earlier lock as the lender's and accepted this.
-    let err = EscrowDescriptor::parse(&swapped, Network::Regtest, &accounts()).unwrap_err();
+    let err = parse(&swapped, &accounts()).unwrap_err();
     assert!(
         matches!(err, PolicyError::RecoveryNotAfterDefault { .. }),
         "{err}"
@@ -104,8 +113,12 @@ fn a_descriptor_with_the_timelocked_keys_swapped_is_refused() {
         .replace(&bk, "<B>")
         .replace(&ak, &bk)
         .replace("<B>", &ak);
-    let parsed = EscrowDescriptor::parse(&relabelled, Network::Regtest, &accounts()).unwrap();
-    assert_eq!(parsed.role_of_key_text(&bk), Some(Role::Borrower));
+    // The roles still follow the accounts, but multi() is ordered: another script, not
+    // this template's escrow.
+    assert!(matches!(
+        parse(&relabelled, &accounts()),
+        Err(PolicyError::NotTheTemplate { .. })
+    ));
 }
 
 #[test]
@@ -117,18 +130,24 @@ fn a_descriptor_with_foreign_or_misplaced_keys_is_refused() {
     let mut others = accounts();
     others.arbiter = example_keys_seeded(9).arbiter;
     assert!(matches!(
-        EscrowDescriptor::parse(body, Network::Regtest, &others),
+        parse(body, &others),
         Err(PolicyError::UnknownKey(_))
     ));
     // The lender's multisig key moved to chain 1 (not an escrow chain).
     let l = key_of(&escrow, Role::Lender);
     let moved = body.replace(&l, &l.replace("/0/0", "/1/0"));
     assert!(matches!(
-        EscrowDescriptor::parse(&moved, Network::Regtest, &accounts()),
+        parse(&moved, &accounts()),
         Err(PolicyError::Roles(_))
     ));
     // Keys of another network.
-    assert!(EscrowDescriptor::parse(body, Network::Bitcoin, &accounts()).is_err());
+    assert!(EscrowDescriptor::parse(
+        body,
+        Network::Bitcoin,
+        &accounts(),
+        &PolicyTemplate::default()
+    )
+    .is_err());
 }
 
 fn example_keys_seeded(seed: u8) -> EscrowKeys {
@@ -166,9 +185,32 @@ fn the_wallet_policy_and_multipath_descriptor_give_the_escrow() {
     // order of first appearance, each reused only on disjoint chains.
     let policy = escrow.wallet_policy();
     assert_eq!(policy.keys.len(), 3);
-    for (i, a) in policy.keys.iter().enumerate() {
-        assert!(a.starts_with('['), "{a}");
-        assert!(policy.keys[i + 1..].iter().all(|b| b != a));
+    let xpubs: Vec<bitcoin::bip32::Xpub> = policy
+        .keys
+        .iter()
+        .map(|k| {
+            assert!(k.starts_with('['), "{k}");
+            *AccountKey::parse("key", k, Network::Regtest)
+                .unwrap()
+                .xpub()
+        })
+        .collect();
+    for (i, a) in xpubs.iter().enumerate() {
+        assert!(xpubs[i + 1..].iter().all(|b| b != a), "distinct xpubs");
+    }
+    // The full paths a hardware wallet sees: .../48'/1'/0'/2'/0/7 and .../2/7.
+    let paths: Vec<(Role, String)> = escrow
+        .key_origins()
+        .into_iter()
+        .map(|k| (k.role, k.path.to_string()))
+        .collect();
+    for (role, path) in paths {
+        let chain = if matches!(role, Role::LenderDefault | Role::BorrowerRecovery) {
+            2
+        } else {
+            0
+        };
+        assert_eq!(path, format!("48'/1'/0'/2'/{chain}/7"), "{role}");
     }
     assert_eq!(
         policy.template,
