@@ -3,7 +3,7 @@
 //! and what goes through the connection besides syncing (new blocks, broadcast, fee
 //! estimates).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bdk_chain::bitcoin::{BlockHash, Transaction, Txid};
 use bdk_electrum::BdkElectrumClient;
@@ -62,12 +62,7 @@ impl Backoff {
     }
 }
 
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(super) use crate::util::unix_now;
 
 impl Watcher {
     /// Drop the connection (the server forgets our subscriptions with it), start the
