@@ -154,17 +154,10 @@ fn settlement_through_the_command_line() -> anyhow::Result<()> {
         args.extend(parties);
         run(&args, Some(psbt))
     };
-    let build_args = [
-        "psbt",
-        "build",
-        "--descriptor",
-        descriptor,
-        "--borrower",
-        &xpubs[0],
-        "--lender",
-        &xpubs[1],
-        "--arbiter",
-        &xpubs[2],
+    let rest_to = borrower_rest.to_string();
+    let mut build_args = vec!["psbt", "build"];
+    build_args.extend(parties);
+    build_args.extend([
         "--network",
         "regtest",
         "--path",
@@ -174,12 +167,12 @@ fn settlement_through_the_command_line() -> anyhow::Result<()> {
         "--pay",
         &pay,
         "--rest-to",
-        &borrower_rest.to_string(),
+        &rest_to,
         "--fee-rate",
         "4",
         "--tip",
         &tip,
-    ];
+    ]);
     let unsigned = ok(&build_args, None)?;
     let borrower = key_files[0].to_str().context("path")?;
     let lender = key_files[1].to_str().context("path")?;
