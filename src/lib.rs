@@ -5,6 +5,8 @@
 //! Electrum, `api/` the only one that knows HTTP.
 
 pub mod chain;
+pub mod config;
+pub mod init;
 pub mod keys;
 pub mod loan;
 pub mod oracle;

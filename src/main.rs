@@ -21,6 +21,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a data directory: arbiter key, database, configuration, admin token.
+    Init {
+        #[arg(long, env = "BTC_ESCROW_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        /// bitcoin, testnet, testnet4, signet or regtest.
+        #[arg(long, env = "BTC_ESCROW_NETWORK")]
+        network: String,
+        /// Electrum server (default: electrs's port for the network on localhost).
+        #[arg(long, env = "BTC_ESCROW_ELECTRUM")]
+        electrum: Option<String>,
+        /// The HTTP API's address (default 127.0.0.1:8080).
+        #[arg(long, env = "BTC_ESCROW_LISTEN")]
+        listen: Option<String>,
+        /// The manual price source alone, quorum 1 (regtest and demos).
+        #[arg(long)]
+        manual_oracle: bool,
+    },
+    /// The service's configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// What the Electrum server says about the chain.
     #[command(subcommand)]
     Chain(ChainCmd),
@@ -36,6 +56,18 @@ enum Command {
     /// The BTC price oracle.
     #[command(subcommand)]
     Oracle(cli::OracleCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Load and validate the configuration (file < environment < flags) and print the
+    /// effective settings, secrets shown only as set or not; exit 1 naming a bad field.
+    Check {
+        #[arg(long, env = "BTC_ESCROW_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        overrides: btc_escrow::config::Overrides,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +103,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Init {
+            data_dir,
+            network,
+            electrum,
+            listen,
+            manual_oracle,
+        } => {
+            let done = btc_escrow::init::init(&btc_escrow::init::InitOptions {
+                network: btc_escrow::config::parse_network(&network)?,
+                data_dir,
+                electrum_url: electrum,
+                listen,
+                manual_oracle,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
+            eprintln!("keep the admin token: it is shown once and stored only as a hash");
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Check {
+            data_dir,
+            overrides,
+        }) => {
+            let settings = btc_escrow::config::Settings::load(&data_dir, &overrides)?;
+            println!("{}", serde_json::to_string_pretty(&settings.show())?);
+            Ok(())
+        }
         Command::Chain(ChainCmd::Status { electrum, network }) => {
             let status = btc_escrow::chain::status(&electrum, network)
                 .with_context(|| format!("asking {electrum} for the chain status"))?;
