@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod config;
+pub mod engine;
 pub mod init;
 pub mod keys;
 pub mod loan;

@@ -134,7 +134,7 @@ pub enum TxError {
 
 /// An escrow UTXO with its full previous transaction (segwit v0 amount attack,
 /// CVE-2020-14199: signers check the amount against it).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EscrowInput {
     pub outpoint: OutPoint,
     pub prev_tx: Transaction,
@@ -400,4 +400,4 @@ pub fn finalize<C: Verification>(psbt: &Psbt, secp: &Secp256k1<C>) -> Result<Tra
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

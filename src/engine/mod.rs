@@ -1,0 +1,10 @@
+//! The engine: the single writer of loan state (DESIGN.md §5a). Sources produce inputs,
+//! the pure state machine decides, the engine applies and carries decisions out.
+//!
+//! So far: [`decision`], what a liquidation, release or refund pays whom, computed
+//! from stored facts alone, so that the transaction it derives is the same on every
+//! rebuild (the arbiter signs only that transaction: `tx::sign_decision`).
+
+pub mod decision;
+
+pub use decision::{Decision, DecisionError, DecisionKind};
