@@ -27,10 +27,7 @@ pub enum DecisionError {
     #[error("loan {id}: {source}")]
     Calc { id: String, source: CalcError },
     #[error("loan {id}: {source}")]
-    Tx {
-        id: String,
-        source: Box<TxError>,
-    },
+    Tx { id: String, source: Box<TxError> },
     #[error("fee rate: {sat_per_kvb} sat/kvB is not a fee rate")]
     FeeRate { sat_per_kvb: u64 },
 }
@@ -325,4 +322,4 @@ impl Decision {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

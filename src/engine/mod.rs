@@ -3,8 +3,13 @@
 //!
 //! So far: [`decision`], what a liquidation, release or refund pays whom, computed
 //! from stored facts alone, so that the transaction it derives is the same on every
-//! rebuild (the arbiter signs only that transaction: `tx::sign_decision`).
+//! rebuild (the arbiter signs only that transaction: `tx::sign_decision`); and
+//! [`record`], a decision with its arbiter-signed PSBT and its progress (awaiting the
+//! co-signature, finalized, broadcast), stored atomically with the loan transition
+//! that advances it (`Store::apply_with_decision`): the outbox a restart resumes from.
 
 pub mod decision;
+pub mod record;
 
 pub use decision::{Decision, DecisionError, DecisionKind};
+pub use record::{DecisionRecord, Progress, RecordError};

@@ -1,5 +1,5 @@
 //! Persistence in one sled database: one tree per record kind (loans, events, parties,
-//! tokens, psbts, meta), every value wrapped with a version, a schema version checked
+//! tokens, psbts, decisions, meta), every value wrapped with a version, a schema version checked
 //! at open. A loan's transition and its events are written in one transaction; writes
 //! marked [`Durability::Durable`] are flushed before the call returns — use it before a
 //! signature leaves the process or a transaction is broadcast. This is the only module
@@ -232,6 +232,7 @@ pub struct Store {
     parties: sled::Tree,
     tokens: sled::Tree,
     psbts: sled::Tree,
+    decisions: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -275,6 +276,7 @@ impl Store {
             parties: tree("parties")?,
             tokens: tree("tokens")?,
             psbts: tree("psbts")?,
+            decisions: tree("decisions")?,
             meta: tree("meta")?,
             db,
         };
@@ -327,7 +329,7 @@ impl Store {
         events: &[Event],
         durability: Durability,
     ) -> Result<(), StoreError> {
-        self.write(None, loan, events, durability)
+        self.write(None, loan, events, None, durability)
     }
 
     /// Record a transition: `after` replaces the stored loan only if the stored one is
@@ -339,7 +341,45 @@ impl Store {
         events: &[Event],
         durability: Durability,
     ) -> Result<(), StoreError> {
-        self.write(Some(before_version), after, events, durability)
+        self.write(Some(before_version), after, events, None, durability)
+    }
+
+    /// A transition that takes or advances a decision: the loan, its events and the
+    /// decision's record (what the engine carries out, and how far it got) in one
+    /// transaction, so a restart finds either both or neither.
+    pub fn apply_with_decision<T: Serialize>(
+        &self,
+        before_version: u64,
+        after: &Loan,
+        events: &[Event],
+        decision_key: &str,
+        record: &T,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let extra = (decision_key, encode(record));
+        self.write(Some(before_version), after, events, Some(extra), durability)
+    }
+
+    /// A decision's record as stored (`None`: no such decision).
+    pub fn decision<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(&self.decisions, "decision", key)
+    }
+
+    /// Every decision record whose key starts with `prefix` (e.g. a loan id and `/`),
+    /// in key order.
+    pub fn decisions<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.decisions
+            .scan_prefix(prefix.as_bytes())
+            .map(|r| {
+                let (k, v) = r.map_err(db_err)?;
+                let key = String::from_utf8_lossy(&k).into_owned();
+                let value = decode("decision", &key, &v)?;
+                Ok((key, value))
+            })
+            .collect()
     }
 
     fn write(
@@ -347,6 +387,7 @@ impl Store {
         before: Option<u64>,
         loan: &Loan,
         events: &[Event],
+        decision: Option<(&str, Vec<u8>)>,
         durability: Durability,
     ) -> Result<(), StoreError> {
         check_id(&loan.id)?;
@@ -359,81 +400,86 @@ impl Store {
                 reason: "event_count is below the number of new events".into(),
             })?;
         let value = encode(loan);
-        let result = (&self.loans, &self.events, &self.meta).transaction(|(loans, evs, meta)| {
-            let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
-            match (loans.get(loan.id.as_bytes())?, before) {
-                (Some(_), None) => {
-                    return Err(abort(StoreError::Exists {
-                        id: loan.id.clone(),
-                    }))
-                }
-                (None, Some(_)) => {
-                    return Err(abort(StoreError::NotFound {
-                        id: loan.id.clone(),
-                    }))
-                }
-                (Some(bytes), Some(expected)) => {
-                    let stored: Loan = decode("loan", &loan.id, &bytes).map_err(abort)?;
-                    if stored.version != expected {
-                        return Err(abort(StoreError::VersionConflict {
+        let result = (&self.loans, &self.events, &self.meta, &self.decisions).transaction(
+            |(loans, evs, meta, decisions)| {
+                let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
+                match (loans.get(loan.id.as_bytes())?, before) {
+                    (Some(_), None) => {
+                        return Err(abort(StoreError::Exists {
                             id: loan.id.clone(),
-                            expected,
-                            found: stored.version,
+                        }))
+                    }
+                    (None, Some(_)) => {
+                        return Err(abort(StoreError::NotFound {
+                            id: loan.id.clone(),
+                        }))
+                    }
+                    (Some(bytes), Some(expected)) => {
+                        let stored: Loan = decode("loan", &loan.id, &bytes).map_err(abort)?;
+                        if stored.version != expected {
+                            return Err(abort(StoreError::VersionConflict {
+                                id: loan.id.clone(),
+                                expected,
+                                found: stored.version,
+                            }));
+                        }
+                        // Every write is a transition: one version further, and exactly the
+                        // new events appended (nothing overwritten, nothing skipped).
+                        if loan.version != stored.version + 1 {
+                            return Err(abort(StoreError::VersionNotBumped {
+                                id: loan.id.clone(),
+                                stored: stored.version,
+                                expected: stored.version + 1,
+                                found: loan.version,
+                            }));
+                        }
+                        if loan.event_count != stored.event_count + events.len() as u64 {
+                            return Err(abort(StoreError::EventCountMismatch {
+                                id: loan.id.clone(),
+                                stored: stored.event_count,
+                                appended: events.len() as u64,
+                                found: loan.event_count,
+                            }));
+                        }
+                    }
+                    (None, None) => {
+                        if loan.event_count != events.len() as u64 {
+                            return Err(abort(StoreError::EventCountMismatch {
+                                id: loan.id.clone(),
+                                stored: 0,
+                                appended: events.len() as u64,
+                                found: loan.event_count,
+                            }));
+                        }
+                    }
+                }
+                let mut global = read_u64("event_seq", meta.get(META_EVENT_SEQ)?).map_err(abort)?;
+                for (i, event) in events.iter().enumerate() {
+                    global += 1;
+                    let loan_seq = first_seq + i as u64;
+                    let stored = StoredEvent {
+                        loan_id: loan.id.clone(),
+                        loan_seq,
+                        global_seq: global,
+                        event: event.clone(),
+                    };
+                    let key = event_key(&loan.id, loan_seq);
+                    if evs.get(&key)?.is_some() {
+                        return Err(abort(StoreError::EventExists {
+                            id: loan.id.clone(),
+                            seq: loan_seq,
                         }));
                     }
-                    // Every write is a transition: one version further, and exactly the
-                    // new events appended (nothing overwritten, nothing skipped).
-                    if loan.version != stored.version + 1 {
-                        return Err(abort(StoreError::VersionNotBumped {
-                            id: loan.id.clone(),
-                            stored: stored.version,
-                            expected: stored.version + 1,
-                            found: loan.version,
-                        }));
-                    }
-                    if loan.event_count != stored.event_count + events.len() as u64 {
-                        return Err(abort(StoreError::EventCountMismatch {
-                            id: loan.id.clone(),
-                            stored: stored.event_count,
-                            appended: events.len() as u64,
-                            found: loan.event_count,
-                        }));
-                    }
+                    evs.insert(key, encode(&stored))?;
                 }
-                (None, None) => {
-                    if loan.event_count != events.len() as u64 {
-                        return Err(abort(StoreError::EventCountMismatch {
-                            id: loan.id.clone(),
-                            stored: 0,
-                            appended: events.len() as u64,
-                            found: loan.event_count,
-                        }));
-                    }
+                meta.insert(META_EVENT_SEQ, &global.to_be_bytes())?;
+                loans.insert(loan.id.as_bytes(), value.clone())?;
+                if let Some((key, bytes)) = &decision {
+                    decisions.insert(key.as_bytes(), bytes.clone())?;
                 }
-            }
-            let mut global = read_u64("event_seq", meta.get(META_EVENT_SEQ)?).map_err(abort)?;
-            for (i, event) in events.iter().enumerate() {
-                global += 1;
-                let loan_seq = first_seq + i as u64;
-                let stored = StoredEvent {
-                    loan_id: loan.id.clone(),
-                    loan_seq,
-                    global_seq: global,
-                    event: event.clone(),
-                };
-                let key = event_key(&loan.id, loan_seq);
-                if evs.get(&key)?.is_some() {
-                    return Err(abort(StoreError::EventExists {
-                        id: loan.id.clone(),
-                        seq: loan_seq,
-                    }));
-                }
-                evs.insert(key, encode(&stored))?;
-            }
-            meta.insert(META_EVENT_SEQ, &global.to_be_bytes())?;
-            loans.insert(loan.id.as_bytes(), value.clone())?;
-            Ok(())
-        });
+                Ok(())
+            },
+        );
         match result {
             Ok(()) => self.finish(durability),
             Err(TransactionError::Abort(e)) => Err(e),

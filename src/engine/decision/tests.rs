@@ -8,7 +8,7 @@ use crate::tx::FeeCap;
 const RATE: u64 = 2_000; // sat/kvB
 
 /// Principal $100,000 (10^7 cents), 5 % penalty; the fixture's escrow holds `sats`.
-fn setup(sats: &[u64]) -> (Fixture, Loan, Vec<EscrowInput>) {
+pub(crate) fn setup(sats: &[u64]) -> (Fixture, Loan, Vec<EscrowInput>) {
     let f = fixture();
     let inputs = funding(&f.escrow, sats);
     let total: u64 = sats.iter().sum();
@@ -37,7 +37,7 @@ fn setup(sats: &[u64]) -> (Fixture, Loan, Vec<EscrowInput>) {
     (f, loan, inputs)
 }
 
-fn at(minor_per_btc: u64) -> PriceEvidence {
+pub(crate) fn at(minor_per_btc: u64) -> PriceEvidence {
     PriceEvidence::bare(Price::new(minor_per_btc, Currency::new("USD").unwrap()))
 }
 

@@ -1,0 +1,133 @@
+//! A decision's record: the decision, the PSBT the arbiter signed for it, and how far
+//! carrying it out got (awaiting the co-signature, finalized, broadcast). It is stored
+//! with the loan transition that takes or advances it (`Store::apply_with_decision`),
+//! so after a crash the engine resumes from it: the arbiter's PSBT is never signed
+//! differently (rebuilt from the stored decision it is the same, RFC 6979), a final
+//! transaction is broadcast again only as the same bytes, and an acknowledged
+//! co-signature is never lost. Pure: no I/O.
+
+use std::str::FromStr;
+
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{Transaction, Txid};
+use serde::{Deserialize, Serialize};
+
+use super::decision::{Decision, DecisionError};
+use crate::keys::SigningKey;
+use crate::policy::EscrowDescriptor;
+use crate::tx::{self, FeeCap, MergeError, TxError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+    #[error("signing the decision: {0}")]
+    Sign(#[source] Box<TxError>),
+    #[error("the co-signed PSBT: {0}")]
+    Cosignature(#[from] MergeError),
+    #[error("finalizing the co-signed PSBT: {0}")]
+    Finalize(#[source] Box<TxError>),
+    #[error("the stored PSBT is unreadable: {0}")]
+    StoredPsbt(String),
+    #[error("decision {key} is already {status}; a co-signature is no longer taken")]
+    NotAwaiting { key: String, status: &'static str },
+}
+
+/// How far a decision got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Progress {
+    /// Signed by the arbiter; waiting for the lender's (or, for a release, either
+    /// party's) signature.
+    AwaitingCosignature,
+    /// Co-signed and finalized: broadcast these bytes, and only these.
+    Finalized { txid: Txid, tx_hex: String },
+    /// Broadcast (the chain decides the rest).
+    Broadcast { txid: Txid, tx_hex: String },
+}
+
+impl Progress {
+    fn name(&self) -> &'static str {
+        match self {
+            Progress::AwaitingCosignature => "awaiting its co-signature",
+            Progress::Finalized { .. } => "finalized",
+            Progress::Broadcast { .. } => "broadcast",
+        }
+    }
+}
+
+/// A decision, its arbiter-signed PSBT (base64) and its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub decision: Decision,
+    pub psbt: String,
+    pub progress: Progress,
+}
+
+impl DecisionRecord {
+    /// The store key of a loan's decision attempt (zero-padded: keys sort by attempt).
+    pub fn key(loan_id: &str, attempt: u32) -> String {
+        format!("{loan_id}/{attempt:010}")
+    }
+
+    pub fn store_key(&self) -> String {
+        Self::key(&self.decision.loan_id, self.decision.attempt)
+    }
+
+    /// Build the decision's transaction and sign it as the arbiter (only that
+    /// transaction: `tx::sign_decision`).
+    pub fn sign(
+        decision: Decision,
+        escrow: &EscrowDescriptor,
+        arbiter: &SigningKey,
+        cap: &FeeCap,
+        secp: &Secp256k1<All>,
+    ) -> Result<Self, RecordError> {
+        let mut psbt = decision.unsigned(escrow)?.psbt;
+        let expected = decision.spend_decision(escrow)?;
+        tx::sign_decision(&mut psbt, arbiter, escrow, &expected, cap, secp)
+            .map_err(|e| RecordError::Sign(Box::new(e)))?;
+        Ok(Self {
+            decision,
+            psbt: psbt.to_string(),
+            progress: Progress::AwaitingCosignature,
+        })
+    }
+
+    /// The arbiter-signed PSBT.
+    pub fn psbt(&self) -> Result<Psbt, RecordError> {
+        Psbt::from_str(&self.psbt).map_err(|e| RecordError::StoredPsbt(e.to_string()))
+    }
+
+    /// Take a party's co-signed copy: merged only under DESIGN.md §6 (same unsigned
+    /// transaction, partial signatures only, each verified), then finalized. Returns
+    /// the record advanced to `Finalized` and the transaction to broadcast; on error
+    /// the record is unchanged.
+    pub fn cosign(
+        &self,
+        theirs: &Psbt,
+        secp: &Secp256k1<All>,
+    ) -> Result<(Self, Transaction), RecordError> {
+        if self.progress != Progress::AwaitingCosignature {
+            return Err(RecordError::NotAwaiting {
+                key: self.store_key(),
+                status: self.progress.name(),
+            });
+        }
+        let merged = tx::merge(&self.psbt()?, theirs, secp)?;
+        let tx = tx::finalize(&merged, secp).map_err(|e| RecordError::Finalize(Box::new(e)))?;
+        let next = Self {
+            decision: self.decision.clone(),
+            psbt: merged.to_string(),
+            progress: Progress::Finalized {
+                txid: tx.compute_txid(),
+                tx_hex: bitcoin::consensus::encode::serialize_hex(&tx),
+            },
+        };
+        Ok((next, tx))
+    }
+}
+
+#[cfg(test)]
+mod tests;
