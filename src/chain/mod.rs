@@ -3,17 +3,19 @@
 
 pub mod broadcast;
 pub mod fees;
+pub mod transport;
 pub mod watcher;
 
 pub use broadcast::BroadcastError;
 pub use fees::{FeeEstimate, FeePolicy, FeePolicyError, FeeSource};
+pub use transport::{ConnectError, Connector, ElectrumClient, TlsConfig};
 pub use watcher::{
     Backoff, ChainEvent, ChainUpdate, ConnectionStatus, Deposit, Divergence, EscrowState, Spend,
     TxStatus, WatchError, Watcher, WatcherConfig,
 };
 
 use bitcoin::{BlockHash, Network};
-use electrum_client::{Client, ConfigBuilder, ElectrumApi};
+use electrum_client::ElectrumApi;
 use serde::Serialize;
 
 /// Errors from talking to the Electrum server.
@@ -26,6 +28,9 @@ pub enum ChainError {
         #[source]
         source: electrum_client::Error,
     },
+    /// The connection could not be set up (URL, TLS settings, certificate, network).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The server serves a chain other than the configured network.
     #[error("electrum server {url} serves genesis {genesis}, not the {network} chain")]
     WrongNetwork {
@@ -50,17 +55,51 @@ pub struct ChainStatus {
     pub relay_fee_sat_per_kvb: u64,
 }
 
-/// Connect once and read the tip, the server version and its fee estimate.
+/// Connect once (TLS settings at their defaults: webpki roots) and read the tip, the
+/// server version and its fee estimate.
 pub fn status(url: &str, network: Network) -> Result<ChainStatus, ChainError> {
+    status_with(url, network, &TlsConfig::default())
+}
+
+/// [`status`] with the given TLS settings. A connection that fails on the way (not a
+/// wrong network nor a refused certificate) is tried once more.
+pub fn status_with(
+    url: &str,
+    network: Network,
+    tls: &TlsConfig,
+) -> Result<ChainStatus, ChainError> {
+    let connector = Connector::new(url, tls)?;
+    match status_once(&connector, network) {
+        Err(e) if e.is_transient() => {
+            tracing::debug!(%e, "retrying once");
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            status_once(&connector, network)
+        }
+        other => other,
+    }
+}
+
+impl ChainError {
+    /// A network failure that may pass by itself (not a wrong network, a bad URL or
+    /// TLS setting, nor a refused certificate).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ChainError::Connect(e) => e.is_transient(),
+            ChainError::Electrum { source, .. } => {
+                matches!(source, electrum_client::Error::IOError(_))
+            }
+            ChainError::WrongNetwork { .. } => false,
+        }
+    }
+}
+
+fn status_once(connector: &Connector, network: Network) -> Result<ChainStatus, ChainError> {
+    let url = connector.url();
     let err = |source| ChainError::Electrum {
         url: url.to_owned(),
         source,
     };
-    let config = ConfigBuilder::new()
-        .timeout(Some(std::time::Duration::from_secs(10)))
-        .retry(1)
-        .build();
-    let client = Client::from_config(url, config).map_err(err)?;
+    let client = connector.connect(std::time::Duration::from_secs(10))?;
     let version = client.server_features().map_err(err)?;
     // The server sends the genesis hash as hex in display (reversed) byte order.
     let genesis: String = version

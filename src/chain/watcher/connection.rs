@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use bdk_chain::bitcoin::{BlockHash, Transaction, Txid};
 use bdk_electrum::BdkElectrumClient;
-use electrum_client::{Client, ConfigBuilder, ElectrumApi};
+use electrum_client::ElectrumApi;
 use serde::Serialize;
 
 use super::{WatchError, Watcher};
 use crate::chain::broadcast::{self, BroadcastError};
 use crate::chain::fees::{self, FeeEstimate};
+use crate::chain::transport::{ConnectError, Connector, ElectrumClient};
 
 /// Connection status, for the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,7 +94,7 @@ impl Watcher {
     }
 
     /// The current connection, or a new one to a server on our network.
-    pub(super) fn connected(&mut self) -> Result<&BdkElectrumClient<Client>, WatchError> {
+    pub(super) fn connected(&mut self) -> Result<&BdkElectrumClient<ElectrumClient>, WatchError> {
         if self.client.is_none() {
             if !self.config.backoff.ready() {
                 return Err(WatchError::Disconnected {
@@ -102,15 +103,23 @@ impl Watcher {
                     reason: "waiting to reconnect (backoff)".to_owned(),
                 });
             }
-            // retry(0): a reconnect inside electrum-client would silently drop our script
-            // subscriptions; reconnecting here clears them and syncs everything again.
-            let config = ConfigBuilder::new()
-                .timeout(Some(Duration::from_secs(60)))
-                .retry(0)
-                .build();
-            let client = match Client::from_config(&self.config.url, config) {
+            // No reconnect inside the client (electrum-client's `Client` with retries
+            // would silently drop our script subscriptions): a broken connection is
+            // dropped, and the next one here starts with no subscriptions, so
+            // everything is subscribed and synced again.
+            let timeout = self.config.timeout;
+            let connected = self.connector().and_then(|c| c.connect(timeout));
+            let client = match connected {
                 Ok(c) => c,
-                Err(e) => return Err(self.disconnected(e.to_string())),
+                Err(e) if e.is_transient() => return Err(self.disconnected(e.to_string())),
+                Err(error) => {
+                    let since_unix = self.drop_connection(error.to_string());
+                    return Err(WatchError::Connect {
+                        url: self.config.url.clone(),
+                        since_unix,
+                        error,
+                    });
+                }
             };
             // Block 0 hashed here, not the genesis the server claims in its features.
             let found = match client.block_header(0) {
@@ -136,6 +145,14 @@ impl Watcher {
             self.client = Some(bdk);
         }
         Ok(self.client.as_ref().expect("set just above"))
+    }
+
+    /// The connector, built once from the configuration.
+    fn connector(&mut self) -> Result<&Connector, ConnectError> {
+        if self.connector.is_none() {
+            self.connector = Some(self.config.connector()?);
+        }
+        Ok(self.connector.as_ref().expect("set just above"))
     }
 
     /// Wait up to `timeout` for a new block announced by the header subscription;

@@ -24,10 +24,11 @@ use bdk_chain::spk_txout::SpkTxOutIndex;
 use bdk_chain::BlockId;
 use bdk_electrum::BdkElectrumClient;
 use bitcoin::secp256k1::{Secp256k1, VerifyOnly};
-use electrum_client::{Client, ElectrumApi, ScriptStatus};
+use electrum_client::{ElectrumApi, ScriptStatus};
 use serde::Serialize;
 
 use super::fees::FeePolicy;
+use super::transport::{ConnectError, Connector, ElectrumClient, TlsConfig};
 use crate::policy::EscrowDescriptor;
 use connection::unix_now;
 use graph::Graph;
@@ -43,6 +44,15 @@ pub enum WatchError {
         url: String,
         since_unix: u64,
         reason: String,
+    },
+    /// The connection could not be set up for a reason that needs an operator: the
+    /// URL, the TLS settings (CA file) or a refused server certificate. Retried after
+    /// the backoff like any failed connection; the status says disconnected.
+    #[error("{error}")]
+    Connect {
+        url: String,
+        since_unix: u64,
+        error: ConnectError,
     },
     #[error("loan {loan_id} is already watched with a different escrow script")]
     ScriptChanged { loan_id: LoanId },
@@ -77,8 +87,13 @@ pub struct ChainUpdate {
 }
 
 pub struct WatcherConfig {
+    /// `tcp://host:port` or `ssl://host:port`.
     pub url: String,
     pub network: Network,
+    /// How the server's certificate is checked on an `ssl://` URL.
+    pub tls: TlsConfig,
+    /// Bounds the TCP connect and every socket read and write.
+    pub timeout: Duration,
     /// Scripts per batched Electrum request.
     pub batch_size: usize,
     pub backoff: Backoff,
@@ -98,6 +113,8 @@ impl WatcherConfig {
         Self {
             url: url.to_owned(),
             network,
+            tls: TlsConfig::default(),
+            timeout: Duration::from_secs(60),
             batch_size: 100,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             fees: FeePolicy::default(),
@@ -105,11 +122,19 @@ impl WatcherConfig {
             prune_after_unregistered: 64,
         }
     }
+
+    /// Parse the URL and load the TLS settings (the CA file): for checking the
+    /// configuration at start; the watcher does the same on its first connect.
+    pub fn connector(&self) -> Result<Connector, ConnectError> {
+        Connector::new(&self.url, &self.tls)
+    }
 }
 
 pub struct Watcher {
     config: WatcherConfig,
-    client: Option<BdkElectrumClient<Client>>,
+    /// Built on the first connect (see [`WatcherConfig::connector`]).
+    connector: Option<Connector>,
+    client: Option<BdkElectrumClient<ElectrumClient>>,
     chain: LocalChain,
     graph: Graph,
     escrows: BTreeMap<LoanId, EscrowDescriptor>,
@@ -134,6 +159,7 @@ impl Watcher {
         let (chain, _) = LocalChain::from_genesis_hash(genesis);
         Self {
             config,
+            connector: None,
             client: None,
             chain,
             graph: Graph::new(SpkTxOutIndex::default()),
