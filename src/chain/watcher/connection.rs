@@ -117,7 +117,7 @@ impl Watcher {
                     return Err(WatchError::Connect {
                         url: self.config.url.clone(),
                         since_unix,
-                        error,
+                        error: Box::new(error),
                     });
                 }
             };

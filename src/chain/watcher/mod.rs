@@ -52,7 +52,7 @@ pub enum WatchError {
     Connect {
         url: String,
         since_unix: u64,
-        error: ConnectError,
+        error: Box<ConnectError>,
     },
     #[error("loan {loan_id} is already watched with a different escrow script")]
     ScriptChanged { loan_id: LoanId },
