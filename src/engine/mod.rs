@@ -8,8 +8,12 @@
 //! co-signature, finalized, broadcast), stored atomically with the loan transition
 //! that advances it (`Store::apply_with_decision`): the outbox a restart resumes from.
 
+pub mod core;
 pub mod decision;
 pub mod record;
 
+pub use self::core::{
+    ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord, EscrowView, TickOutcome,
+};
 pub use decision::{Decision, DecisionError, DecisionKind};
 pub use record::{DecisionRecord, Progress, RecordError};

@@ -1,5 +1,5 @@
 //! Persistence in one sled database: one tree per record kind (loans, events, parties,
-//! tokens, psbts, decisions, meta), every value wrapped with a version, a schema version checked
+//! tokens, psbts, decisions, escrows, meta), every value wrapped with a version, a schema version checked
 //! at open. A loan's transition and its events are written in one transaction; writes
 //! marked [`Durability::Durable`] are flushed before the call returns — use it before a
 //! signature leaves the process or a transaction is broadcast. This is the only module
@@ -233,7 +233,14 @@ pub struct Store {
     tokens: sled::Tree,
     psbts: sled::Tree,
     decisions: sled::Tree,
+    escrows: sled::Tree,
     meta: sled::Tree,
+}
+
+/// A record written in the same transaction as a loan transition.
+enum Extra<'a> {
+    Decision(&'a str, Vec<u8>),
+    Escrow(Vec<u8>),
 }
 
 impl std::fmt::Debug for Store {
@@ -277,6 +284,7 @@ impl Store {
             tokens: tree("tokens")?,
             psbts: tree("psbts")?,
             decisions: tree("decisions")?,
+            escrows: tree("escrows")?,
             meta: tree("meta")?,
             db,
         };
@@ -356,8 +364,37 @@ impl Store {
         record: &T,
         durability: Durability,
     ) -> Result<(), StoreError> {
-        let extra = (decision_key, encode(record));
+        let extra = Extra::Decision(decision_key, encode(record));
         self.write(Some(before_version), after, events, Some(extra), durability)
+    }
+
+    /// The acceptance of an offer: the loan, its events and its escrow's record (the
+    /// keys, index and heights it is rebuilt from) in one transaction.
+    pub fn apply_with_escrow<T: Serialize>(
+        &self,
+        before_version: u64,
+        after: &Loan,
+        events: &[Event],
+        escrow: &T,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let extra = Extra::Escrow(encode(escrow));
+        self.write(Some(before_version), after, events, Some(extra), durability)
+    }
+
+    /// A loan's escrow record.
+    pub fn escrow<T: DeserializeOwned>(&self, loan_id: &str) -> Result<Option<T>, StoreError> {
+        self.get(&self.escrows, "escrow", loan_id)
+    }
+
+    /// Advance a decision's record on its own (a co-signature taken, no loan change).
+    pub fn put_decision<T: Serialize>(
+        &self,
+        key: &str,
+        record: &T,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        self.put(&self.decisions, key, record, durability)
     }
 
     /// A decision's record as stored (`None`: no such decision).
@@ -387,7 +424,7 @@ impl Store {
         before: Option<u64>,
         loan: &Loan,
         events: &[Event],
-        decision: Option<(&str, Vec<u8>)>,
+        extra: Option<Extra<'_>>,
         durability: Durability,
     ) -> Result<(), StoreError> {
         check_id(&loan.id)?;
@@ -400,8 +437,14 @@ impl Store {
                 reason: "event_count is below the number of new events".into(),
             })?;
         let value = encode(loan);
-        let result = (&self.loans, &self.events, &self.meta, &self.decisions).transaction(
-            |(loans, evs, meta, decisions)| {
+        let result = (
+            &self.loans,
+            &self.events,
+            &self.meta,
+            &self.decisions,
+            &self.escrows,
+        )
+            .transaction(|(loans, evs, meta, decisions, escrows)| {
                 let abort = |e: StoreError| ConflictableTransactionError::Abort(e);
                 match (loans.get(loan.id.as_bytes())?, before) {
                     (Some(_), None) => {
@@ -474,12 +517,17 @@ impl Store {
                 }
                 meta.insert(META_EVENT_SEQ, &global.to_be_bytes())?;
                 loans.insert(loan.id.as_bytes(), value.clone())?;
-                if let Some((key, bytes)) = &decision {
-                    decisions.insert(key.as_bytes(), bytes.clone())?;
+                match &extra {
+                    Some(Extra::Decision(key, bytes)) => {
+                        decisions.insert(key.as_bytes(), bytes.clone())?;
+                    }
+                    Some(Extra::Escrow(bytes)) => {
+                        escrows.insert(loan.id.as_bytes(), bytes.clone())?;
+                    }
+                    None => {}
                 }
                 Ok(())
-            },
-        );
+            });
         match result {
             Ok(()) => self.finish(durability),
             Err(TransactionError::Abort(e)) => Err(e),

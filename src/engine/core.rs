@@ -1,0 +1,520 @@
+//! The engine's core, synchronous and free of network I/O: it owns the store (the
+//! single writer of loan state) and the arbiter's key, turns commands, chain views and
+//! price ticks into state-machine inputs, writes each transition with its events, and
+//! — when a transition is a decision — computes the decision, arbiter-signs exactly its
+//! transaction and stores both in the same store transaction. Broadcasting is the
+//! caller's: [`Engine::to_broadcast`] lists the finalized transactions (after a
+//! restart too), [`Engine::broadcasted`] records one as sent.
+
+use std::collections::BTreeMap;
+
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{Amount, Network, Transaction, Txid};
+use serde::{Deserialize, Serialize};
+
+use super::decision::{Decision, DecisionError};
+use super::record::{DecisionRecord, Progress, RecordError};
+use crate::keys::{AccountKey, ArbiterKey, KeyError};
+use crate::loan::calc::{self, CalcError};
+use crate::loan::{
+    apply, Event, Fiat, Input, Loan, LoanState, LoanTerms, Price, PriceEvidence, TermsError,
+    TermsInput, TransitionError, TxKind,
+};
+use crate::policy::{EscrowDescriptor, EscrowHeights, EscrowKeys, PolicyError, PolicyTemplate};
+use crate::store::{Durability, Store, StoreError};
+use crate::tx::{EscrowInput, FeeCap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Terms(#[from] TermsError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Decision(#[from] DecisionError),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("loan {id}: {source}")]
+    Calc { id: String, source: CalcError },
+    #[error("loan {id}: not found")]
+    NotFound { id: String },
+    #[error("loan {id}: the escrow heights do not fit (term and deadline too long)")]
+    Heights { id: String },
+    #[error("loan {id}: no decision awaits a co-signature")]
+    NothingToCosign { id: String },
+    #[error("loan {id}: no chain view of its escrow yet; nothing is decided without one")]
+    NoChainView { id: String },
+}
+
+/// What a price tick did.
+#[derive(Debug, Default)]
+pub struct TickOutcome {
+    /// The tick's sequence number.
+    pub seq: u64,
+    /// The loans that moved (stored).
+    pub moved: Vec<Loan>,
+    /// Loans a decision waits for: no chain view of their escrow yet.
+    pub waiting_for_chain: Vec<String>,
+}
+
+/// What the engine needs to know besides its store and key.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub network: Network,
+    pub min_confirmations: u32,
+    pub fee_cap: FeeCap,
+    pub template: PolicyTemplate,
+}
+
+/// What an escrow is rebuilt from (stored at acceptance with the transition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscrowRecord {
+    pub borrower: String,
+    pub lender: String,
+    pub arbiter: String,
+    pub index: u32,
+    pub default_height: u32,
+    pub recovery_height: u32,
+    pub accepted_at_height: u32,
+}
+
+/// What the chain shows of one escrow, as the engine needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EscrowView {
+    /// Unspent deposits with at least `min_confirmations`, with their previous
+    /// transactions (what a decision spends).
+    pub confirmed: Vec<EscrowInput>,
+    /// A transaction spending the escrow is in the view (confirmed or not).
+    pub spent: bool,
+    /// Confirmed spends.
+    pub confirmed_spends: Vec<ConfirmedSpend>,
+}
+
+/// A confirmed transaction spending the escrow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmedSpend {
+    pub txid: Txid,
+    pub height: u32,
+    /// The path it used, as the watcher classified it.
+    pub path: String,
+}
+
+impl EscrowView {
+    pub fn collateral(&self) -> Amount {
+        self.confirmed
+            .iter()
+            .filter_map(|i| i.txout().map(|o| o.value))
+            .sum()
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    arbiter: ArbiterKey,
+    arbiter_account: AccountKey,
+    config: EngineConfig,
+    secp: Secp256k1<All>,
+    escrows: BTreeMap<String, EscrowDescriptor>,
+    views: BTreeMap<String, EscrowView>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("escrows", &self.escrows.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Open on a store: every accepted loan's escrow is rebuilt from its record.
+    pub fn open(
+        store: Store,
+        arbiter: ArbiterKey,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let secp = Secp256k1::new();
+        let arbiter_account = arbiter.account(&secp)?;
+        let mut engine = Self {
+            store,
+            arbiter,
+            arbiter_account,
+            config,
+            secp,
+            escrows: BTreeMap::new(),
+            views: BTreeMap::new(),
+        };
+        for loan in engine.store.loans()? {
+            if let Some(record) = engine.store.escrow::<EscrowRecord>(&loan.id)? {
+                let escrow = engine.rebuild(&record)?;
+                engine.escrows.insert(loan.id.clone(), escrow);
+            }
+        }
+        Ok(engine)
+    }
+
+    fn rebuild(&self, r: &EscrowRecord) -> Result<EscrowDescriptor, EngineError> {
+        let n = self.config.network;
+        let keys = EscrowKeys {
+            borrower: AccountKey::parse("borrower", &r.borrower, n)?,
+            lender: AccountKey::parse("lender", &r.lender, n)?,
+            arbiter: AccountKey::parse("arbiter", &r.arbiter, n)?,
+            index: r.index,
+        };
+        let heights =
+            EscrowHeights::new(r.default_height, r.recovery_height, r.accepted_at_height)?;
+        Ok(self.config.template.instantiate(&keys, heights, n)?)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The escrows being watched, by loan.
+    pub fn escrows(&self) -> &BTreeMap<String, EscrowDescriptor> {
+        &self.escrows
+    }
+
+    pub fn loan(&self, id: &str) -> Result<Loan, EngineError> {
+        self.store
+            .loan(id)?
+            .ok_or_else(|| EngineError::NotFound { id: id.to_owned() })
+    }
+
+    /// Apply `input` and store the transition (nothing when nothing changed).
+    fn step(&self, loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), EngineError> {
+        let (next, events) = apply(loan, input)?;
+        if next != *loan {
+            self.store
+                .apply(loan.version, &next, &events, Durability::Durable)?;
+        }
+        Ok((next, events))
+    }
+
+    /// A lender's offer.
+    pub fn offer(&mut self, id: &str, terms: TermsInput, now: u64) -> Result<Loan, EngineError> {
+        let terms = LoanTerms::new(terms, self.config.network, now)?;
+        let loan = Loan::offered(id, terms);
+        self.store.insert_loan(&loan, &[], Durability::Durable)?;
+        Ok(loan)
+    }
+
+    /// A borrower accepts: a fresh escrow index, the escrow of the three account keys
+    /// at heights fixed now, and the collateral the initial LTV needs at `price`.
+    pub fn accept(
+        &mut self,
+        id: &str,
+        borrower: &AccountKey,
+        lender: &AccountKey,
+        price: Price,
+        tip: u32,
+        now: u64,
+    ) -> Result<Loan, EngineError> {
+        let loan = self.loan(id)?;
+        let t = loan.terms.get();
+        let schedule = loan
+            .terms
+            .escrow_heights(tip, now)
+            .ok_or_else(|| EngineError::Heights { id: id.to_owned() })?;
+        let required =
+            calc::required_collateral(t.principal, t.initial_ltv, price).map_err(|source| {
+                EngineError::Calc {
+                    id: id.to_owned(),
+                    source,
+                }
+            })?;
+        let record = EscrowRecord {
+            borrower: borrower.to_string(),
+            lender: lender.to_string(),
+            arbiter: self.arbiter_account.to_string(),
+            index: self.store.allocate_escrow_index()?,
+            default_height: schedule.default_height,
+            recovery_height: schedule.recovery_height,
+            accepted_at_height: tip,
+        };
+        let escrow = self.rebuild(&record)?;
+        let (next, events) = apply(
+            &loan,
+            &Input::Accepted {
+                now,
+                escrow_index: record.index,
+                descriptor: escrow.to_string(),
+                required_collateral: required,
+                schedule,
+            },
+        )?;
+        self.store
+            .apply_with_escrow(loan.version, &next, &events, &record, Durability::Durable)?;
+        self.escrows.insert(id.to_owned(), escrow);
+        Ok(next)
+    }
+
+    /// The chain's view of a loan's escrow: collateral, then spends (ours complete the
+    /// decision; anyone else's close the loan on chain).
+    pub fn observe(&mut self, id: &str, view: EscrowView, now: u64) -> Result<Loan, EngineError> {
+        let mut loan = self.loan(id)?;
+        let collateral = Input::CollateralObserved {
+            now,
+            confirmed: view.collateral(),
+            escrow_spent: view.spent,
+        };
+        if matches!(
+            loan.state,
+            LoanState::AwaitingCollateral
+                | LoanState::Active
+                | LoanState::MarginCall
+                | LoanState::Expired
+        ) {
+            loan = self.step(&loan, &collateral)?.0;
+        }
+        for spend in &view.confirmed_spends {
+            let ours = loan
+                .broadcasts
+                .iter()
+                .find(|(_, t)| *t == spend.txid)
+                .map(|(k, _)| *k);
+            let input = match ours {
+                Some(kind) => Input::TxConfirmed {
+                    kind,
+                    txid: spend.txid,
+                    height: spend.height,
+                },
+                None => Input::SpentByUnknownTx {
+                    txid: spend.txid,
+                    path: spend.path.clone(),
+                },
+            };
+            match self.step(&loan, &input) {
+                Ok((next, _)) => loan = next,
+                // Not a spend this state takes (e.g. an unfunded offer): nothing moves.
+                Err(EngineError::Transition(TransitionError::Illegal { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Ours left the chain: back to waiting for it (the engine re-broadcasts).
+        if let Some((kind, txid)) = loan.confirmed_tx {
+            if !view.confirmed_spends.iter().any(|s| s.txid == txid) {
+                loan = self.step(&loan, &Input::TxReorgedOut { kind, txid })?.0;
+            }
+        }
+        self.views.insert(id.to_owned(), view);
+        Ok(loan)
+    }
+
+    /// An aggregated price, numbered from the store's durable sequence: every loan
+    /// that is active is priced; a confirmed breach becomes a liquidation decision,
+    /// arbiter-signed and stored with the transition. A loan whose escrow the engine
+    /// has no chain view of (just restarted, chain not synced) is left untouched by
+    /// this tick: nothing is decided on a missing view.
+    pub fn price_tick(
+        &mut self,
+        evidence: PriceEvidence,
+        now: u64,
+        tip: u32,
+        fee_sat_per_kvb: u64,
+    ) -> Result<TickOutcome, EngineError> {
+        let seq = self.store.allocate_price_seq()?;
+        let tick = Input::PriceTick {
+            now,
+            seq,
+            price: Some(evidence.clone()),
+        };
+        let mut outcome = TickOutcome {
+            seq,
+            ..TickOutcome::default()
+        };
+        for loan in self.store.loans()? {
+            if !matches!(loan.state, LoanState::Active | LoanState::MarginCall) {
+                continue;
+            }
+            let (next, events) = apply(&loan, &tick)?;
+            if next == loan {
+                continue;
+            }
+            if next.state == LoanState::Liquidating {
+                let Ok(inputs) = self.inputs_of(&loan.id) else {
+                    tracing::warn!(loan = %loan.id, "breach not decided: no chain view yet");
+                    outcome.waiting_for_chain.push(loan.id.clone());
+                    continue;
+                };
+                let escrow = self.escrow_of(&loan.id)?;
+                let decision = Decision::liquidation(
+                    &loan,
+                    escrow,
+                    inputs,
+                    &evidence,
+                    now,
+                    fee_sat_per_kvb,
+                    tip,
+                )?;
+                self.decide(&loan, &next, &events, decision)?;
+            } else {
+                self.store
+                    .apply(loan.version, &next, &events, Durability::Durable)?;
+            }
+            outcome.moved.push(next);
+        }
+        Ok(outcome)
+    }
+
+    /// A repayment recorded by the lender; the final one becomes a release decision.
+    #[allow(clippy::too_many_arguments)]
+    pub fn repay(
+        &mut self,
+        id: &str,
+        amount: Fiat,
+        key: &str,
+        now: u64,
+        tip: u32,
+        fee_sat_per_kvb: u64,
+    ) -> Result<Loan, EngineError> {
+        let loan = self.loan(id)?;
+        let (next, events) = apply(
+            &loan,
+            &Input::RepaymentRecorded {
+                now,
+                amount,
+                key: key.to_owned(),
+            },
+        )?;
+        if next == loan {
+            return Ok(next);
+        }
+        if next.state == LoanState::Releasing {
+            let inputs = self.inputs_of(id)?;
+            let decision = Decision::release(
+                &loan,
+                self.escrow_of(id)?,
+                inputs,
+                fee_sat_per_kvb,
+                tip,
+                false,
+            )?;
+            self.decide(&loan, &next, &events, decision)?;
+        } else {
+            self.store
+                .apply(loan.version, &next, &events, Durability::Durable)?;
+        }
+        Ok(next)
+    }
+
+    fn escrow_of(&self, id: &str) -> Result<&EscrowDescriptor, EngineError> {
+        self.escrows
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound { id: id.to_owned() })
+    }
+
+    fn inputs_of(&self, id: &str) -> Result<Vec<EscrowInput>, EngineError> {
+        self.views
+            .get(id)
+            .map(|v| v.confirmed.clone())
+            .ok_or_else(|| EngineError::NoChainView { id: id.to_owned() })
+    }
+
+    /// Sign the decision as the arbiter and store it with the transition.
+    fn decide(
+        &self,
+        before: &Loan,
+        after: &Loan,
+        events: &[Event],
+        decision: Decision,
+    ) -> Result<(), EngineError> {
+        let escrow = self.escrow_of(&before.id)?;
+        let record = DecisionRecord::sign(
+            decision,
+            escrow,
+            self.arbiter.signing_key(),
+            &self.config.fee_cap,
+            &self.secp,
+        )?;
+        self.store.apply_with_decision(
+            before.version,
+            after,
+            events,
+            &record.store_key(),
+            &record,
+            Durability::Durable,
+        )?;
+        Ok(())
+    }
+
+    /// The loan's latest decision record.
+    pub fn decision(&self, id: &str) -> Result<Option<DecisionRecord>, EngineError> {
+        let prefix = format!("{id}/");
+        Ok(self
+            .store
+            .decisions::<DecisionRecord>(&prefix)?
+            .pop()
+            .map(|(_, r)| r))
+    }
+
+    /// A party's co-signed PSBT for the pending decision: merged under DESIGN.md §6,
+    /// finalized, stored durably before it is returned for broadcast.
+    pub fn cosign(&mut self, id: &str, psbt: &Psbt) -> Result<Transaction, EngineError> {
+        let record = self
+            .decision(id)?
+            .filter(|r| r.progress == Progress::AwaitingCosignature)
+            .ok_or_else(|| EngineError::NothingToCosign { id: id.to_owned() })?;
+        let (next, tx) = record.cosign(psbt, &self.secp)?;
+        self.store
+            .put_decision(&next.store_key(), &next, Durability::Durable)?;
+        Ok(tx)
+    }
+
+    /// Finalized transactions not yet recorded as broadcast (after a restart too).
+    pub fn to_broadcast(&self) -> Result<Vec<(String, Transaction)>, EngineError> {
+        let mut out = Vec::new();
+        for loan in self.store.loans()? {
+            if let Some(record) = self.decision(&loan.id)? {
+                if let Progress::Finalized { tx_hex, .. } = &record.progress {
+                    let tx = bitcoin::consensus::encode::deserialize_hex(tx_hex)
+                        .map_err(|e| RecordError::StoredPsbt(e.to_string()))?;
+                    out.push((loan.id.clone(), tx));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A finalized transaction was accepted by the network (or was already known).
+    pub fn broadcasted(&mut self, id: &str, txid: Txid) -> Result<Loan, EngineError> {
+        let loan = self.loan(id)?;
+        let mut record = self
+            .decision(id)?
+            .ok_or_else(|| EngineError::NothingToCosign { id: id.to_owned() })?;
+        let kind: TxKind = record.decision.tx_kind();
+        let (next, events) = apply(&loan, &Input::TxBroadcast { kind, txid })?;
+        if let Progress::Finalized { txid: t, tx_hex } = &record.progress {
+            if *t == txid {
+                record.progress = Progress::Broadcast {
+                    txid,
+                    tx_hex: tx_hex.clone(),
+                };
+            }
+        }
+        if next == loan {
+            self.store
+                .put_decision(&record.store_key(), &record, Durability::Durable)?;
+            return Ok(next);
+        }
+        self.store.apply_with_decision(
+            loan.version,
+            &next,
+            &events,
+            &record.store_key(),
+            &record,
+            Durability::Durable,
+        )?;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+//! The engine's core on a real store, with escrow deposits made as transactions paying
+//! the escrow's script (the chain's part is the watcher's, tested against regtest).
+
+use super::*;
+use crate::loan::money::Currency;
+use crate::loan::terms::tests::{input as terms_input, NOW};
+use crate::tx::tests::funding;
+
+const RATE: u64 = 2_000;
+
+struct World {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    borrower: crate::keys::SigningKey,
+    lender: crate::keys::SigningKey,
+    secp: Secp256k1<All>,
+}
+
+fn key(seed: u8) -> crate::keys::SigningKey {
+    let master = bitcoin::bip32::Xpriv::new_master(Network::Regtest, &[seed; 32]).unwrap();
+    crate::keys::SigningKey::parse(&master.to_string(), Network::Regtest).unwrap()
+}
+
+fn account(k: &crate::keys::SigningKey, secp: &Secp256k1<All>) -> AccountKey {
+    let path = crate::keys::account_path(Network::Regtest, 0).unwrap();
+    AccountKey::from_master(k.master(), &path, secp).unwrap()
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        network: Network::Regtest,
+        min_confirmations: 1,
+        fee_cap: FeeCap::default(),
+        template: PolicyTemplate::default(),
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        ArbiterKey::create(&path, Network::Regtest).unwrap();
+        Self {
+            _dir: dir,
+            path,
+            borrower: key(21),
+            lender: key(22),
+            secp: Secp256k1::new(),
+        }
+    }
+
+    fn engine(&self) -> Engine {
+        let store = Store::open(&self.path.join("db")).unwrap();
+        let arbiter = ArbiterKey::load(&self.path, Network::Regtest).unwrap();
+        Engine::open(store, arbiter, config()).unwrap()
+    }
+}
+
+fn usd(minor: u64) -> Price {
+    Price::new(minor, Currency::new("USD").unwrap())
+}
+
+/// Offer $100,000 at 50 % initial LTV with the price at $100,000: 2 BTC required.
+fn funded(w: &World, e: &mut Engine) -> Vec<EscrowInput> {
+    e.offer("l1", terms_input(), NOW).unwrap();
+    let loan = e
+        .accept(
+            "l1",
+            &account(&w.borrower, &w.secp),
+            &account(&w.lender, &w.secp),
+            usd(10_000_000),
+            100,
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(loan.state, LoanState::AwaitingCollateral);
+    assert_eq!(loan.required_collateral, Amount::from_int_btc(2));
+    let escrow = e.escrows()["l1"].clone();
+    let deposits = funding(&escrow, &[150_000_000, 50_000_000]);
+    let view = EscrowView {
+        confirmed: deposits.clone(),
+        ..EscrowView::default()
+    };
+    assert_eq!(e.observe("l1", view, NOW).unwrap().state, LoanState::Active);
+    deposits
+}
+
+#[test]
+fn a_breach_is_decided_signed_cosigned_broadcast_and_confirmed() {
+    let w = World::new();
+    let mut e = w.engine();
+    let deposits = funded(&w, &mut e);
+    // $62,000: LTV 80.6 % — margin call and the first breach tick; two more confirm.
+    for _ in 0..2 {
+        let tick = e
+            .price_tick(PriceEvidence::bare(usd(6_200_000)), NOW, 300, RATE)
+            .unwrap();
+        assert_eq!(tick.moved.len(), 1);
+        assert!(e.decision("l1").unwrap().is_none());
+    }
+    e.price_tick(PriceEvidence::bare(usd(6_200_000)), NOW, 300, RATE)
+        .unwrap();
+    let loan = e.loan("l1").unwrap();
+    assert_eq!(loan.state, LoanState::Liquidating);
+    let record = e
+        .decision("l1")
+        .unwrap()
+        .expect("decided with the transition");
+    assert_eq!(record.progress, Progress::AwaitingCosignature);
+    let tx = record.psbt().unwrap().unsigned_tx;
+    let claim = (10_500_000u128 * 100_000_000).div_ceil(6_200_000) as u64;
+    assert_eq!(tx.output[0].value, Amount::from_sat(claim));
+    assert_eq!(
+        tx.input
+            .iter()
+            .map(|i| i.previous_output)
+            .collect::<Vec<_>>(),
+        deposits.iter().map(|d| d.outpoint).collect::<Vec<_>>()
+    );
+
+    // The lender co-signs; the engine finalizes and stores before anything leaves.
+    let escrow = e.escrows()["l1"].clone();
+    let mut theirs = record.psbt().unwrap();
+    crate::tx::sign(&mut theirs, &w.lender, &escrow, &FeeCap::default(), &w.secp).unwrap();
+    let final_tx = e.cosign("l1", &theirs).unwrap();
+    let txid = final_tx.compute_txid();
+    // A crash here: after a restart the same bytes are still to be broadcast.
+    drop(e);
+    let mut e = w.engine();
+    assert_eq!(e.to_broadcast().unwrap(), vec![("l1".to_owned(), final_tx)]);
+    let loan = e.broadcasted("l1", txid).unwrap();
+    assert_eq!(loan.broadcasts, vec![(TxKind::Liquidation, txid)]);
+    assert!(e.to_broadcast().unwrap().is_empty());
+    // Confirmed: liquidated. Reorged out: liquidating again, still ours.
+    let spent = |confirmed: bool| EscrowView {
+        confirmed: vec![],
+        spent: true,
+        confirmed_spends: if confirmed {
+            vec![ConfirmedSpend {
+                txid,
+                height: 301,
+                path: "liquidation".into(),
+            }]
+        } else {
+            vec![]
+        },
+    };
+    assert_eq!(
+        e.observe("l1", spent(true), NOW).unwrap().state,
+        LoanState::Liquidated
+    );
+    assert_eq!(
+        e.observe("l1", spent(false), NOW).unwrap().state,
+        LoanState::Liquidating
+    );
+    assert_eq!(
+        e.observe("l1", spent(true), NOW).unwrap().state,
+        LoanState::Liquidated
+    );
+}
+
+#[test]
+fn a_full_repayment_is_released_to_the_borrower() {
+    let w = World::new();
+    let mut e = w.engine();
+    funded(&w, &mut e);
+    let usd_c = Currency::new("USD").unwrap();
+    let loan = e
+        .repay("l1", Fiat::new(10_000_000, usd_c), "r1", NOW, 300, RATE)
+        .unwrap();
+    assert_eq!(loan.state, LoanState::Releasing);
+    let record = e.decision("l1").unwrap().unwrap();
+    let tx = record.psbt().unwrap().unsigned_tx;
+    assert_eq!(tx.output.len(), 1);
+    assert_eq!(
+        tx.output[0].script_pubkey,
+        loan.terms.borrower_return_address().script_pubkey()
+    );
+    // The borrower co-signs (either party may).
+    let escrow = e.escrows()["l1"].clone();
+    let mut theirs = record.psbt().unwrap();
+    crate::tx::sign(
+        &mut theirs,
+        &w.borrower,
+        &escrow,
+        &FeeCap::default(),
+        &w.secp,
+    )
+    .unwrap();
+    let tx = e.cosign("l1", &theirs).unwrap();
+    assert_eq!(
+        tx.output[0].value,
+        Amount::from_int_btc(2) - record.decision.fee
+    );
+    // A second co-signature is refused: the decision is finalized.
+    assert!(matches!(
+        e.cosign("l1", &theirs),
+        Err(EngineError::NothingToCosign { .. })
+    ));
+}
+
+#[test]
+fn the_escrows_are_rebuilt_after_a_restart_and_a_stranger_spend_closes_on_chain() {
+    let w = World::new();
+    let mut e = w.engine();
+    funded(&w, &mut e);
+    let address = e.escrows()["l1"].address();
+    drop(e);
+    let mut e = w.engine();
+    assert_eq!(e.escrows()["l1"].address(), address);
+    let other = Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros());
+    let view = EscrowView {
+        confirmed: vec![],
+        spent: true,
+        confirmed_spends: vec![ConfirmedSpend {
+            txid: other,
+            height: 500,
+            path: "recovery".into(),
+        }],
+    };
+    let loan = e.observe("l1", view, NOW).unwrap();
+    assert_eq!(loan.state, LoanState::ClosedOnChain);
+    assert_eq!(loan.spent_by, Some(other));
+}
+
+#[test]
+fn after_a_restart_no_breach_is_decided_before_the_chain_is_seen() {
+    let w = World::new();
+    let mut e = w.engine();
+    let deposits = funded(&w, &mut e);
+    drop(e);
+    let mut e = w.engine();
+    // A hard breach ($50,000: LTV 100 %) would liquidate at once, but the engine has
+    // not seen the escrow since it started.
+    let tick = e
+        .price_tick(PriceEvidence::bare(usd(5_000_000)), NOW, 300, RATE)
+        .unwrap();
+    assert_eq!(tick.waiting_for_chain, vec!["l1".to_owned()]);
+    assert_eq!(e.loan("l1").unwrap().state, LoanState::Active);
+    assert!(e.decision("l1").unwrap().is_none());
+    // Seen again: the next tick decides.
+    let view = EscrowView {
+        confirmed: deposits,
+        ..EscrowView::default()
+    };
+    e.observe("l1", view, NOW).unwrap();
+    let tick = e
+        .price_tick(PriceEvidence::bare(usd(5_000_000)), NOW, 300, RATE)
+        .unwrap();
+    assert!(tick.seq > 1, "the sequence survived the restart");
+    assert_eq!(e.loan("l1").unwrap().state, LoanState::Liquidating);
+    assert!(e.decision("l1").unwrap().is_some());
+}
