@@ -527,6 +527,14 @@ mod tests {
     }
 
     #[test]
+    fn clients_and_watchers_move_to_blocking_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<ElectrumClient>();
+        send::<crate::chain::Watcher>();
+    }
+
+    #[test]
     fn a_closed_port_is_a_transient_error_naming_the_url() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
         let port = listener.local_addr().expect("a bound address").port();
