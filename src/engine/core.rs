@@ -116,7 +116,7 @@ impl EscrowView {
 }
 
 pub struct Engine {
-    store: Store,
+    pub(super) store: Store,
     arbiter: ArbiterKey,
     arbiter_account: AccountKey,
     config: EngineConfig,
@@ -189,7 +189,11 @@ impl Engine {
     }
 
     /// Apply `input` and store the transition (nothing when nothing changed).
-    fn step(&self, loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), EngineError> {
+    pub(super) fn step(
+        &self,
+        loan: &Loan,
+        input: &Input,
+    ) -> Result<(Loan, Vec<Event>), EngineError> {
         let (next, events) = apply(loan, input)?;
         if next != *loan {
             self.store
@@ -405,13 +409,13 @@ impl Engine {
         Ok(next)
     }
 
-    fn escrow_of(&self, id: &str) -> Result<&EscrowDescriptor, EngineError> {
+    pub(super) fn escrow_of(&self, id: &str) -> Result<&EscrowDescriptor, EngineError> {
         self.escrows
             .get(id)
             .ok_or_else(|| EngineError::NotFound { id: id.to_owned() })
     }
 
-    fn inputs_of(&self, id: &str) -> Result<Vec<EscrowInput>, EngineError> {
+    pub(super) fn inputs_of(&self, id: &str) -> Result<Vec<EscrowInput>, EngineError> {
         self.views
             .get(id)
             .map(|v| v.confirmed.clone())
@@ -419,7 +423,7 @@ impl Engine {
     }
 
     /// Sign the decision as the arbiter and store it with the transition.
-    fn decide(
+    pub(super) fn decide(
         &self,
         before: &Loan,
         after: &Loan,

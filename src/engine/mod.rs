@@ -8,6 +8,7 @@
 //! co-signature, finalized, broadcast), stored atomically with the loan transition
 //! that advances it (`Store::apply_with_decision`): the outbox a restart resumes from.
 
+mod clock;
 pub mod core;
 pub mod decision;
 pub mod record;
@@ -15,5 +16,6 @@ pub mod record;
 pub use self::core::{
     ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord, EscrowView, TickOutcome,
 };
+pub use clock::ClockOutcome;
 pub use decision::{Decision, DecisionError, DecisionKind};
 pub use record::{DecisionRecord, Progress, RecordError};

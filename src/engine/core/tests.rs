@@ -251,3 +251,104 @@ fn after_a_restart_no_breach_is_decided_before_the_chain_is_seen() {
     assert_eq!(e.loan("l1").unwrap().state, LoanState::Liquidating);
     assert!(e.decision("l1").unwrap().is_some());
 }
+
+#[test]
+fn maturity_plus_grace_with_money_owed_is_a_default_liquidation_once_priced() {
+    let w = World::new();
+    let mut e = w.engine();
+    funded(&w, &mut e);
+    let t = terms_input();
+    let due = NOW + t.term_secs + u64::from(t.grace_blocks) * 600;
+    let out = e.clock(due - 1, 300, RATE, None).unwrap();
+    assert_eq!(out, crate::engine::ClockOutcome::default(), "not yet due");
+    let out = e.clock(due, 300, RATE, None).unwrap();
+    assert_eq!(out.waiting_for_price, vec!["l1".to_owned()]);
+    assert_eq!(e.loan("l1").unwrap().state, LoanState::Active);
+    let price = PriceEvidence::bare(usd(10_000_000));
+    let out = e.clock(due, 300, RATE, Some(&price)).unwrap();
+    assert_eq!(out.defaulted, vec!["l1".to_owned()]);
+    let loan = e.loan("l1").unwrap();
+    assert_eq!(loan.state, LoanState::Liquidating);
+    assert_eq!(
+        loan.liquidation_reason,
+        Some(crate::loan::LiquidationReason::Default)
+    );
+    assert!(e.decision("l1").unwrap().is_some());
+}
+
+#[test]
+fn a_deadline_expires_an_underfunded_loan_and_refunds_its_deposit() {
+    let w = World::new();
+    let mut e = w.engine();
+    e.offer("l1", terms_input(), NOW).unwrap();
+    e.accept(
+        "l1",
+        &account(&w.borrower, &w.secp),
+        &account(&w.lender, &w.secp),
+        usd(10_000_000),
+        100,
+        NOW,
+    )
+    .unwrap();
+    let deadline = terms_input().funding_deadline;
+    // No chain view yet: it waits rather than expire a loan that may be funded.
+    let out = e.clock(deadline, 300, RATE, None).unwrap();
+    assert_eq!(out.waiting_for_chain, vec!["l1".to_owned()]);
+    let escrow = e.escrows()["l1"].clone();
+    let partial = funding(&escrow, &[100_000_000]);
+    let view = EscrowView {
+        confirmed: partial,
+        ..EscrowView::default()
+    };
+    assert_eq!(
+        e.observe("l1", view, NOW).unwrap().state,
+        LoanState::AwaitingCollateral
+    );
+    let out = e.clock(deadline, 300, RATE, None).unwrap();
+    assert_eq!(out.expired, vec!["l1".to_owned()]);
+    let loan = e.loan("l1").unwrap();
+    assert_eq!(loan.state, LoanState::Expired);
+    let record = e.decision("l1").unwrap().expect("a refund decision");
+    assert_eq!(record.decision.tx_kind(), TxKind::Refund);
+    let tx = record.psbt().unwrap().unsigned_tx;
+    assert_eq!(
+        tx.output[0].script_pubkey,
+        loan.terms.borrower_return_address().script_pubkey()
+    );
+    assert_eq!(tx.output[0].value, Amount::ONE_BTC - record.decision.fee);
+    // The borrower co-signs the refund; broadcast is recorded in Expired.
+    let mut theirs = record.psbt().unwrap();
+    crate::tx::sign(
+        &mut theirs,
+        &w.borrower,
+        &escrow,
+        &FeeCap::default(),
+        &w.secp,
+    )
+    .unwrap();
+    let tx = e.cosign("l1", &theirs).unwrap();
+    let loan = e.broadcasted("l1", tx.compute_txid()).unwrap();
+    assert_eq!(loan.broadcasts, vec![(TxKind::Refund, tx.compute_txid())]);
+}
+
+#[test]
+fn a_deadline_with_nothing_deposited_expires_without_a_decision() {
+    let w = World::new();
+    let mut e = w.engine();
+    e.offer("l1", terms_input(), NOW).unwrap();
+    e.accept(
+        "l1",
+        &account(&w.borrower, &w.secp),
+        &account(&w.lender, &w.secp),
+        usd(10_000_000),
+        100,
+        NOW,
+    )
+    .unwrap();
+    e.observe("l1", EscrowView::default(), NOW).unwrap();
+    let out = e
+        .clock(terms_input().funding_deadline, 300, RATE, None)
+        .unwrap();
+    assert_eq!(out.expired, vec!["l1".to_owned()]);
+    assert!(e.decision("l1").unwrap().is_none());
+}
