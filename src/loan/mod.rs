@@ -7,6 +7,7 @@ pub mod index;
 pub mod money;
 pub mod state;
 pub mod terms;
+mod transition;
 
 pub use money::{Bps, Currency, Fiat, Price};
 pub use state::{
