@@ -12,7 +12,7 @@ use std::time::Duration;
 use bitcoin::{Amount, Network};
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{FeePolicy, FeePolicyError};
+use crate::chain::{Connector, FeePolicy, FeePolicyError, TlsConfig};
 use crate::oracle::{OracleConfig, OracleConfigError};
 use crate::tx::FeeCap;
 
@@ -66,6 +66,8 @@ pub enum Problem {
     NotANetwork(String),
     #[error("{0:?} is not tcp://HOST:PORT or ssl://HOST:PORT")]
     NotAnElectrumUrl(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("{0:?} is not an IP address and port")]
     NotAnAddress(String),
     #[error("{found} is not within {min}..={max}")]
@@ -113,6 +115,10 @@ impl fmt::Debug for Secret {
 pub struct FileConfig {
     pub network: Option<String>,
     pub electrum_url: Option<String>,
+    /// For ssl:// URLs: trust only the certificates in this PEM file.
+    pub electrum_ca_file: Option<PathBuf>,
+    /// For ssl:// URLs: accept any certificate (explicit opt-in, logged).
+    pub electrum_insecure: Option<bool>,
     pub listen: Option<String>,
     #[serde(default)]
     pub engine: EngineFile,
@@ -160,6 +166,12 @@ pub struct Overrides {
     /// Electrum server, tcp://HOST:PORT (or ssl://HOST:PORT).
     #[arg(long, env = "BTC_ESCROW_ELECTRUM")]
     pub electrum: Option<String>,
+    /// For ssl:// Electrum URLs: trust only the certificates in this PEM file.
+    #[arg(long, env = "BTC_ESCROW_ELECTRUM_CA_FILE")]
+    pub electrum_ca_file: Option<PathBuf>,
+    /// For ssl:// Electrum URLs: accept any certificate. Only for testing.
+    #[arg(long, env = "BTC_ESCROW_ELECTRUM_INSECURE")]
+    pub electrum_insecure: bool,
     /// The HTTP API's address, e.g. 127.0.0.1:8080.
     #[arg(long, env = "BTC_ESCROW_LISTEN")]
     pub listen: Option<String>,
@@ -180,6 +192,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub network: Network,
     pub electrum_url: String,
+    pub electrum_tls: TlsConfig,
     pub listen: SocketAddr,
     pub tick_interval: Duration,
     pub min_confirmations: u32,
@@ -209,6 +222,8 @@ pub struct Shown {
     pub data_dir: PathBuf,
     pub network: String,
     pub electrum_url: String,
+    pub electrum_ca_file: Option<PathBuf>,
+    pub electrum_insecure: bool,
     pub listen: String,
     pub tick_secs: u64,
     pub min_confirmations: u32,
@@ -299,6 +314,14 @@ impl Settings {
                 .or(file.electrum_url)
                 .ok_or_else(|| field("electrum_url", Problem::Missing))?,
         )?;
+        let electrum_tls = TlsConfig {
+            ca_file: overrides.electrum_ca_file.clone().or(file.electrum_ca_file),
+            insecure: overrides.electrum_insecure || file.electrum_insecure.unwrap_or(false),
+        };
+        // The URL and the TLS settings together: a CA file that cannot be read, or a
+        // CA file with insecure, stops the service here.
+        Connector::new(&electrum_url, &electrum_tls)
+            .map_err(|e| field("electrum_ca_file", Problem::Tls(e.to_string())))?;
         let listen_text = overrides
             .listen
             .clone()
@@ -375,6 +398,7 @@ impl Settings {
             data_dir: data_dir.to_owned(),
             network,
             electrum_url,
+            electrum_tls,
             listen,
             tick_interval: Duration::from_secs(tick_secs),
             min_confirmations,
@@ -400,6 +424,8 @@ impl Settings {
             data_dir: self.data_dir.clone(),
             network: self.network.to_string(),
             electrum_url: self.electrum_url.clone(),
+            electrum_ca_file: self.electrum_tls.ca_file.clone(),
+            electrum_insecure: self.electrum_tls.insecure,
             listen: self.listen.to_string(),
             tick_secs: self.tick_interval.as_secs(),
             min_confirmations: self.min_confirmations,

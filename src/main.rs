@@ -80,6 +80,12 @@ enum ChainCmd {
         /// bitcoin, testnet4, signet or regtest.
         #[arg(long, env = "BTC_ESCROW_NETWORK", default_value = "regtest")]
         network: bitcoin::Network,
+        /// For ssl:// URLs: trust only the certificates in this PEM file.
+        #[arg(long, env = "BTC_ESCROW_ELECTRUM_CA_FILE")]
+        electrum_ca_file: Option<std::path::PathBuf>,
+        /// For ssl:// URLs: accept any certificate (testing only).
+        #[arg(long, env = "BTC_ESCROW_ELECTRUM_INSECURE")]
+        electrum_insecure: bool,
     },
 }
 
@@ -129,8 +135,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&settings.show())?);
             Ok(())
         }
-        Command::Chain(ChainCmd::Status { electrum, network }) => {
-            let status = btc_escrow::chain::status(&electrum, network)
+        Command::Chain(ChainCmd::Status {
+            electrum,
+            network,
+            electrum_ca_file,
+            electrum_insecure,
+        }) => {
+            let tls = btc_escrow::chain::TlsConfig {
+                ca_file: electrum_ca_file,
+                insecure: electrum_insecure,
+            };
+            let status = btc_escrow::chain::status_with(&electrum, network, &tls)
                 .with_context(|| format!("asking {electrum} for the chain status"))?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())

@@ -31,7 +31,7 @@ fn the_environment_and_flags_win_over_the_file() {
         listen: Some("0.0.0.0:9000".into()),
         tick_secs: Some(2),
         min_confirmations: Some(3),
-        webhook_secret: None,
+        ..Overrides::default()
     };
     let s = Settings::from_parts(&dir(), &file, &overrides).unwrap();
     assert_eq!(s.network, Network::Signet);
@@ -105,4 +105,29 @@ fn the_example_file_loads_with_every_key_it_shows() {
     let uncommented = text.replace("# secret = ", "secret = ");
     let s = Settings::from_parts(&dir(), &uncommented, &Overrides::default()).unwrap();
     assert!(s.webhooks.secret.is_some());
+}
+
+#[test]
+fn electrum_tls_settings_are_layered_and_checked() {
+    let file = format!("{MINIMAL}electrum_insecure = true\n");
+    let s = Settings::from_parts(&dir(), &file, &Overrides::default()).unwrap();
+    assert!(s.electrum_tls.insecure);
+    // A CA file that does not exist stops the service, naming the field.
+    let ssl = Some("ssl://electrum.example:50002".to_owned());
+    let overrides = Overrides {
+        electrum: ssl.clone(),
+        electrum_ca_file: Some("/nonexistent/ca.pem".into()),
+        ..Overrides::default()
+    };
+    let err = Settings::from_parts(&dir(), MINIMAL, &overrides).unwrap_err();
+    assert!(err.to_string().starts_with("electrum_ca_file"), "{err}");
+    // Both a CA file and insecure: refused.
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let overrides = Overrides {
+        electrum: ssl,
+        electrum_ca_file: Some(ca.path().to_owned()),
+        electrum_insecure: true,
+        ..Overrides::default()
+    };
+    assert!(Settings::from_parts(&dir(), MINIMAL, &overrides).is_err());
 }
