@@ -5,6 +5,9 @@
 //! signature leaves the process or a transaction is broadcast. This is the only module
 //! that knows sled (its README calls it beta; keep it replaceable).
 
+mod codec;
+mod lock;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::loan::{Event, Loan};
+use codec::{check_id, decode, encode, event_key, read_u64};
+pub use lock::LOCK_WAIT;
+use lock::{is_lock_error, lock_holder};
 
 /// The database layout version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -91,73 +97,6 @@ pub enum Durability {
     Buffered,
 }
 
-#[derive(Serialize)]
-struct EnvelopeOut<'a, T> {
-    v: u32,
-    data: &'a T,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeVersion {
-    v: u32,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeIn<T> {
-    data: T,
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(&EnvelopeOut {
-        v: VALUE_VERSION,
-        data: value,
-    })
-    .expect("serializing our own types to JSON cannot fail")
-}
-
-fn decode<T: DeserializeOwned>(
-    kind: &'static str,
-    key: &str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
-        kind,
-        key: key.to_owned(),
-        reason: e.to_string(),
-    };
-    let v: EnvelopeVersion = serde_json::from_slice(bytes).map_err(corrupt)?;
-    if v.v > VALUE_VERSION {
-        return Err(StoreError::FutureValue {
-            kind,
-            key: key.to_owned(),
-            found: v.v,
-        });
-    }
-    let e: EnvelopeIn<T> = serde_json::from_slice(bytes).map_err(corrupt)?;
-    Ok(e.data)
-}
-
-fn check_id(id: &str) -> Result<(), StoreError> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::BadId(id.to_owned()))
-    }
-}
-
-fn event_key(loan_id: &str, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(loan_id.len() + 9);
-    k.extend_from_slice(loan_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
 /// An event as stored: its place in the loan's log and in the global log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -171,58 +110,6 @@ const META_SCHEMA: &[u8] = b"schema";
 const META_EVENT_SEQ: &[u8] = b"event_seq";
 const META_NEXT_INDEX: &str = "next_escrow_index";
 const META_PRICE_SEQ: &str = "price_seq";
-
-/// A counter in `meta`: absent is 0, anything but 8 bytes is corruption (never read as
-/// 0, which would hand out an escrow index or event number a second time).
-fn read_u64(key: &'static str, v: Option<sled::IVec>) -> Result<u64, StoreError> {
-    match v {
-        None => Ok(0),
-        Some(b) => <[u8; 8]>::try_from(b.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StoreError::Corrupt {
-                kind: "meta",
-                key: key.to_owned(),
-                reason: format!("{} bytes where a u64 counter (8 bytes) belongs", b.len()),
-            }),
-    }
-}
-
-/// How long [`Store::open`] waits for sled's file lock. sled releases it only when its
-/// background flusher lets go, some time after the previous `Db` in this process was
-/// dropped; another process holding it is reported once this has passed.
-pub const LOCK_WAIT: Duration = Duration::from_secs(10);
-
-fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
-}
-
-/// Who holds the flock on `file`, from /proc/locks (Linux); "an unknown process"
-/// elsewhere.
-fn lock_holder(file: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    let unknown = || "an unknown process".to_owned();
-    let Ok(meta) = std::fs::metadata(file) else {
-        return unknown();
-    };
-    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
-        return unknown();
-    };
-    let inode = meta.ino().to_string();
-    for line in locks.lines() {
-        // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF"
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() >= 6 && fields[5].rsplit(':').next() == Some(inode.as_str()) {
-            let pid = fields[4];
-            let me = std::process::id().to_string();
-            return if pid == me {
-                format!("this process (pid {pid}: a store opened here and not yet released)")
-            } else {
-                format!("pid {pid}")
-            };
-        }
-    }
-    unknown()
-}
 
 /// The store.
 pub struct Store {
