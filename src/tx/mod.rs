@@ -400,4 +400,6 @@ pub fn finalize<C: Verification>(psbt: &Psbt, secp: &Secp256k1<C>) -> Result<Tra
 }
 
 #[cfg(test)]
+mod sign_tests;
+#[cfg(test)]
 pub(crate) mod tests;
