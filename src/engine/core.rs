@@ -107,6 +107,49 @@ pub struct ConfirmedSpend {
 }
 
 impl EscrowView {
+    /// The engine's view of what the watcher reports of an escrow: deposits unspent
+    /// with at least `min_conf` confirmations (with their previous transactions, from
+    /// `tx`), whether anything spends it, and the confirmed spends with their paths. A
+    /// deposit whose transaction `tx` cannot give is left out (it cannot be spent by a
+    /// PSBT a signer can check).
+    pub fn from_chain(
+        state: &crate::chain::EscrowState,
+        min_conf: u32,
+        tx: impl Fn(Txid) -> Option<Transaction>,
+    ) -> Self {
+        let confirmed = state
+            .deposits
+            .iter()
+            .filter(|d| d.spent_by.is_none() && d.status.confirmations() >= min_conf.max(1))
+            .filter_map(|d| {
+                tx(d.outpoint.txid).map(|prev_tx| EscrowInput {
+                    outpoint: d.outpoint,
+                    prev_tx,
+                })
+            })
+            .collect();
+        let confirmed_spends = state
+            .spends
+            .iter()
+            .filter_map(|s| match s.status {
+                crate::chain::TxStatus::Confirmed { height, .. } => Some(ConfirmedSpend {
+                    txid: s.txid,
+                    height,
+                    path: match &s.path {
+                        Ok(p) => p.path.as_str().to_owned(),
+                        Err(reason) => format!("unclassified: {reason}"),
+                    },
+                }),
+                crate::chain::TxStatus::Unconfirmed => None,
+            })
+            .collect();
+        Self {
+            confirmed,
+            spent: !state.spends.is_empty(),
+            confirmed_spends,
+        }
+    }
+
     pub fn collateral(&self) -> Amount {
         self.confirmed
             .iter()

@@ -270,6 +270,15 @@ impl Watcher {
         tracing::debug!(before, after = self.graph_tx_count(), "pruned the graph");
     }
 
+    /// A transaction the watcher holds (a deposit's or a spend's): what a decision needs
+    /// to put each input's previous transaction in its PSBT.
+    pub fn transaction(
+        &self,
+        txid: bdk_chain::bitcoin::Txid,
+    ) -> Option<std::sync::Arc<bdk_chain::bitcoin::Transaction>> {
+        self.graph.graph().get_tx(txid)
+    }
+
     /// Transactions in the graph (for tests and metrics: it stays proportional to the
     /// watched escrows).
     pub fn graph_tx_count(&self) -> usize {

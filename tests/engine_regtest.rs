@@ -1,0 +1,279 @@
+//! The engine on a real chain (bitcoind + electrs, through the watcher), one scenario
+//! per test:
+//! - a loan is offered, accepted, funded from a BDK wallet and activated at one
+//!   confirmation; the price falls into the liquidation band for `confirm_ticks`
+//!   aggregated prices; the engine decides and arbiter-signs the liquidation, the
+//!   lender co-signs, the transaction is broadcast and mined, and the loan is
+//!   Liquidated; the lender's payout and the borrower's remainder on chain equal the
+//!   decision, computed independently here;
+//! - a loan is repaid in full; the release is co-signed by the borrower, mined, and the
+//!   collateral minus the fee is back at the borrower's address.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use bitcoin::{Amount, FeeRate, Network};
+use btc_escrow::chain::{ChainUpdate, Watcher, WatcherConfig};
+use btc_escrow::engine::{Engine, EngineConfig, EscrowView};
+use btc_escrow::keys::{account_path, AccountKey, ArbiterKey, SigningKey};
+use btc_escrow::loan::{Bps, Currency, Fiat, LoanState, Price, PriceEvidence, TermsInput, TxKind};
+use btc_escrow::policy::PolicyTemplate;
+use btc_escrow::store::Store;
+use btc_escrow::tx::{self, FeeCap};
+use btc_escrow::util::unix_now;
+use common::escrow::Parties;
+use common::wallet::TestWallet;
+use common::Regtest;
+
+const RATE: u64 = 2_000; // sat/kvB
+
+fn usd(minor: u64) -> Price {
+    Price::new(minor, Currency::new("USD").expect("USD"))
+}
+
+struct World {
+    env: Regtest,
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    watcher: Watcher,
+    parties: Parties,
+    wallet: TestWallet,
+    lender_payout: bitcoin::Address,
+    borrower_return: bitcoin::Address,
+}
+
+impl World {
+    fn new() -> anyhow::Result<Self> {
+        let env = Regtest::start()?;
+        let dir = tempfile::tempdir()?;
+        let arbiter = ArbiterKey::create(dir.path(), Network::Regtest)?;
+        let store = Store::open(&dir.path().join("db"))?;
+        let engine = Engine::open(
+            store,
+            arbiter,
+            EngineConfig {
+                network: Network::Regtest,
+                min_confirmations: 1,
+                fee_cap: FeeCap::default(),
+                template: PolicyTemplate::default(),
+            },
+        )?;
+        let watcher = Watcher::new(WatcherConfig::new(&env.electrum_url, Network::Regtest));
+        let mut wallet = TestWallet::new(&env)?;
+        wallet.fund(&env, 1)?;
+        let lender_payout = TestWallet::new(&env)?.address();
+        let borrower_return = TestWallet::new(&env)?.address();
+        Ok(Self {
+            env,
+            _dir: dir,
+            engine,
+            watcher,
+            parties: Parties::new()?,
+            wallet,
+            lender_payout,
+            borrower_return,
+        })
+    }
+
+    fn account(&self, key: &SigningKey) -> anyhow::Result<AccountKey> {
+        Ok(AccountKey::from_master(
+            key.master(),
+            &account_path(Network::Regtest, 0)?,
+            &self.parties.secp,
+        )?)
+    }
+
+    /// $10,000 for 90 days, 50 % initial LTV, margin call 70 %, liquidation 80 %
+    /// confirmed over 3 ticks, 5 % penalty.
+    fn terms(&self) -> TermsInput {
+        TermsInput {
+            principal: Fiat::new(1_000_000, Currency::new("USD").expect("USD")),
+            apr: Bps(1_000),
+            term_secs: 90 * 86_400,
+            initial_ltv: Bps(5_000),
+            margin_call_ltv: Bps(7_000),
+            liquidation_ltv: Bps(8_000),
+            hard_liquidation_ltv: None,
+            liquidation_penalty: Bps(500),
+            hysteresis: Bps(200),
+            confirm_ticks: 3,
+            grace_blocks: 144,
+            recovery_delay_blocks: 1_000,
+            funding_deadline: unix_now() + 86_400,
+            borrower_return_address: self.borrower_return.to_string(),
+            lender_payout_address: self.lender_payout.to_string(),
+            min_confirmations: 1,
+        }
+    }
+
+    /// Sync until the escrow's view satisfies `ok`, feed it to the engine.
+    fn observe_until(
+        &mut self,
+        id: &str,
+        ok: impl Fn(&EscrowView) -> bool,
+    ) -> anyhow::Result<EscrowView> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(update) = self.watcher.sync() {
+                let view = self.view_of(&update, id)?;
+                if ok(&view) {
+                    self.engine.observe(id, view.clone(), unix_now())?;
+                    return Ok(view);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the escrow of {id} never reached the expected view");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn view_of(&self, update: &ChainUpdate, id: &str) -> anyhow::Result<EscrowView> {
+        let state = update
+            .escrows
+            .iter()
+            .find(|s| s.loan_id == id)
+            .context("the escrow is watched")?;
+        Ok(EscrowView::from_chain(state, 1, |txid| {
+            self.watcher.transaction(txid).map(|t| (*t).clone())
+        }))
+    }
+
+    /// Offer, accept at $100,000/BTC (0.2 BTC required), fund, confirm: Active.
+    fn active_loan(&mut self, id: &str) -> anyhow::Result<()> {
+        let now = unix_now();
+        self.engine.offer(id, self.terms(), now)?;
+        let (borrower, lender) = (
+            self.account(&self.parties.borrower)?,
+            self.account(&self.parties.lender)?,
+        );
+        let loan = self.engine.accept(
+            id,
+            &borrower,
+            &lender,
+            usd(10_000_000),
+            self.env.height()?,
+            now,
+        )?;
+        ensure!(loan.required_collateral == Amount::from_sat(20_000_000));
+        let escrow = self.engine.escrows()[id].clone();
+        self.watcher.register(id, escrow.clone())?;
+        let funding = self.wallet.send(
+            &escrow.address(),
+            loan.required_collateral,
+            FeeRate::from_sat_per_vb(2).expect("2 sat/vB"),
+        )?;
+        self.env
+            .wait_for_tx(&escrow.script_pubkey(), funding.compute_txid())?;
+        // Not active while unconfirmed.
+        self.observe_until(id, |v| v.confirmed.is_empty())?;
+        ensure!(self.engine.loan(id)?.state == LoanState::AwaitingCollateral);
+        self.env.mine(1)?;
+        self.observe_until(id, |v| !v.confirmed.is_empty())?;
+        ensure!(self.engine.loan(id)?.state == LoanState::Active);
+        Ok(())
+    }
+
+    /// Co-sign the pending decision as the lender (or the borrower), broadcast, mine,
+    /// see it confirmed.
+    fn settle(&mut self, id: &str, lender: bool) -> anyhow::Result<bitcoin::Transaction> {
+        let record = self.engine.decision(id)?.context("a decision is pending")?;
+        let escrow = self.engine.escrows()[id].clone();
+        let mut theirs = record.psbt()?;
+        let key = if lender {
+            &self.parties.lender
+        } else {
+            &self.parties.borrower
+        };
+        tx::sign(
+            &mut theirs,
+            key,
+            &escrow,
+            &FeeCap::default(),
+            &self.parties.secp,
+        )?;
+        let final_tx = self.engine.cosign(id, &theirs)?;
+        for (loan_id, tx) in self.engine.to_broadcast()? {
+            let txid = self
+                .watcher
+                .broadcast(&tx)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            self.engine.broadcasted(&loan_id, txid)?;
+        }
+        let txid = final_tx.compute_txid();
+        self.env.mine(1)?;
+        self.observe_until(id, |v| v.confirmed_spends.iter().any(|s| s.txid == txid))?;
+        Ok(final_tx)
+    }
+}
+
+#[test]
+fn a_confirmed_breach_is_liquidated_on_chain_as_decided() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    w.active_loan("loan-1")?;
+    let tip = w.env.height()?;
+    // $62,000/BTC: LTV 80.65 % on 0.2 BTC. A wick (one tick, then a recovery) first.
+    let price = |m| PriceEvidence::bare(usd(m));
+    w.engine
+        .price_tick(price(6_200_000), unix_now(), tip, RATE)?;
+    w.engine
+        .price_tick(price(7_000_000), unix_now(), tip, RATE)?;
+    ensure!(
+        w.engine.decision("loan-1")?.is_none(),
+        "a wick liquidates nobody"
+    );
+    for _ in 0..3 {
+        w.engine
+            .price_tick(price(6_200_000), unix_now(), tip, RATE)?;
+    }
+    let loan = w.engine.loan("loan-1")?;
+    ensure!(loan.state == LoanState::Liquidating, "{:?}", loan.state);
+    let record = w.engine.decision("loan-1")?.context("decided")?;
+
+    let tx = w.settle("loan-1", true)?;
+    let loan = w.engine.loan("loan-1")?;
+    ensure!(loan.state == LoanState::Liquidated, "{:?}", loan.state);
+    ensure!(loan.confirmed_tx == Some((TxKind::Liquidation, tx.compute_txid())));
+
+    // Independently: $10,000 plus interest since activation, plus 5 %, at $62,000,
+    // rounded up; the rest minus the fee to the borrower.
+    let owed = match &record.decision.kind {
+        btc_escrow::engine::DecisionKind::Liquidation { owed, .. } => owed.minor,
+        other => bail!("{other:?}"),
+    };
+    ensure!((1_000_000..1_000_100).contains(&owed), "owed {owed}");
+    let claim = (u128::from(owed) * 10_500 * 100_000_000).div_ceil(10_000 * 6_200_000) as u64;
+    let paid_to = |address: &bitcoin::Address| -> Amount {
+        tx.output
+            .iter()
+            .filter(|o| o.script_pubkey == address.script_pubkey())
+            .map(|o| o.value)
+            .sum()
+    };
+    ensure!(paid_to(&w.lender_payout) == Amount::from_sat(claim));
+    ensure!(
+        paid_to(&w.borrower_return) == Amount::from_sat(20_000_000 - claim) - record.decision.fee
+    );
+    Ok(())
+}
+
+#[test]
+fn a_repaid_loan_is_released_to_the_borrower() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    w.active_loan("loan-2")?;
+    let tip = w.env.height()?;
+    let owed = w.engine.loan("loan-2")?.owed(unix_now())?;
+    let loan = w
+        .engine
+        .repay("loan-2", owed, "wire-42", unix_now(), tip, RATE)?;
+    ensure!(loan.state == LoanState::Releasing, "{:?}", loan.state);
+    let record = w.engine.decision("loan-2")?.context("a release decision")?;
+    let tx = w.settle("loan-2", false)?;
+    ensure!(w.engine.loan("loan-2")?.state == LoanState::Closed);
+    ensure!(tx.output.len() == 1);
+    ensure!(tx.output[0].script_pubkey == w.borrower_return.script_pubkey());
+    ensure!(tx.output[0].value == Amount::from_sat(20_000_000) - record.decision.fee);
+    Ok(())
+}
