@@ -12,6 +12,7 @@ pub mod keys;
 pub mod loan;
 pub mod oracle;
 pub mod policy;
+pub mod service;
 pub mod store;
 pub mod tx;
 pub mod util;

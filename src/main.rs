@@ -38,6 +38,14 @@ enum Command {
         #[arg(long)]
         manual_oracle: bool,
     },
+    /// Run the service: the engine, the chain watcher and the price oracle, until
+    /// SIGINT or SIGTERM.
+    Serve {
+        #[arg(long, env = "BTC_ESCROW_DATA_DIR")]
+        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        overrides: btc_escrow::config::Overrides,
+    },
     /// The service's configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -107,6 +115,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Start the service, wait for SIGINT or SIGTERM, shut down cleanly.
+fn serve(
+    data_dir: &std::path::Path,
+    overrides: &btc_escrow::config::Overrides,
+) -> anyhow::Result<()> {
+    let settings = btc_escrow::config::Settings::load(data_dir, overrides)?;
+    let service = btc_escrow::service::Service::start(&settings)
+        .with_context(|| format!("starting the service on {}", data_dir.display()))?;
+    eprintln!(
+        "serving {} (network {}, electrum {}); SIGINT or SIGTERM stops it",
+        data_dir.display(),
+        settings.network,
+        settings.electrum_url
+    );
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    signals
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        })
+        .context("waiting for a signal")?;
+    eprintln!("stopping");
+    service.shutdown();
+    eprintln!("stopped");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init {
@@ -127,6 +169,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("keep the admin token: it is shown once and stored only as a hash");
             Ok(())
         }
+        Command::Serve {
+            data_dir,
+            overrides,
+        } => serve(&data_dir, &overrides),
         Command::Config(ConfigCmd::Check {
             data_dir,
             overrides,

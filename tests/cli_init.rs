@@ -83,3 +83,80 @@ fn init_once_then_layered_config() -> anyhow::Result<()> {
     ensure!(!ok && err.contains("network"), "{err}");
     Ok(())
 }
+
+/// `serve` starts (here with no Electrum server reachable: it keeps running and
+/// reports the chain as disconnected), stops cleanly on SIGTERM with exit 0, and
+/// refuses to start on an invalid setting, naming it.
+#[test]
+fn serve_stops_cleanly_on_sigterm_and_refuses_a_bad_setting() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let parent = tempfile::tempdir()?;
+    let dir = parent.path().join("data");
+    let dir_s = dir.to_str().context("path")?;
+    let (ok, _, err) = btc_escrow(
+        &[
+            "init",
+            "--data-dir",
+            dir_s,
+            "--network",
+            "regtest",
+            "--electrum",
+            "tcp://127.0.0.1:9",
+            "--manual-oracle",
+        ],
+        &[],
+    )?;
+    ensure!(ok, "{err}");
+
+    let (ok, _, err) = btc_escrow(
+        &["serve", "--data-dir", dir_s],
+        &[("BTC_ESCROW_TICK_SECS", "0")],
+    )?;
+    ensure!(!ok && err.contains("engine.tick_secs"), "{err}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_btc-escrow"))
+        .args(["serve", "--data-dir", dir_s])
+        .env_remove("BTC_ESCROW_TICK_SECS")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("serving")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ensure!(!left.is_zero(), "serve never started: {seen:?}");
+        if let Ok(line) = lines.recv_timeout(left) {
+            seen.push(line);
+        }
+    }
+    let pid = i32::try_from(child.id())?;
+    // SAFETY: kill(2) on the child we spawned, with a valid signal number.
+    ensure!(unsafe { libc::kill(pid, libc::SIGTERM) } == 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("serve did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+        seen.push(line);
+    }
+    ensure!(status.success(), "exit {status:?}: {seen:?}");
+    ensure!(seen.iter().any(|l| l == "stopped"), "{seen:?}");
+    Ok(())
+}

@@ -246,7 +246,30 @@ impl Ticker {
     }
 }
 
+/// A reader of the ticker's results, one per tick as they come.
+pub struct TickReader {
+    history: Arc<Mutex<VecDeque<OracleResult>>>,
+    ticks: watch::Receiver<u64>,
+}
+
+impl TickReader {
+    /// The next tick's result; `None` once the ticker has stopped. Ticks that come
+    /// faster than they are read are skipped (the latest counts).
+    pub async fn next(&mut self) -> Option<OracleResult> {
+        self.ticks.changed().await.ok()?;
+        self.history.lock().ok().and_then(|h| h.back().cloned())
+    }
+}
+
 impl TickerHandle {
+    /// A reader of the results to come.
+    pub fn reader(&self) -> TickReader {
+        TickReader {
+            history: self.history.clone(),
+            ticks: self.ticks.clone(),
+        }
+    }
+
     /// The last results, oldest first.
     pub fn history(&self) -> Vec<OracleResult> {
         self.history

@@ -86,6 +86,7 @@ pub struct ChainUpdate {
     pub events: Vec<ChainEvent>,
 }
 
+#[derive(Debug, Clone)]
 pub struct WatcherConfig {
     /// `tcp://host:port` or `ssl://host:port`.
     pub url: String,

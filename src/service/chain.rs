@@ -1,0 +1,131 @@
+//! The chain thread: owns the watcher, so every blocking Electrum call runs on this
+//! thread and never on the async runtime's workers. It registers the escrows the
+//! engine asks for, broadcasts what the engine hands it, and after every sync sends
+//! the engine each escrow's view (deposits with their previous transactions, spends),
+//! the tip and the fee estimate. It only *produces* reports; the engine applies them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::{Transaction, Txid};
+
+use crate::chain::{BroadcastError, Watcher, WatcherConfig};
+use crate::engine::EscrowView;
+use crate::policy::EscrowDescriptor;
+
+/// What the engine asks of the chain thread.
+#[derive(Debug)]
+pub enum ChainRequest {
+    Register(String, Box<EscrowDescriptor>),
+    Broadcast(String, Transaction),
+}
+
+/// What the chain thread reports to the engine.
+#[derive(Debug)]
+pub enum ChainReport {
+    Synced {
+        tip: u32,
+        fee_sat_per_kvb: u64,
+        views: BTreeMap<String, EscrowView>,
+    },
+    Disconnected {
+        reason: String,
+    },
+    Broadcast {
+        loan_id: String,
+        txid: Txid,
+        result: Result<(), String>,
+    },
+}
+
+/// Fee estimates target this many blocks.
+const FEE_TARGET_BLOCKS: usize = 6;
+
+/// Run until `stop`: sync, report, wait for a block (or `poll`), handle requests.
+pub fn run(
+    config: WatcherConfig,
+    min_confirmations: u32,
+    requests: &Mutex<Receiver<ChainRequest>>,
+    reports: Sender<ChainReport>,
+    stop: Arc<AtomicBool>,
+    poll: Duration,
+) {
+    let mut watcher = Watcher::new(config);
+    // The fee estimate is asked again only when the tip moves.
+    let mut fee: Option<(u32, u64)> = None;
+    while !stop.load(Ordering::SeqCst) {
+        loop {
+            // A thread that died holding the lock poisons it; the queue is still good.
+            let next = match requests.lock() {
+                Ok(r) => r.try_recv(),
+                Err(poisoned) => poisoned.into_inner().try_recv(),
+            };
+            let Ok(request) = next else { break };
+            match request {
+                ChainRequest::Register(id, escrow) => {
+                    if let Err(e) = watcher.register(&id, *escrow) {
+                        tracing::error!(loan = %id, error = %e, "cannot watch the escrow");
+                    }
+                }
+                ChainRequest::Broadcast(loan_id, tx) => {
+                    let txid = tx.compute_txid();
+                    let result = match watcher.broadcast(&tx) {
+                        Ok(_) | Err(BroadcastError::AlreadyKnown { .. }) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if reports
+                        .send(ChainReport::Broadcast {
+                            loan_id,
+                            txid,
+                            result,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        let report = match watcher.sync() {
+            Ok(update) => {
+                let views = update
+                    .escrows
+                    .iter()
+                    .map(|state| {
+                        let view = EscrowView::from_chain(state, min_confirmations, |txid| {
+                            watcher.transaction(txid).map(|t| (*t).clone())
+                        });
+                        (state.loan_id.clone(), view)
+                    })
+                    .collect();
+                let tip = update.tip.height;
+                let fee_sat_per_kvb = match fee {
+                    Some((at, rate)) if at == tip => rate,
+                    _ => {
+                        let rate = watcher.fee_estimate(FEE_TARGET_BLOCKS).sat_per_kvb;
+                        fee = Some((tip, rate));
+                        rate
+                    }
+                };
+                ChainReport::Synced {
+                    tip,
+                    fee_sat_per_kvb,
+                    views,
+                }
+            }
+            Err(e) => ChainReport::Disconnected {
+                reason: e.to_string(),
+            },
+        };
+        if reports.send(report).is_err() {
+            return;
+        }
+        // A new block wakes the loop early; otherwise it polls for requests.
+        if watcher.wait_for_block(poll).is_err() {
+            std::thread::sleep(poll);
+        }
+    }
+}

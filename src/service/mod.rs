@@ -1,0 +1,428 @@
+//! `serve`: the running service. Three parts, each owning what it touches:
+//! - the **engine thread**, the single writer of loan state: it owns the [`Engine`]
+//!   (store and arbiter key) and takes, in order, commands from a [`ServiceHandle`],
+//!   chain reports, price ticks and its own clock;
+//! - the **chain thread** ([`chain`]), which owns the watcher: blocking Electrum calls
+//!   never run on the async runtime. A supervisor restarts it with backoff if it dies,
+//!   and the engine re-registers every escrow;
+//! - the **oracle ticker**, a tokio task polling the price sources; each aggregate is
+//!   forwarded to the engine.
+//!
+//! Nothing is decided on a stale view: price ticks are applied only while the chain
+//! view is connected (a loan the engine has not seen since it started waits, see
+//! `Engine::price_tick`), and the clock's default decisions need a fresh aggregate.
+//! [`Service::shutdown`] stops taking work, lets the engine finish the message in
+//! hand, flushes the store and joins every thread.
+
+mod chain;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bitcoin::Txid;
+
+pub use chain::{ChainReport, ChainRequest};
+
+use crate::chain::WatcherConfig;
+use crate::config::Settings;
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::init::STORE_DIR;
+use crate::keys::{ArbiterKey, KeyError};
+use crate::loan::PriceEvidence;
+use crate::oracle::{ManualPrice, OracleResult, Ticker, TickerError};
+use crate::policy::PolicyTemplate;
+use crate::store::{Store, StoreError};
+use crate::util::unix_now;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("oracle: {0}")]
+    Ticker(#[from] TickerError),
+    #[error("starting a thread or the runtime: {0}")]
+    Start(#[source] std::io::Error),
+    #[error("the engine is not running (shut down or stopped)")]
+    Stopped,
+}
+
+/// The chain as the engine last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainState {
+    NotSynced,
+    Connected { tip: u32 },
+    Disconnected { reason: String },
+}
+
+/// What a command sees: the engine and what it knows of the world.
+pub struct Ctx {
+    pub engine: Engine,
+    pub chain: ChainState,
+    /// The fee rate decisions use, sat/kvB (the server's estimate within the bounds).
+    pub fee_sat_per_kvb: u64,
+    /// The latest aggregated price and when it was aggregated (unix seconds).
+    pub price: Option<(u64, PriceEvidence)>,
+    /// Why the oracle has no price, if it has none.
+    pub no_price: Option<String>,
+    /// The operator-set sources, by name.
+    pub manual: Vec<(String, ManualPrice)>,
+    staleness_secs: u64,
+    registered: BTreeSet<String>,
+    in_flight: BTreeSet<Txid>,
+}
+
+impl Ctx {
+    /// The latest aggregate if it is fresh (within the oracle's staleness limit).
+    pub fn fresh_price(&self, now: u64) -> Option<&PriceEvidence> {
+        self.price
+            .as_ref()
+            .filter(|(at, _)| now.saturating_sub(*at) <= self.staleness_secs)
+            .map(|(_, p)| p)
+    }
+
+    pub fn tip(&self) -> Option<u32> {
+        match self.chain {
+            ChainState::Connected { tip } => Some(tip),
+            _ => None,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Ctx) + Send>;
+
+enum Msg {
+    Job(Job),
+    Chain(ChainReport),
+    Price(OracleResult),
+    ChainRestarted,
+    Shutdown,
+}
+
+/// Sends commands to the engine thread (clone it freely).
+#[derive(Clone)]
+pub struct ServiceHandle {
+    tx: Sender<Msg>,
+}
+
+impl ServiceHandle {
+    /// Run `f` on the engine thread, in order with everything else it does, and wait
+    /// for its result.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx) -> R + Send + 'static,
+    ) -> Result<R, ServiceError> {
+        let (reply, answer) = mpsc::channel();
+        let job: Job = Box::new(move |ctx| {
+            let _ = reply.send(f(ctx));
+        });
+        self.tx
+            .send(Msg::Job(job))
+            .map_err(|_| ServiceError::Stopped)?;
+        answer.recv().map_err(|_| ServiceError::Stopped)
+    }
+}
+
+/// The running service.
+pub struct Service {
+    handle: ServiceHandle,
+    stop: Arc<AtomicBool>,
+    engine_thread: Option<JoinHandle<()>>,
+    chain_supervisor: Option<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    ticker: Option<crate::oracle::TickerHandle>,
+}
+
+impl Service {
+    /// Open the store and key of `settings.data_dir`, start the threads and the
+    /// ticker. Returns once everything runs.
+    pub fn start(settings: &Settings) -> Result<Self, ServiceError> {
+        let store = Store::open(&settings.data_dir.join(STORE_DIR))?;
+        let arbiter = ArbiterKey::load(&settings.data_dir, settings.network)?;
+        let engine = Engine::open(
+            store,
+            arbiter,
+            EngineConfig {
+                network: settings.network,
+                min_confirmations: settings.min_confirmations,
+                fee_cap: settings.fee_cap,
+                template: PolicyTemplate::default(),
+            },
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let (chain_tx, chain_rx) = mpsc::channel::<ChainRequest>();
+
+        // The oracle.
+        let (sources, manual) = settings.oracle.build(unix_now());
+        let ticker = Ticker::new(
+            sources,
+            settings.oracle.currency.clone(),
+            settings.oracle.rules(),
+            settings.oracle.interval(),
+            settings.oracle.history,
+        )?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name("btc-escrow-oracle")
+            .build()
+            .map_err(ServiceError::Start)?;
+        let ticker = {
+            let _guard = runtime.enter();
+            let handle = ticker.spawn(reqwest::Client::new());
+            let mut reader = handle.reader();
+            let tx = tx.clone();
+            runtime.spawn(async move {
+                while let Some(result) = reader.next().await {
+                    if tx.send(Msg::Price(result)).is_err() {
+                        break;
+                    }
+                }
+            });
+            handle
+        };
+
+        // The chain thread, supervised.
+        let chain_supervisor = {
+            let mut watcher = WatcherConfig::new(&settings.electrum_url, settings.network);
+            watcher.tls = settings.electrum_tls.clone();
+            watcher.fees = settings.fees;
+            let min_conf = settings.min_confirmations;
+            let requests = Arc::new(Mutex::new(chain_rx));
+            let (report_tx, engine_tx, stop) = (tx.clone(), tx.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("btc-escrow-chain-supervisor".into())
+                .spawn(move || {
+                    supervise_chain(watcher, min_conf, requests, report_tx, engine_tx, stop)
+                })
+                .map_err(ServiceError::Start)?
+        };
+
+        // The engine thread.
+        let engine_thread = {
+            let mut ctx = Ctx {
+                engine,
+                chain: ChainState::NotSynced,
+                fee_sat_per_kvb: settings.fees.fallback_sat_per_kvb(),
+                price: None,
+                no_price: Some("no oracle tick yet".into()),
+                manual,
+                staleness_secs: settings.oracle.staleness_secs,
+                registered: BTreeSet::new(),
+                in_flight: BTreeSet::new(),
+            };
+            let tick = settings.tick_interval;
+            std::thread::Builder::new()
+                .name("btc-escrow-engine".into())
+                .spawn(move || engine_loop(&mut ctx, &rx, &chain_tx, tick))
+                .map_err(ServiceError::Start)?
+        };
+
+        Ok(Self {
+            handle: ServiceHandle { tx },
+            stop,
+            engine_thread: Some(engine_thread),
+            chain_supervisor: Some(chain_supervisor),
+            runtime: Some(runtime),
+            ticker: Some(ticker),
+        })
+    }
+
+    pub fn handle(&self) -> ServiceHandle {
+        self.handle.clone()
+    }
+
+    /// Stop: no new work, the message in hand finished, the store flushed, every
+    /// thread joined.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.handle.tx.send(Msg::Shutdown);
+        if let Some(t) = self.engine_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.chain_supervisor.take() {
+            let _ = t.join();
+        }
+        if let (Some(rt), Some(ticker)) = (self.runtime.take(), self.ticker.take()) {
+            rt.block_on(ticker.shutdown());
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+fn supervise_chain(
+    config: WatcherConfig,
+    min_conf: u32,
+    requests: Arc<Mutex<Receiver<ChainRequest>>>,
+    reports: Sender<Msg>,
+    engine: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    while !stop.load(Ordering::SeqCst) {
+        let (report_tx, report_rx) = mpsc::channel::<ChainReport>();
+        let forward = {
+            let reports = reports.clone();
+            std::thread::spawn(move || {
+                for r in report_rx {
+                    if reports.send(Msg::Chain(r)).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let (config, requests, thread_stop) = (config.clone(), requests.clone(), stop.clone());
+        let worker = std::thread::Builder::new()
+            .name("btc-escrow-chain".into())
+            .spawn(move || {
+                chain::run(
+                    config,
+                    min_conf,
+                    &requests,
+                    report_tx,
+                    thread_stop,
+                    Duration::from_millis(500),
+                )
+            });
+        let died = match worker {
+            Ok(handle) => handle.join().is_err(),
+            Err(_) => true,
+        };
+        let _ = forward.join();
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        tracing::error!(died, ?backoff, "the chain thread stopped; restarting it");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        let _ = engine.send(Msg::ChainRestarted);
+    }
+}
+
+fn engine_loop(ctx: &mut Ctx, rx: &Receiver<Msg>, chain: &Sender<ChainRequest>, tick: Duration) {
+    loop {
+        let msg = match rx.recv_timeout(tick) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let now = unix_now();
+        match msg {
+            Some(Msg::Shutdown) => break,
+            Some(Msg::Job(job)) => job(ctx),
+            Some(Msg::ChainRestarted) => ctx.registered.clear(),
+            Some(Msg::Chain(report)) => on_chain(ctx, report, now),
+            Some(Msg::Price(result)) => on_price(ctx, result, now),
+            None => on_clock(ctx, now),
+        }
+        effects(ctx, chain);
+    }
+    if let Err(e) = ctx.engine.store().flush() {
+        tracing::error!(error = %e, "flushing the store at shutdown");
+    }
+}
+
+fn on_chain(ctx: &mut Ctx, report: ChainReport, now: u64) {
+    match report {
+        ChainReport::Synced {
+            tip,
+            fee_sat_per_kvb,
+            views,
+        } => {
+            ctx.chain = ChainState::Connected { tip };
+            ctx.fee_sat_per_kvb = fee_sat_per_kvb;
+            for (id, view) in views {
+                if let Err(e) = ctx.engine.observe(&id, view, now) {
+                    tracing::error!(loan = %id, error = %e, "applying the chain view");
+                }
+            }
+        }
+        ChainReport::Disconnected { reason } => {
+            ctx.chain = ChainState::Disconnected { reason };
+        }
+        ChainReport::Broadcast {
+            loan_id,
+            txid,
+            result,
+        } => {
+            ctx.in_flight.remove(&txid);
+            match result {
+                Ok(()) => {
+                    if let Err(e) = ctx.engine.broadcasted(&loan_id, txid) {
+                        tracing::error!(loan = %loan_id, error = %e, "recording a broadcast");
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(loan = %loan_id, %txid, %reason, "broadcast refused; retried")
+                }
+            }
+        }
+    }
+}
+
+fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
+    match result.map(|p| (p.at, p.evidence())) {
+        Ok((at, Ok(evidence))) => {
+            ctx.price = Some((at, evidence.clone()));
+            ctx.no_price = None;
+            let Some(tip) = ctx.tip() else {
+                tracing::warn!("price tick not applied: no connected chain view");
+                return;
+            };
+            match ctx
+                .engine
+                .price_tick(evidence, now, tip, ctx.fee_sat_per_kvb)
+            {
+                Ok(outcome) if !outcome.waiting_for_chain.is_empty() => {
+                    tracing::warn!(loans = ?outcome.waiting_for_chain, "breach waits for the chain")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "applying a price tick"),
+            }
+        }
+        Ok((_, Err(e))) => ctx.no_price = Some(format!("the aggregate's currency: {e}")),
+        Err(no) => {
+            ctx.price = None;
+            ctx.no_price = Some(no.reason);
+        }
+    }
+}
+
+fn on_clock(ctx: &mut Ctx, now: u64) {
+    let Some(tip) = ctx.tip() else { return };
+    let price = ctx.fresh_price(now).cloned();
+    if let Err(e) = ctx
+        .engine
+        .clock(now, tip, ctx.fee_sat_per_kvb, price.as_ref())
+    {
+        tracing::error!(error = %e, "running the clock");
+    }
+}
+
+/// Carry out what the store says is pending: watch new escrows, broadcast finalized
+/// transactions (each once at a time; a refused one is tried again later).
+fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
+    for (id, escrow) in ctx.engine.escrows() {
+        if ctx.registered.insert(id.clone()) {
+            let _ = chain.send(ChainRequest::Register(id.clone(), Box::new(escrow.clone())));
+        }
+    }
+    match ctx.engine.to_broadcast() {
+        Ok(pending) => {
+            for (id, tx) in pending {
+                if ctx.in_flight.insert(tx.compute_txid()) {
+                    let _ = chain.send(ChainRequest::Broadcast(id, tx));
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "listing transactions to broadcast"),
+    }
+}

@@ -1,0 +1,176 @@
+//! The running service (`Service::start`, as `serve` runs it) against bitcoind +
+//! electrs, with the manual oracle source at a one-second interval: a loan offered and
+//! accepted through the handle is funded from a BDK wallet and activated by the chain
+//! thread's reports; the operator's price falls into the liquidation band; the engine
+//! decides on the third tick; the lender's co-signature comes through the handle; the
+//! service broadcasts the transaction by itself; one block later the loan is
+//! Liquidated. Then a clean shutdown, and a restart finds the loan as it was.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use bitcoin::{Amount, FeeRate, Network};
+use btc_escrow::config::{Overrides, Settings};
+use btc_escrow::init::{init, InitOptions};
+use btc_escrow::keys::{account_path, AccountKey};
+use btc_escrow::loan::{Bps, Currency, Fiat, LoanState, Price, TermsInput};
+use btc_escrow::service::{Ctx, Service, ServiceHandle};
+use btc_escrow::tx::{self, FeeCap};
+use btc_escrow::util::unix_now;
+use common::escrow::Parties;
+use common::wallet::TestWallet;
+use common::Regtest;
+
+/// Poll `f` on the engine thread until it returns `Some`.
+fn wait_for<R: Send + 'static>(
+    handle: &ServiceHandle,
+    what: &str,
+    f: impl Fn(&mut Ctx) -> Option<R> + Send + Clone + 'static,
+) -> anyhow::Result<R> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = handle.call(f.clone())? {
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn set_price(handle: &ServiceHandle, minor: u64) -> anyhow::Result<()> {
+    handle.call(move |ctx| {
+        for (_, manual) in &ctx.manual {
+            manual.set(minor);
+        }
+    })?;
+    Ok(())
+}
+
+#[test]
+fn the_service_liquidates_a_breached_loan_by_itself() -> anyhow::Result<()> {
+    let env = Regtest::start()?;
+    let parent = tempfile::tempdir()?;
+    let data = parent.path().join("data");
+    init(&InitOptions {
+        data_dir: data.clone(),
+        network: Network::Regtest,
+        electrum_url: Some(env.electrum_url.clone()),
+        listen: None,
+        manual_oracle: true,
+    })?;
+    // One-second oracle and engine ticks for the test.
+    let config = data.join("btc-escrow.toml");
+    let text = std::fs::read_to_string(&config)?
+        .replace(
+            "[oracle]\nquorum = 1",
+            "[oracle]\nquorum = 1\ninterval_secs = 1",
+        )
+        .replace("tick_secs = 5", "tick_secs = 1");
+    std::fs::write(&config, text)?;
+    let settings = Settings::load(&data, &Overrides::default())?;
+    ensure!(settings.oracle.interval() == Duration::from_secs(1));
+
+    let parties = Parties::new()?;
+    let account = |k: &btc_escrow::keys::SigningKey| -> anyhow::Result<AccountKey> {
+        Ok(AccountKey::from_master(
+            k.master(),
+            &account_path(Network::Regtest, 0)?,
+            &parties.secp,
+        )?)
+    };
+    let (borrower, lender) = (account(&parties.borrower)?, account(&parties.lender)?);
+    let mut wallet = TestWallet::new(&env)?;
+    wallet.fund(&env, 1)?;
+    let lender_payout = TestWallet::new(&env)?.address();
+    let borrower_return = TestWallet::new(&env)?.address();
+    let terms = TermsInput {
+        principal: Fiat::new(1_000_000, Currency::new("USD")?),
+        apr: Bps(1_000),
+        term_secs: 90 * 86_400,
+        initial_ltv: Bps(5_000),
+        margin_call_ltv: Bps(7_000),
+        liquidation_ltv: Bps(8_000),
+        hard_liquidation_ltv: None,
+        liquidation_penalty: Bps(500),
+        hysteresis: Bps(200),
+        confirm_ticks: 3,
+        grace_blocks: 144,
+        recovery_delay_blocks: 1_000,
+        funding_deadline: unix_now() + 86_400,
+        borrower_return_address: borrower_return.to_string(),
+        lender_payout_address: lender_payout.to_string(),
+        min_confirmations: 1,
+    };
+
+    let service = Service::start(&settings)?;
+    let handle = service.handle();
+    set_price(&handle, 10_000_000)?;
+    // Accept once the oracle has a price and the chain thread has reported.
+    let loan = wait_for(&handle, "a price and a chain view", move |ctx| {
+        let now = unix_now();
+        let price: Price = ctx.fresh_price(now)?.price;
+        let tip = ctx.tip()?;
+        if ctx.engine.loan("l1").is_err() {
+            ctx.engine.offer("l1", terms.clone(), now).ok()?;
+        }
+        ctx.engine
+            .accept("l1", &borrower, &lender, price, tip, now)
+            .ok()
+    })?;
+    ensure!(loan.required_collateral == Amount::from_sat(20_000_000));
+    let address = handle.call(|ctx| ctx.engine.escrows()["l1"].address())?;
+    let funding = wallet.send(
+        &address,
+        loan.required_collateral,
+        FeeRate::from_sat_per_vb(2).context("rate")?,
+    )?;
+    env.wait_for_tx(&address.script_pubkey(), funding.compute_txid())?;
+    env.mine(1)?;
+    let state = |want: LoanState| {
+        move |ctx: &mut Ctx| {
+            ctx.engine
+                .loan("l1")
+                .ok()
+                .filter(|l| l.state == want)
+                .map(|_| ())
+        }
+    };
+    wait_for(&handle, "activation", state(LoanState::Active))?;
+
+    // $62,000: the third tick in the band decides.
+    set_price(&handle, 6_200_000)?;
+    let record = wait_for(&handle, "the liquidation decision", |ctx| {
+        ctx.engine.decision("l1").ok().flatten()
+    })?;
+    let secp = parties.secp.clone();
+    let lender_key = btc_escrow::keys::SigningKey::parse(
+        &parties.lender.master().to_string(),
+        Network::Regtest,
+    )?;
+    let txid = handle.call(move |ctx| -> anyhow::Result<bitcoin::Txid> {
+        let escrow = ctx.engine.escrows()["l1"].clone();
+        let mut theirs = record.psbt()?;
+        tx::sign(&mut theirs, &lender_key, &escrow, &FeeCap::default(), &secp)?;
+        Ok(ctx.engine.cosign("l1", &theirs)?.compute_txid())
+    })??;
+    // The service broadcasts it by itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.mempool_contains(txid)? {
+        ensure!(Instant::now() < deadline, "never broadcast");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    env.mine(1)?;
+    wait_for(&handle, "Liquidated", state(LoanState::Liquidated))?;
+    service.shutdown();
+
+    // A restart finds the loan as it was.
+    let service = Service::start(&settings)?;
+    let loan = service.handle().call(|ctx| ctx.engine.loan("l1"))??;
+    ensure!(loan.state == LoanState::Liquidated);
+    service.shutdown();
+    Ok(())
+}
