@@ -25,7 +25,7 @@ use btc_escrow::tx::{self, FeeCap};
 use btc_escrow::util::unix_now;
 use common::escrow::Parties;
 use common::wallet::TestWallet;
-use common::Regtest;
+use common::{Regtest, Reorg};
 
 const RATE: u64 = 2_000; // sat/kvB
 
@@ -176,6 +176,19 @@ impl World {
         Ok(())
     }
 
+    /// Send what the engine finalized (as `serve`'s chain thread does).
+    fn broadcast_pending(&mut self) -> anyhow::Result<()> {
+        let tip = self.env.height()?;
+        for (loan_id, tx) in self.engine.to_broadcast()? {
+            let txid = match self.watcher.broadcast(&tx) {
+                Ok(txid) | Err(btc_escrow::chain::BroadcastError::AlreadyKnown { txid }) => txid,
+                Err(e) => bail!("broadcast refused: {e}"),
+            };
+            self.engine.broadcasted(&loan_id, txid, tip)?;
+        }
+        Ok(())
+    }
+
     /// Co-sign the pending decision as the lender (or the borrower), broadcast, mine,
     /// see it confirmed.
     fn settle(&mut self, id: &str, lender: bool) -> anyhow::Result<bitcoin::Transaction> {
@@ -195,13 +208,7 @@ impl World {
             &self.parties.secp,
         )?;
         let final_tx = self.engine.cosign(id, &theirs)?;
-        for (loan_id, tx) in self.engine.to_broadcast()? {
-            let txid = self
-                .watcher
-                .broadcast(&tx)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            self.engine.broadcasted(&loan_id, txid)?;
-        }
+        self.broadcast_pending()?;
         let txid = final_tx.compute_txid();
         self.env.mine(1)?;
         self.observe_until(id, |v| v.confirmed_spends.iter().any(|s| s.txid == txid))?;
@@ -275,5 +282,112 @@ fn a_repaid_loan_is_released_to_the_borrower() -> anyhow::Result<()> {
     ensure!(tx.output.len() == 1);
     ensure!(tx.output[0].script_pubkey == w.borrower_return.script_pubkey());
     ensure!(tx.output[0].value == Amount::from_sat(20_000_000) - record.decision.fee);
+    Ok(())
+}
+
+/// Breach three ticks into a decision, co-signed by the lender and broadcast.
+fn decided_and_broadcast(w: &mut World, id: &str) -> anyhow::Result<bitcoin::Txid> {
+    w.active_loan(id)?;
+    let tip = w.env.height()?;
+    for _ in 0..3 {
+        w.engine
+            .price_tick(PriceEvidence::bare(usd(6_200_000)), unix_now(), tip, RATE)?;
+    }
+    let record = w.engine.decision(id)?.context("decided")?;
+    let escrow = w.engine.escrows()[id].clone();
+    let mut theirs = record.psbt()?;
+    tx::sign(
+        &mut theirs,
+        &w.parties.lender,
+        &escrow,
+        &FeeCap::default(),
+        &w.parties.secp,
+    )?;
+    let txid = w.engine.cosign(id, &theirs)?.compute_txid();
+    w.broadcast_pending()?;
+    ensure!(w.env.mempool_contains(txid)?);
+    Ok(txid)
+}
+
+/// The liquidation confirms, a reorg takes its block away: the loan is Liquidating
+/// again and the engine sends the same transaction again; mined again: Liquidated.
+#[test]
+fn a_reorged_liquidation_is_sent_again_and_confirms_again() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    let txid = decided_and_broadcast(&mut w, "loan-r")?;
+    w.env.mine(1)?;
+    w.observe_until("loan-r", |v| {
+        v.confirmed_spends.iter().any(|s| s.txid == txid)
+    })?;
+    ensure!(w.engine.loan("loan-r")?.state == LoanState::Liquidated);
+    w.env.reorg(1, Reorg::DropTxs)?;
+    w.observe_until("loan-r", |v| v.confirmed_spends.is_empty())?;
+    ensure!(w.engine.loan("loan-r")?.state == LoanState::Liquidating);
+    let again = w.engine.to_rebroadcast()?;
+    ensure!(
+        again.len() == 1 && again[0].1.compute_txid() == txid,
+        "{again:?}"
+    );
+    match w.watcher.broadcast(&again[0].1) {
+        Ok(_) | Err(btc_escrow::chain::BroadcastError::AlreadyKnown { .. }) => {}
+        Err(e) => bail!("{e}"),
+    }
+    w.env.mine(1)?;
+    w.observe_until("loan-r", |v| {
+        v.confirmed_spends.iter().any(|s| s.txid == txid)
+    })?;
+    let loan = w.engine.loan("loan-r")?;
+    ensure!(loan.state == LoanState::Liquidated);
+    ensure!(loan.confirmed_tx == Some((TxKind::Liquidation, txid)));
+    Ok(())
+}
+
+/// The liquidation stays unconfirmed for two blocks (mined without it): the engine
+/// bumps its fee (a new attempt of the same decision, the lender's payment
+/// unchanged), the lender co-signs again, the replacement is broadcast, replaces the
+/// first in the mempool and confirms: Liquidated by the replacement, both txids
+/// recorded.
+#[test]
+fn a_stuck_liquidation_is_bumped_by_rbf_and_the_replacement_confirms() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    let first = decided_and_broadcast(&mut w, "loan-b")?;
+    let before = w.engine.decision("loan-b")?.context("record")?;
+    w.env.mine_block_with(&[])?;
+    w.env.mine_block_with(&[])?;
+    w.observe_until("loan-b", |v| v.confirmed_spends.is_empty() && v.spent)?;
+    let tip = w.env.height()?;
+    ensure!(
+        w.engine.bump_stale(tip, 3, RATE)?.is_empty(),
+        "not yet: 2 blocks"
+    );
+    ensure!(w.engine.bump_stale(tip, 2, RATE)? == vec!["loan-b".to_owned()]);
+    let bumped = w.engine.decision("loan-b")?.context("the new attempt")?;
+    ensure!(bumped.decision.attempt == 1);
+    ensure!(bumped.decision.fee > before.decision.fee);
+    let (old_tx, new_tx) = (before.psbt()?.unsigned_tx, bumped.psbt()?.unsigned_tx);
+    ensure!(
+        old_tx.output[0] == new_tx.output[0],
+        "the lender's payment is kept"
+    );
+    let escrow = w.engine.escrows()["loan-b"].clone();
+    let mut theirs = bumped.psbt()?;
+    tx::sign(
+        &mut theirs,
+        &w.parties.lender,
+        &escrow,
+        &FeeCap::default(),
+        &w.parties.secp,
+    )?;
+    let second = w.engine.cosign("loan-b", &theirs)?.compute_txid();
+    w.broadcast_pending()?;
+    ensure!(w.env.mempool_contains(second)? && !w.env.mempool_contains(first)?);
+    w.env.mine(1)?;
+    w.observe_until("loan-b", |v| {
+        v.confirmed_spends.iter().any(|s| s.txid == second)
+    })?;
+    let loan = w.engine.loan("loan-b")?;
+    ensure!(loan.state == LoanState::Liquidated);
+    ensure!(loan.confirmed_tx == Some((TxKind::Liquidation, second)));
+    ensure!(loan.broadcasts.len() == 2, "{:?}", loan.broadcasts);
     Ok(())
 }

@@ -8,18 +8,17 @@
 
 use std::collections::BTreeMap;
 
-use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{All, Secp256k1};
 use bitcoin::{Amount, Network, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
 use super::decision::{Decision, DecisionError};
-use super::record::{DecisionRecord, Progress, RecordError};
+use super::record::{DecisionRecord, RecordError};
 use crate::keys::{AccountKey, ArbiterKey, KeyError};
 use crate::loan::calc::{self, CalcError};
 use crate::loan::{
     apply, Event, Fiat, Input, Loan, LoanState, LoanTerms, Price, PriceEvidence, TermsError,
-    TermsInput, TransitionError, TxKind,
+    TermsInput, TransitionError,
 };
 use crate::policy::{EscrowDescriptor, EscrowHeights, EscrowKeys, PolicyError, PolicyTemplate};
 use crate::store::{Durability, Store, StoreError};
@@ -163,7 +162,7 @@ pub struct Engine {
     arbiter: ArbiterKey,
     arbiter_account: AccountKey,
     config: EngineConfig,
-    secp: Secp256k1<All>,
+    pub(super) secp: Secp256k1<All>,
     escrows: BTreeMap<String, EscrowDescriptor>,
     views: BTreeMap<String, EscrowView>,
 }
@@ -465,6 +464,18 @@ impl Engine {
             .ok_or_else(|| EngineError::NoChainView { id: id.to_owned() })
     }
 
+    /// The decision signed by the arbiter, as a record awaiting its co-signature.
+    pub(super) fn sign_record(&self, decision: Decision) -> Result<DecisionRecord, EngineError> {
+        let escrow = self.escrow_of(&decision.loan_id)?;
+        Ok(DecisionRecord::sign(
+            decision,
+            escrow,
+            self.arbiter.signing_key(),
+            &self.config.fee_cap,
+            &self.secp,
+        )?)
+    }
+
     /// Sign the decision as the arbiter and store it with the transition.
     pub(super) fn decide(
         &self,
@@ -473,14 +484,7 @@ impl Engine {
         events: &[Event],
         decision: Decision,
     ) -> Result<(), EngineError> {
-        let escrow = self.escrow_of(&before.id)?;
-        let record = DecisionRecord::sign(
-            decision,
-            escrow,
-            self.arbiter.signing_key(),
-            &self.config.fee_cap,
-            &self.secp,
-        )?;
+        let record = self.sign_record(decision)?;
         self.store.apply_with_decision(
             before.version,
             after,
@@ -500,66 +504,6 @@ impl Engine {
             .decisions::<DecisionRecord>(&prefix)?
             .pop()
             .map(|(_, r)| r))
-    }
-
-    /// A party's co-signed PSBT for the pending decision: merged under DESIGN.md §6,
-    /// finalized, stored durably before it is returned for broadcast.
-    pub fn cosign(&mut self, id: &str, psbt: &Psbt) -> Result<Transaction, EngineError> {
-        let record = self
-            .decision(id)?
-            .filter(|r| r.progress == Progress::AwaitingCosignature)
-            .ok_or_else(|| EngineError::NothingToCosign { id: id.to_owned() })?;
-        let (next, tx) = record.cosign(psbt, &self.secp)?;
-        self.store
-            .put_decision(&next.store_key(), &next, Durability::Durable)?;
-        Ok(tx)
-    }
-
-    /// Finalized transactions not yet recorded as broadcast (after a restart too).
-    pub fn to_broadcast(&self) -> Result<Vec<(String, Transaction)>, EngineError> {
-        let mut out = Vec::new();
-        for loan in self.store.loans()? {
-            if let Some(record) = self.decision(&loan.id)? {
-                if let Progress::Finalized { tx_hex, .. } = &record.progress {
-                    let tx = bitcoin::consensus::encode::deserialize_hex(tx_hex)
-                        .map_err(|e| RecordError::StoredPsbt(e.to_string()))?;
-                    out.push((loan.id.clone(), tx));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// A finalized transaction was accepted by the network (or was already known).
-    pub fn broadcasted(&mut self, id: &str, txid: Txid) -> Result<Loan, EngineError> {
-        let loan = self.loan(id)?;
-        let mut record = self
-            .decision(id)?
-            .ok_or_else(|| EngineError::NothingToCosign { id: id.to_owned() })?;
-        let kind: TxKind = record.decision.tx_kind();
-        let (next, events) = apply(&loan, &Input::TxBroadcast { kind, txid })?;
-        if let Progress::Finalized { txid: t, tx_hex } = &record.progress {
-            if *t == txid {
-                record.progress = Progress::Broadcast {
-                    txid,
-                    tx_hex: tx_hex.clone(),
-                };
-            }
-        }
-        if next == loan {
-            self.store
-                .put_decision(&record.store_key(), &record, Durability::Durable)?;
-            return Ok(next);
-        }
-        self.store.apply_with_decision(
-            loan.version,
-            &next,
-            &events,
-            &record.store_key(),
-            &record,
-            Durability::Durable,
-        )?;
-        Ok(next)
     }
 }
 

@@ -11,6 +11,7 @@
 mod clock;
 pub mod core;
 pub mod decision;
+mod follow;
 pub mod record;
 
 pub use self::core::{

@@ -43,8 +43,12 @@ pub enum Progress {
     AwaitingCosignature,
     /// Co-signed and finalized: broadcast these bytes, and only these.
     Finalized { txid: Txid, tx_hex: String },
-    /// Broadcast (the chain decides the rest).
-    Broadcast { txid: Txid, tx_hex: String },
+    /// Broadcast with the chain at `tip` (the chain decides the rest).
+    Broadcast {
+        txid: Txid,
+        tx_hex: String,
+        tip: u32,
+    },
 }
 
 impl Progress {

@@ -37,6 +37,8 @@ pub enum ChainReport {
     Broadcast {
         loan_id: String,
         txid: Txid,
+        /// The tip when it was sent.
+        tip: u32,
         result: Result<(), String>,
     },
 }
@@ -80,6 +82,7 @@ pub fn run(
                         .send(ChainReport::Broadcast {
                             loan_id,
                             txid,
+                            tip: watcher.tip().height,
                             result,
                         })
                         .is_err()

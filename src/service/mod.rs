@@ -75,6 +75,9 @@ pub struct Ctx {
     /// The operator-set sources, by name.
     pub manual: Vec<(String, ManualPrice)>,
     staleness_secs: u64,
+    rebroadcast_after_blocks: u32,
+    /// The tip at which broadcast transactions were last sent again.
+    followed_at: Option<u32>,
     registered: BTreeSet<String>,
     in_flight: BTreeSet<Txid>,
 }
@@ -216,6 +219,8 @@ impl Service {
                 no_price: Some("no oracle tick yet".into()),
                 manual,
                 staleness_secs: settings.oracle.staleness_secs,
+                rebroadcast_after_blocks: settings.rebroadcast_after_blocks,
+                followed_at: None,
                 registered: BTreeSet::new(),
                 in_flight: BTreeSet::new(),
             };
@@ -351,12 +356,13 @@ fn on_chain(ctx: &mut Ctx, report: ChainReport, now: u64) {
         ChainReport::Broadcast {
             loan_id,
             txid,
+            tip,
             result,
         } => {
             ctx.in_flight.remove(&txid);
             match result {
                 Ok(()) => {
-                    if let Err(e) = ctx.engine.broadcasted(&loan_id, txid) {
+                    if let Err(e) = ctx.engine.broadcasted(&loan_id, txid, tip) {
                         tracing::error!(loan = %loan_id, error = %e, "recording a broadcast");
                     }
                 }
@@ -424,5 +430,27 @@ fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
             }
         }
         Err(e) => tracing::error!(error = %e, "listing transactions to broadcast"),
+    }
+    // Once per new tip: bump what has waited too long, send the rest again.
+    let Some(tip) = ctx.tip() else { return };
+    if ctx.followed_at == Some(tip) {
+        return;
+    }
+    ctx.followed_at = Some(tip);
+    if let Err(e) = ctx
+        .engine
+        .bump_stale(tip, ctx.rebroadcast_after_blocks, ctx.fee_sat_per_kvb)
+    {
+        tracing::error!(error = %e, "bumping stale transactions");
+    }
+    match ctx.engine.to_rebroadcast() {
+        Ok(pending) => {
+            for (id, tx) in pending {
+                if ctx.in_flight.insert(tx.compute_txid()) {
+                    let _ = chain.send(ChainRequest::Broadcast(id, tx));
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "listing transactions to send again"),
     }
 }

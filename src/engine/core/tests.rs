@@ -2,8 +2,10 @@
 //! the escrow's script (the chain's part is the watcher's, tested against regtest).
 
 use super::*;
+use crate::engine::Progress;
 use crate::loan::money::Currency;
 use crate::loan::terms::tests::{input as terms_input, NOW};
+use crate::loan::TxKind;
 use crate::tx::tests::funding;
 
 const RATE: u64 = 2_000;
@@ -128,7 +130,7 @@ fn a_breach_is_decided_signed_cosigned_broadcast_and_confirmed() {
     drop(e);
     let mut e = w.engine();
     assert_eq!(e.to_broadcast().unwrap(), vec![("l1".to_owned(), final_tx)]);
-    let loan = e.broadcasted("l1", txid).unwrap();
+    let loan = e.broadcasted("l1", txid, 300).unwrap();
     assert_eq!(loan.broadcasts, vec![(TxKind::Liquidation, txid)]);
     assert!(e.to_broadcast().unwrap().is_empty());
     // Confirmed: liquidated. Reorged out: liquidating again, still ours.
@@ -327,7 +329,7 @@ fn a_deadline_expires_an_underfunded_loan_and_refunds_its_deposit() {
     )
     .unwrap();
     let tx = e.cosign("l1", &theirs).unwrap();
-    let loan = e.broadcasted("l1", tx.compute_txid()).unwrap();
+    let loan = e.broadcasted("l1", tx.compute_txid(), 300).unwrap();
     assert_eq!(loan.broadcasts, vec![(TxKind::Refund, tx.compute_txid())]);
 }
 
