@@ -65,6 +65,15 @@ impl Backoff {
 
 pub(super) use crate::util::unix_now;
 
+/// electrs notifies a `null` status when a script's history is momentarily empty (a
+/// block being indexed, a replaced mempool transaction), and electrum-client 0.25
+/// cannot parse it: the call that reads the notification fails with serde's "invalid
+/// type: null". Not a broken server: the watcher renews the connection at once (no
+/// backoff, no disconnected status) and syncs every escrow again.
+pub(super) fn is_null_status(reason: &str) -> bool {
+    reason.contains("invalid type: null")
+}
+
 impl Watcher {
     /// Drop the connection (the server forgets our subscriptions with it), start the
     /// backoff and report `reason`; returns since when we are disconnected.
@@ -84,7 +93,24 @@ impl Watcher {
         }
     }
 
+    /// Renew the connection at once (no backoff, status unchanged) and sync every
+    /// escrow again: for the answers that say a script changed in a way the client
+    /// cannot parse (see [`is_null_status`]).
+    pub(super) fn renew_connection(&mut self) {
+        self.client = None;
+        self.subscribed.clear();
+        self.dirty.extend(self.escrows.keys().cloned());
+    }
+
     pub(super) fn disconnected(&mut self, reason: String) -> WatchError {
+        if is_null_status(&reason) {
+            self.renew_connection();
+            return WatchError::Disconnected {
+                url: self.config.url.clone(),
+                since_unix: self.disconnected_since(),
+                reason,
+            };
+        }
         let since_unix = self.drop_connection(reason.clone());
         WatchError::Disconnected {
             url: self.config.url.clone(),
@@ -168,10 +194,19 @@ impl Watcher {
                     return Ok(true);
                 }
                 Ok(None) => {}
+                Err(e) if is_null_status(&e.to_string()) => {
+                    self.renew_connection();
+                    return Ok(true);
+                }
                 Err(e) => return Err(self.disconnected(e.to_string())),
             }
             // The subscription is only read when the socket is read; a ping does that.
             if let Err(e) = self.connected()?.inner.ping() {
+                if is_null_status(&e.to_string()) {
+                    // A script's status changed (see `is_null_status`): sync now.
+                    self.renew_connection();
+                    return Ok(true);
+                }
                 return Err(self.disconnected(e.to_string()));
             }
             if Instant::now() >= deadline {

@@ -90,6 +90,18 @@ impl Watcher {
     /// and [`WatchError::CannotConnect`] returned; the next sync rebuilds the view from
     /// genesis and reports only what differs from the last snapshot.
     pub fn sync(&mut self) -> Result<ChainUpdate, WatchError> {
+        match self.sync_once() {
+            // A status the client could not parse renewed the connection: once more.
+            Err(WatchError::Disconnected { reason, .. })
+                if super::connection::is_null_status(&reason) =>
+            {
+                self.sync_once()
+            }
+            other => other,
+        }
+    }
+
+    fn sync_once(&mut self) -> Result<ChainUpdate, WatchError> {
         let started = Instant::now();
         self.refresh_dirty()?;
         if let Some(divergence) = self.shorter_fork()? {
