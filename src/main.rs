@@ -123,12 +123,6 @@ fn serve(
     let settings = btc_escrow::config::Settings::load(data_dir, overrides)?;
     let service = btc_escrow::service::Service::start(&settings)
         .with_context(|| format!("starting the service on {}", data_dir.display()))?;
-    eprintln!(
-        "serving {} (network {}, electrum {}); SIGINT or SIGTERM stops it",
-        data_dir.display(),
-        settings.network,
-        settings.electrum_url
-    );
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -136,11 +130,20 @@ fn serve(
     signals
         .block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
+            // The handlers are in place before anyone is told the service runs.
             let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            eprintln!(
+                "serving {} (network {}, electrum {}); SIGINT or SIGTERM stops it",
+                data_dir.display(),
+                settings.network,
+                settings.electrum_url
+            );
             tokio::select! {
-                r = tokio::signal::ctrl_c() => r,
-                _ = term.recv() => Ok(()),
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
+            Ok::<(), std::io::Error>(())
         })
         .context("waiting for a signal")?;
     eprintln!("stopping");

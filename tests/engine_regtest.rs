@@ -143,8 +143,13 @@ impl World {
 
     /// Offer, accept at $100,000/BTC (0.2 BTC required), fund, confirm: Active.
     fn active_loan(&mut self, id: &str) -> anyhow::Result<()> {
+        let terms = self.terms();
+        self.active_loan_with(id, terms)
+    }
+
+    fn active_loan_with(&mut self, id: &str, terms: TermsInput) -> anyhow::Result<()> {
         let now = unix_now();
-        self.engine.offer(id, self.terms(), now)?;
+        self.engine.offer(id, terms, now)?;
         let (borrower, lender) = (
             self.account(&self.parties.borrower)?,
             self.account(&self.parties.lender)?,
@@ -389,5 +394,54 @@ fn a_stuck_liquidation_is_bumped_by_rbf_and_the_replacement_confirms() -> anyhow
     ensure!(loan.state == LoanState::Liquidated);
     ensure!(loan.confirmed_tx == Some((TxKind::Liquidation, second)));
     ensure!(loan.broadcasts.len() == 2, "{:?}", loan.broadcasts);
+    Ok(())
+}
+
+/// A short loan (a 100-minute term, one grace block, a funding window of ten minutes)
+/// the service never liquidates (no price ticks here): once the chain passes its
+/// default height the lender takes the collateral alone by the timelocked path; the
+/// engine sees a spend it did not build and closes the loan on chain, naming the path.
+#[test]
+fn the_lenders_solo_claim_closes_the_loan_on_chain() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    let mut terms = w.terms();
+    terms.term_secs = 6_000;
+    terms.grace_blocks = 1;
+    terms.funding_deadline = unix_now() + 600;
+    w.active_loan_with("loan-d", terms)?;
+    let escrow = w.engine.escrows()["loan-d"].clone();
+    let default_height = escrow.heights().default_height;
+    let tip = w.env.height()?;
+    ensure!(
+        default_height > tip && default_height - tip < 40,
+        "{default_height} vs {tip}"
+    );
+    w.env.mine(default_height - tip)?;
+    let view = w.observe_until("loan-d", |v| !v.confirmed.is_empty())?;
+    let inputs = view.confirmed.clone();
+    let claim = common::escrow::spend(
+        &w.parties,
+        &escrow,
+        btc_escrow::policy::PathName::DefaultClaim,
+        inputs,
+        &w.lender_payout,
+        w.env.height()?,
+    )?;
+    let txid = w.env.broadcast_rpc(&claim)?;
+    w.env.mine(1)?;
+    w.observe_until("loan-d", |v| {
+        v.confirmed_spends.iter().any(|s| s.txid == txid)
+    })?;
+    let loan = w.engine.loan("loan-d")?;
+    ensure!(loan.state == LoanState::ClosedOnChain, "{:?}", loan.state);
+    ensure!(loan.spent_by == Some(txid));
+    let events = w.engine.store().events("loan-d")?;
+    ensure!(
+        events.iter().any(|e| matches!(
+            &e.event,
+            btc_escrow::loan::Event::ClosedOnChain { path, .. } if path == "default-claim"
+        )),
+        "{events:?}"
+    );
     Ok(())
 }
