@@ -66,6 +66,7 @@ impl Engine {
                         tip,
                     )?;
                     self.decide(&loan, &next, &events, decision)?;
+                    self.book.update(&next, now);
                     out.defaulted.push(loan.id.clone());
                 }
                 LoanState::AwaitingCollateral

@@ -165,6 +165,7 @@ pub struct Engine {
     pub(super) secp: Secp256k1<All>,
     escrows: BTreeMap<String, EscrowDescriptor>,
     views: BTreeMap<String, EscrowView>,
+    pub(super) book: super::book::Book,
 }
 
 impl std::fmt::Debug for Engine {
@@ -192,8 +193,11 @@ impl Engine {
             secp,
             escrows: BTreeMap::new(),
             views: BTreeMap::new(),
+            book: Default::default(),
         };
+        let now = crate::util::unix_now();
         for loan in engine.store.loans()? {
+            engine.book.update(&loan, now);
             if let Some(record) = engine.store.escrow::<EscrowRecord>(&loan.id)? {
                 let escrow = engine.rebuild(&record)?;
                 engine.escrows.insert(loan.id.clone(), escrow);
@@ -351,6 +355,7 @@ impl Engine {
             }
         }
         self.views.insert(id.to_owned(), view);
+        self.book.update(&loan, now);
         Ok(loan)
     }
 
@@ -376,7 +381,8 @@ impl Engine {
             seq,
             ..TickOutcome::default()
         };
-        for loan in self.store.loans()? {
+        for id in self.book.candidates(evidence.price, now) {
+            let loan = self.loan(&id)?;
             if !matches!(loan.state, LoanState::Active | LoanState::MarginCall) {
                 continue;
             }
@@ -405,6 +411,7 @@ impl Engine {
                 self.store
                     .apply(loan.version, &next, &events, Durability::Durable)?;
             }
+            self.book.update(&next, now);
             outcome.moved.push(next);
         }
         Ok(outcome)
@@ -433,6 +440,7 @@ impl Engine {
         if next == loan {
             return Ok(next);
         }
+        self.book.update(&next, now);
         if next.state == LoanState::Releasing {
             let inputs = self.inputs_of(id)?;
             let decision = Decision::release(

@@ -8,6 +8,7 @@
 //! co-signature, finalized, broadcast), stored atomically with the loan transition
 //! that advances it (`Store::apply_with_decision`): the outbox a restart resumes from.
 
+mod book;
 mod clock;
 pub mod core;
 pub mod decision;

@@ -354,3 +354,50 @@ fn a_deadline_with_nothing_deposited_expires_without_a_decision() {
     assert_eq!(out.expired, vec!["l1".to_owned()]);
     assert!(e.decision("l1").unwrap().is_none());
 }
+
+/// A tick reads and writes only the loans it can move (the liquidation-price index at
+/// the margin-call LTV, plus loans in margin call or with a breach counted); a loan
+/// far from its thresholds is not even read, and its record does not change.
+#[test]
+fn a_tick_moves_only_the_loans_near_their_thresholds() {
+    let w = World::new();
+    let mut e = w.engine();
+    funded(&w, &mut e); // l1: 2 BTC for $100,000
+    e.offer("l2", terms_input(), NOW).unwrap();
+    e.accept(
+        "l2",
+        &account(&w.borrower, &w.secp),
+        &account(&w.lender, &w.secp),
+        usd(10_000_000),
+        100,
+        NOW,
+    )
+    .unwrap();
+    let escrow = e.escrows()["l2"].clone();
+    let view = EscrowView {
+        confirmed: funding(&escrow, &[400_000_000]), // 4 BTC: half the LTV
+        ..EscrowView::default()
+    };
+    e.observe("l2", view, NOW).unwrap();
+    assert_eq!(e.priced_loans(), 2);
+    let far_before = e.loan("l2").unwrap();
+    // $70,000: l1 at 71.4 % (margin call), l2 at 35.7 %.
+    let tick = e
+        .price_tick(PriceEvidence::bare(usd(7_000_000)), NOW, 300, RATE)
+        .unwrap();
+    assert_eq!(tick.moved.len(), 1);
+    assert_eq!(tick.moved[0].id, "l1");
+    assert_eq!(tick.moved[0].state, LoanState::MarginCall);
+    assert_eq!(e.loan("l2").unwrap(), far_before);
+    // Back to $100,000: l1 (watched in margin call) clears; l2 still untouched.
+    let tick = e
+        .price_tick(PriceEvidence::bare(usd(10_000_000)), NOW, 300, RATE)
+        .unwrap();
+    assert_eq!(tick.moved.len(), 1);
+    assert_eq!(e.loan("l1").unwrap().state, LoanState::Active);
+    assert_eq!(e.loan("l2").unwrap(), far_before);
+    // After a restart the book is rebuilt from the store.
+    drop(e);
+    let e = w.engine();
+    assert_eq!(e.priced_loans(), 2);
+}
