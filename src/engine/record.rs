@@ -88,8 +88,11 @@ impl DecisionRecord {
         cap: &FeeCap,
         secp: &Secp256k1<All>,
     ) -> Result<Self, RecordError> {
+        // One build: the PSBT, and the transaction it must equal, from the decision.
         let mut psbt = decision.unsigned(escrow)?.psbt;
-        let expected = decision.spend_decision(escrow)?;
+        let expected = tx::SpendDecision {
+            tx: psbt.unsigned_tx.clone(),
+        };
         tx::sign_decision(&mut psbt, arbiter, escrow, &expected, cap, secp)
             .map_err(|e| RecordError::Sign(Box::new(e)))?;
         Ok(Self {
