@@ -98,6 +98,7 @@ fn config() -> EngineConfig {
     EngineConfig {
         network: Network::Regtest,
         min_confirmations: 1,
+        min_confirm_ticks: 1,
         fee_cap: FeeCap::default(),
         template: PolicyTemplate::default(),
     }

@@ -56,6 +56,7 @@ impl World {
             EngineConfig {
                 network: Network::Regtest,
                 min_confirmations: 1,
+                min_confirm_ticks: 3,
                 fee_cap: FeeCap::default(),
                 template: PolicyTemplate::default(),
             },

@@ -46,6 +46,8 @@ pub enum EngineError {
     NotFound { id: String },
     #[error("loan {id}: the escrow heights do not fit (term and deadline too long)")]
     Heights { id: String },
+    #[error("confirm_ticks: {found} is below the service's minimum of {min}")]
+    ConfirmTicks { found: u32, min: u32 },
     #[error("loan {id}: no decision awaits a co-signature")]
     NothingToCosign { id: String },
     #[error("loan {id}: no chain view of its escrow yet; nothing is decided without one")]
@@ -68,6 +70,9 @@ pub struct TickOutcome {
 pub struct EngineConfig {
     pub network: Network,
     pub min_confirmations: u32,
+    /// The fewest `confirm_ticks` an offer may ask for (a single wick liquidates
+    /// nobody).
+    pub min_confirm_ticks: u32,
     pub fee_cap: FeeCap,
     pub template: PolicyTemplate,
 }
@@ -250,6 +255,12 @@ impl Engine {
 
     /// A lender's offer.
     pub fn offer(&mut self, id: &str, terms: TermsInput, now: u64) -> Result<Loan, EngineError> {
+        if terms.confirm_ticks < self.config.min_confirm_ticks {
+            return Err(EngineError::ConfirmTicks {
+                found: terms.confirm_ticks,
+                min: self.config.min_confirm_ticks,
+            });
+        }
         let terms = LoanTerms::new(terms, self.config.network, now)?;
         let loan = Loan::offered(id, terms);
         self.store.insert_loan(&loan, &[], Durability::Durable)?;

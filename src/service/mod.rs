@@ -155,6 +155,7 @@ impl Service {
             EngineConfig {
                 network: settings.network,
                 min_confirmations: settings.min_confirmations,
+                min_confirm_ticks: settings.confirm_ticks,
                 fee_cap: settings.fee_cap,
                 template: PolicyTemplate::default(),
             },

@@ -32,6 +32,7 @@ fn config() -> EngineConfig {
     EngineConfig {
         network: Network::Regtest,
         min_confirmations: 1,
+        min_confirm_ticks: 3,
         fee_cap: FeeCap::default(),
         template: PolicyTemplate::default(),
     }
@@ -400,4 +401,15 @@ fn a_tick_moves_only_the_loans_near_their_thresholds() {
     drop(e);
     let e = w.engine();
     assert_eq!(e.priced_loans(), 2);
+}
+
+#[test]
+fn an_offer_below_the_minimum_confirm_ticks_is_refused() {
+    let w = World::new();
+    let mut e = w.engine();
+    let mut t = terms_input();
+    t.confirm_ticks = 2;
+    let err = e.offer("l1", t, NOW).unwrap_err();
+    assert!(err.to_string().starts_with("confirm_ticks"), "{err}");
+    assert!(matches!(e.loan("l1"), Err(EngineError::NotFound { .. })));
 }
