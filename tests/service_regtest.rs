@@ -5,6 +5,10 @@
 //! decides on the third tick; the lender's co-signature comes through the handle; the
 //! service broadcasts the transaction by itself; one block later the loan is
 //! Liquidated. Then a clean shutdown, and a restart finds the loan as it was.
+//! - With the loan active and the price deep in the liquidation band: while the oracle
+//!   has no price (the operator's source cleared: no quorum) and then while electrs
+//!   is down, tick after tick decides nothing; once both are back, the breach is
+//!   counted afresh and decided.
 
 mod common;
 
@@ -171,6 +175,142 @@ fn the_service_liquidates_a_breached_loan_by_itself() -> anyhow::Result<()> {
     let service = Service::start(&settings)?;
     let loan = service.handle().call(|ctx| ctx.engine.loan("l1"))??;
     ensure!(loan.state == LoanState::Liquidated);
+    service.shutdown();
+    Ok(())
+}
+
+fn ticks_seen(handle: &ServiceHandle) -> anyhow::Result<u64> {
+    Ok(handle.call(|ctx| ctx.ticks_seen)?)
+}
+
+/// Wait until `n` more oracle results have reached the engine.
+fn wait_ticks(handle: &ServiceHandle, n: u64) -> anyhow::Result<()> {
+    let start = ticks_seen(handle)?;
+    wait_for(handle, "oracle ticks", move |ctx| {
+        (ctx.ticks_seen >= start + n).then_some(())
+    })
+}
+
+#[test]
+fn nothing_is_decided_without_a_price_or_a_chain_view_then_it_catches_up() -> anyhow::Result<()> {
+    let mut env = Regtest::start()?;
+    let parent = tempfile::tempdir()?;
+    let data = parent.path().join("data");
+    init(&InitOptions {
+        data_dir: data.clone(),
+        network: Network::Regtest,
+        electrum_url: Some(env.electrum_url.clone()),
+        listen: None,
+        manual_oracle: true,
+    })?;
+    let config = data.join("btc-escrow.toml");
+    let text = std::fs::read_to_string(&config)?
+        .replace(
+            "[oracle]\nquorum = 1",
+            "[oracle]\nquorum = 1\ninterval_secs = 1",
+        )
+        .replace("tick_secs = 5", "tick_secs = 1");
+    std::fs::write(&config, text)?;
+    let settings = Settings::load(&data, &Overrides::default())?;
+    let parties = Parties::new()?;
+    let account = |k: &btc_escrow::keys::SigningKey| -> anyhow::Result<AccountKey> {
+        Ok(AccountKey::from_master(
+            k.master(),
+            &account_path(Network::Regtest, 0)?,
+            &parties.secp,
+        )?)
+    };
+    let (borrower, lender) = (account(&parties.borrower)?, account(&parties.lender)?);
+    let mut wallet = TestWallet::new(&env)?;
+    wallet.fund(&env, 1)?;
+    let payout = TestWallet::new(&env)?.address().to_string();
+    let back = TestWallet::new(&env)?.address().to_string();
+    let terms = TermsInput {
+        principal: Fiat::new(1_000_000, Currency::new("USD")?),
+        apr: Bps(1_000),
+        term_secs: 90 * 86_400,
+        initial_ltv: Bps(5_000),
+        margin_call_ltv: Bps(7_000),
+        liquidation_ltv: Bps(8_000),
+        hard_liquidation_ltv: None,
+        liquidation_penalty: Bps(500),
+        hysteresis: Bps(200),
+        confirm_ticks: 3,
+        grace_blocks: 144,
+        recovery_delay_blocks: 1_000,
+        funding_deadline: unix_now() + 86_400,
+        borrower_return_address: back,
+        lender_payout_address: payout,
+        min_confirmations: 1,
+    };
+    let service = Service::start(&settings)?;
+    let handle = service.handle();
+    set_price(&handle, 10_000_000)?;
+    let loan = wait_for(&handle, "a price and a chain view", move |ctx| {
+        let now = unix_now();
+        let price: Price = ctx.fresh_price(now)?.price;
+        let tip = ctx.tip()?;
+        if ctx.engine.loan("l1").is_err() {
+            ctx.engine.offer("l1", terms.clone(), now).ok()?;
+        }
+        ctx.engine
+            .accept("l1", &borrower, &lender, price, tip, now)
+            .ok()
+    })?;
+    let address = handle.call(|ctx| ctx.engine.escrows()["l1"].address())?;
+    let funding = wallet.send(
+        &address,
+        loan.required_collateral,
+        FeeRate::from_sat_per_vb(2).context("rate")?,
+    )?;
+    env.wait_for_tx(&address.script_pubkey(), funding.compute_txid())?;
+    env.mine(1)?;
+    wait_for(&handle, "activation", |ctx| {
+        ctx.engine
+            .loan("l1")
+            .ok()
+            .filter(|l| l.state == LoanState::Active)
+            .map(|_| ())
+    })?;
+    let undecided = |handle: &ServiceHandle| -> anyhow::Result<bool> {
+        Ok(handle.call(|ctx| {
+            ctx.engine.decision("l1").ok().flatten().is_none()
+                && ctx.engine.loan("l1").ok().map(|l| l.state) != Some(LoanState::Liquidating)
+        })?)
+    };
+
+    // No quorum: the operator's source cleared. Ticks come, without a price.
+    handle.call(|ctx| {
+        for (_, manual) in &ctx.manual {
+            manual.clear();
+        }
+    })?;
+    wait_ticks(&handle, 4)?;
+    ensure!(
+        handle.call(|ctx| ctx.no_price.is_some())?,
+        "the engine knows why"
+    );
+    ensure!(undecided(&handle)?, "no liquidation without a price");
+
+    // electrs down, a breaching price back: ticks with a price, no chain view.
+    env.kill_electrs();
+    wait_for(&handle, "the chain seen as disconnected", |ctx| {
+        matches!(
+            ctx.chain,
+            btc_escrow::service::ChainState::Disconnected { .. }
+        )
+        .then_some(())
+    })?;
+    set_price(&handle, 6_200_000)?;
+    wait_ticks(&handle, 4)?;
+    ensure!(undecided(&handle)?, "no liquidation on a stale chain view");
+
+    // Both back: the breach is counted from here and decided on the third tick.
+    env.restart_electrs()?;
+    wait_for(&handle, "the liquidation decision", |ctx| {
+        ctx.engine.decision("l1").ok().flatten()
+    })?;
+    ensure!(handle.call(|ctx| ctx.engine.loan("l1").map(|l| l.state))?? == LoanState::Liquidating);
     service.shutdown();
     Ok(())
 }

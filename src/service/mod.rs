@@ -74,6 +74,8 @@ pub struct Ctx {
     pub no_price: Option<String>,
     /// The operator-set sources, by name.
     pub manual: Vec<(String, ManualPrice)>,
+    /// Oracle results received (with or without a price).
+    pub ticks_seen: u64,
     staleness_secs: u64,
     rebroadcast_after_blocks: u32,
     /// The tip at which broadcast transactions were last sent again.
@@ -219,6 +221,7 @@ impl Service {
                 price: None,
                 no_price: Some("no oracle tick yet".into()),
                 manual,
+                ticks_seen: 0,
                 staleness_secs: settings.oracle.staleness_secs,
                 rebroadcast_after_blocks: settings.rebroadcast_after_blocks,
                 followed_at: None,
@@ -376,6 +379,7 @@ fn on_chain(ctx: &mut Ctx, report: ChainReport, now: u64) {
 }
 
 fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
+    ctx.ticks_seen += 1;
     match result.map(|p| (p.at, p.evidence())) {
         Ok((at, Ok(evidence))) => {
             ctx.price = Some((at, evidence.clone()));
