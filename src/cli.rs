@@ -153,20 +153,6 @@ pub enum OracleCmd {
     },
 }
 
-const DEFAULT_ORACLE: &str = r#"
-[oracle]
-quorum = 2
-[[oracle.sources]]
-name = "kraken"
-kind = "kraken"
-[[oracle.sources]]
-name = "bitstamp"
-kind = "bitstamp"
-[[oracle.sources]]
-name = "coinbase"
-kind = "coinbase"
-"#;
-
 pub fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
     use btc_escrow::oracle::{ticker::poll_once, OracleConfig};
     let OracleCmd::Price { config } = cmd;
@@ -174,14 +160,10 @@ pub fn oracle(cmd: OracleCmd) -> anyhow::Result<()> {
         Some(path) => {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
         }
-        None => DEFAULT_ORACLE.to_owned(),
+        None => btc_escrow::config::DEFAULT_ORACLE.to_owned(),
     };
     let config = OracleConfig::from_toml(&text)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (sources, _) = config.build(now);
+    let (sources, _) = config.build(btc_escrow::util::unix_now());
     let client = reqwest::Client::builder()
         .user_agent(concat!("btc-escrow/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -256,16 +256,11 @@ name = "coinbase"
 kind = "coinbase"
 "#;
 
-/// Parse a network name as the service spells it.
+/// Parse a network name (bitcoin, testnet, testnet4, signet, regtest: bitcoin's own
+/// names), naming the field on error.
 pub fn parse_network(text: &str) -> Result<Network, ConfigError> {
-    match text.trim() {
-        "bitcoin" | "mainnet" => Ok(Network::Bitcoin),
-        "testnet" => Ok(Network::Testnet),
-        "testnet4" => Ok(Network::Testnet4),
-        "signet" => Ok(Network::Signet),
-        "regtest" => Ok(Network::Regtest),
-        other => Err(field("network", Problem::NotANetwork(other.to_owned()))),
-    }
+    Network::from_str(text.trim())
+        .map_err(|_| field("network", Problem::NotANetwork(text.trim().to_owned())))
 }
 
 fn check_electrum(url: &str) -> Result<String, ConfigError> {

@@ -83,16 +83,6 @@ fn default_electrum(network: Network) -> String {
     format!("tcp://127.0.0.1:{port}")
 }
 
-fn network_name(network: Network) -> &'static str {
-    match network {
-        Network::Bitcoin => "bitcoin",
-        Network::Testnet => "testnet",
-        Network::Testnet4 => "testnet4",
-        Network::Signet => "signet",
-        _ => "regtest",
-    }
-}
-
 /// The configuration file `init` writes: every setting with its default, commented.
 fn config_text(network: Network, electrum_url: &str, listen: &str, manual_oracle: bool) -> String {
     let oracle = if manual_oracle {
@@ -137,7 +127,6 @@ max_fee_sat = 100000
 max_fee_bps = 200
 
 {oracle}"#,
-        network = network_name(network),
     )
 }
 
@@ -186,7 +175,7 @@ pub fn init(opts: &InitOptions) -> Result<Initialized, InitError> {
         &mut bitcoin::secp256k1::rand::thread_rng(),
         &mut raw,
     );
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = bitcoin::hex::DisplayHex::to_lower_hex_string(&raw[..]);
     store.put_token(
         &token_hash(&token),
         &TokenRecord {
