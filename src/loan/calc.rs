@@ -25,16 +25,6 @@ fn to_u64(v: u128) -> Result<u64, CalcError> {
     u64::try_from(v).map_err(|_| CalcError::Overflow)
 }
 
-/// Simple interest on `principal` at `apr` for `elapsed_secs`. Rounds UP: the lender
-/// is never short-changed by a fraction of a cent.
-pub fn interest(principal: u64, apr: Bps, elapsed_secs: u64) -> Result<u64, CalcError> {
-    let num = u128::from(principal)
-        .checked_mul(u128::from(apr.0))
-        .and_then(|v| v.checked_mul(u128::from(elapsed_secs)))
-        .ok_or(CalcError::Overflow)?;
-    to_u64(num.div_ceil(BPS_DENOM * SECS_PER_YEAR))
-}
-
 /// Interest accrues in exact sub-minor units: one minor unit is `INTEREST_DENOM` of
 /// them, so a year of APR `r` bps on `p` minor units is exactly `p × r × secs` of them.
 pub const INTEREST_DENOM: u128 = BPS_DENOM * SECS_PER_YEAR;
@@ -131,12 +121,6 @@ impl Accrual {
     pub fn is_repaid(&self) -> bool {
         self.principal == 0 && self.interest == 0
     }
-}
-
-/// What is owed at `now` on `principal` at `apr` accrued since `activated_at`, with
-/// nothing repaid (see [`Accrual`] for loans with repayments).
-pub fn owed(principal: Fiat, apr: Bps, activated_at: u64, now: u64) -> Result<Fiat, CalcError> {
-    Accrual::new(principal, apr, activated_at).owed(now)
 }
 
 /// Value of `collateral` at `price`, in minor units. Rounds DOWN: collateral is never
@@ -260,17 +244,22 @@ mod tests {
         Price::new(p, usd())
     }
 
+    /// What is owed on `principal` at `apr` after `secs`, nothing repaid.
+    fn owed(principal: u64, apr: u32, secs: u64) -> Result<u64, CalcError> {
+        Ok(Accrual::new(fiat(principal), Bps(apr), 0).owed(secs)?.minor)
+    }
+
     #[test]
     fn interest_rounds_up() {
         // $100 at 10 % for one second: 100_00 × 1000 / (10^4 × 31_536_000) cents = tiny → 1 cent.
-        assert_eq!(interest(10_000, Bps(1_000), 1), Ok(1));
-        assert_eq!(interest(10_000, Bps(1_000), 0), Ok(0));
+        assert_eq!(owed(10_000, 1_000, 1).map(|o| o - 10_000), Ok(1));
+        assert_eq!(owed(10_000, 1_000, 0).map(|o| o - 10_000), Ok(0));
         // Exactly one year at 10 % of $100 = $10.
-        assert_eq!(interest(10_000, Bps(1_000), 31_536_000), Ok(1_000));
         assert_eq!(
-            owed(fiat(10_000), Bps(1_000), 0, 31_536_000).unwrap().minor,
-            11_000
+            owed(10_000, 1_000, 31_536_000).map(|o| o - 10_000),
+            Ok(1_000)
         );
+        assert_eq!(owed(10_000, 1_000, 31_536_000).unwrap(), 11_000);
     }
 
     #[test]
@@ -475,11 +464,7 @@ mod tests {
         fn no_overflow_on_extremes(owed in 0u64..=u64::MAX, sats in 0u64..=2_100_000_000_000_000, p in 0u64..=1_000_000_000_000, secs in 0u64..=10_000_000_000) {
             let _ = ltv(fiat(owed), Amount::from_sat(sats), price(p));
             let _ = required_collateral(fiat(owed), Bps(5_000), price(p));
-            let _ = owed_checked(owed, secs);
+            let _ = Accrual::new(fiat(owed), Bps(10_000), 0).owed(secs);
         }
-    }
-
-    fn owed_checked(principal: u64, secs: u64) -> Result<Fiat, CalcError> {
-        owed(fiat(principal), Bps(10_000), 0, secs)
     }
 }
