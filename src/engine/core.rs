@@ -17,8 +17,8 @@ use super::record::{DecisionRecord, RecordError};
 use crate::keys::{AccountKey, ArbiterKey, KeyError};
 use crate::loan::calc::{self, CalcError};
 use crate::loan::{
-    apply, Event, Fiat, Input, Loan, LoanState, LoanTerms, Price, PriceEvidence, TermsError,
-    TermsInput, TransitionError,
+    apply, Event, Fiat, Input, Loan, LoanState, LoanTerms, Price, TermsError, TermsInput,
+    TransitionError,
 };
 use crate::policy::{EscrowDescriptor, EscrowHeights, EscrowKeys, PolicyError, PolicyTemplate};
 use crate::store::{Durability, Store, StoreError};
@@ -52,17 +52,6 @@ pub enum EngineError {
     NothingToCosign { id: String },
     #[error("loan {id}: no chain view of its escrow yet; nothing is decided without one")]
     NoChainView { id: String },
-}
-
-/// What a price tick did.
-#[derive(Debug, Default)]
-pub struct TickOutcome {
-    /// The tick's sequence number.
-    pub seq: u64,
-    /// The loans that moved (stored).
-    pub moved: Vec<Loan>,
-    /// Loans a decision waits for: no chain view of their escrow yet.
-    pub waiting_for_chain: Vec<String>,
 }
 
 /// What the engine needs to know besides its store and key.
@@ -279,6 +268,15 @@ impl Engine {
         now: u64,
     ) -> Result<Loan, EngineError> {
         let loan = self.loan(id)?;
+        // Refused before an escrow index is taken: a bad accept changes nothing.
+        if loan.state != LoanState::Offered {
+            return Err(TransitionError::Illegal {
+                id: id.to_owned(),
+                state: loan.state,
+                input: "accepted",
+            }
+            .into());
+        }
         let t = loan.terms.get();
         let schedule = loan
             .terms
@@ -368,64 +366,6 @@ impl Engine {
         self.views.insert(id.to_owned(), view);
         self.book.update(&loan, now);
         Ok(loan)
-    }
-
-    /// An aggregated price, numbered from the store's durable sequence: every loan
-    /// that is active is priced; a confirmed breach becomes a liquidation decision,
-    /// arbiter-signed and stored with the transition. A loan whose escrow the engine
-    /// has no chain view of (just restarted, chain not synced) is left untouched by
-    /// this tick: nothing is decided on a missing view.
-    pub fn price_tick(
-        &mut self,
-        evidence: PriceEvidence,
-        now: u64,
-        tip: u32,
-        fee_sat_per_kvb: u64,
-    ) -> Result<TickOutcome, EngineError> {
-        let seq = self.store.allocate_price_seq()?;
-        let tick = Input::PriceTick {
-            now,
-            seq,
-            price: Some(evidence.clone()),
-        };
-        let mut outcome = TickOutcome {
-            seq,
-            ..TickOutcome::default()
-        };
-        for id in self.book.candidates(evidence.price, now) {
-            let loan = self.loan(&id)?;
-            if !matches!(loan.state, LoanState::Active | LoanState::MarginCall) {
-                continue;
-            }
-            let (next, events) = apply(&loan, &tick)?;
-            if next == loan {
-                continue;
-            }
-            if next.state == LoanState::Liquidating {
-                let Ok(inputs) = self.inputs_of(&loan.id) else {
-                    tracing::warn!(loan = %loan.id, "breach not decided: no chain view yet");
-                    outcome.waiting_for_chain.push(loan.id.clone());
-                    continue;
-                };
-                let escrow = self.escrow_of(&loan.id)?;
-                let decision = Decision::liquidation(
-                    &loan,
-                    escrow,
-                    inputs,
-                    &evidence,
-                    now,
-                    fee_sat_per_kvb,
-                    tip,
-                )?;
-                self.decide(&loan, &next, &events, decision)?;
-            } else {
-                self.store
-                    .apply(loan.version, &next, &events, Durability::Durable)?;
-            }
-            self.book.update(&next, now);
-            outcome.moved.push(next);
-        }
-        Ok(outcome)
     }
 
     /// A repayment recorded by the lender; the final one becomes a release decision.

@@ -14,10 +14,10 @@ pub mod core;
 pub mod decision;
 mod follow;
 pub mod record;
+mod tick;
 
-pub use self::core::{
-    ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord, EscrowView, TickOutcome,
-};
+pub use self::core::{ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord, EscrowView};
 pub use clock::ClockOutcome;
 pub use decision::{Decision, DecisionError, DecisionKind};
 pub use record::{DecisionRecord, Progress, RecordError};
+pub use tick::TickOutcome;

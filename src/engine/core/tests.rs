@@ -5,7 +5,7 @@ use super::*;
 use crate::engine::Progress;
 use crate::loan::money::Currency;
 use crate::loan::terms::tests::{input as terms_input, NOW};
-use crate::loan::TxKind;
+use crate::loan::{PriceEvidence, TxKind};
 use crate::tx::tests::funding;
 
 const RATE: u64 = 2_000;
@@ -412,4 +412,60 @@ fn an_offer_below_the_minimum_confirm_ticks_is_refused() {
     let err = e.offer("l1", t, NOW).unwrap_err();
     assert!(err.to_string().starts_with("confirm_ticks"), "{err}");
     assert!(matches!(e.loan("l1"), Err(EngineError::NotFound { .. })));
+}
+
+/// A loan whose liquidation cannot be decided (here: its escrow shows a spend and no
+/// spendable deposit) is left as it was and reported; the other breached loan on the
+/// same tick is decided all the same. A second accept of a loan is refused before it
+/// takes an escrow index.
+#[test]
+fn one_undecidable_loan_holds_no_other_back() {
+    let w = World::new();
+    let mut e = w.engine();
+    funded(&w, &mut e);
+    e.offer("l2", terms_input(), NOW).unwrap();
+    let accept = |e: &mut Engine, id: &str| {
+        e.accept(
+            id,
+            &account(&w.borrower, &w.secp),
+            &account(&w.lender, &w.secp),
+            usd(10_000_000),
+            100,
+            NOW,
+        )
+    };
+    accept(&mut e, "l2").unwrap();
+    let escrow = e.escrows()["l2"].clone();
+    let funded_view = EscrowView {
+        confirmed: funding(&escrow, &[200_000_000]),
+        ..EscrowView::default()
+    };
+    e.observe("l2", funded_view, NOW).unwrap();
+    // The deposit is being spent (by someone): nothing left to build a decision from.
+    let spent_view = EscrowView {
+        spent: true,
+        ..EscrowView::default()
+    };
+    assert_eq!(
+        e.observe("l2", spent_view, NOW).unwrap().state,
+        LoanState::Active
+    );
+    let l2_before = e.loan("l2").unwrap();
+    // $50,000: both at 100 %, a hard breach.
+    let tick = e
+        .price_tick(PriceEvidence::bare(usd(5_000_000)), NOW, 300, RATE)
+        .unwrap();
+    assert_eq!(tick.moved.len(), 1);
+    assert_eq!(tick.moved[0].id, "l1");
+    assert_eq!(tick.failed.len(), 1, "{:?}", tick.failed);
+    assert_eq!(tick.failed[0].0, "l2");
+    assert_eq!(e.loan("l2").unwrap(), l2_before);
+    assert_eq!(e.loan("l1").unwrap().state, LoanState::Liquidating);
+
+    let index_before = e.store().allocate_escrow_index().unwrap();
+    assert!(matches!(
+        accept(&mut e, "l2"),
+        Err(EngineError::Transition(TransitionError::Illegal { .. }))
+    ));
+    assert_eq!(e.store().allocate_escrow_index().unwrap(), index_before + 1);
 }
