@@ -18,7 +18,7 @@ use bitcoin::{Amount, FeeRate, Network};
 use btc_escrow::chain::{ChainUpdate, Watcher, WatcherConfig};
 use btc_escrow::engine::{Engine, EngineConfig, EscrowView};
 use btc_escrow::keys::{account_path, AccountKey, ArbiterKey, SigningKey};
-use btc_escrow::loan::{Bps, Currency, Fiat, LoanState, Price, PriceEvidence, TermsInput, TxKind};
+use btc_escrow::loan::{Currency, LoanState, Price, PriceEvidence, TermsInput, TxKind};
 use btc_escrow::policy::PolicyTemplate;
 use btc_escrow::store::Store;
 use btc_escrow::tx::{self, FeeCap};
@@ -89,24 +89,7 @@ impl World {
     /// $10,000 for 90 days, 50 % initial LTV, margin call 70 %, liquidation 80 %
     /// confirmed over 3 ticks, 5 % penalty.
     fn terms(&self) -> TermsInput {
-        TermsInput {
-            principal: Fiat::new(1_000_000, Currency::new("USD").expect("USD")),
-            apr: Bps(1_000),
-            term_secs: 90 * 86_400,
-            initial_ltv: Bps(5_000),
-            margin_call_ltv: Bps(7_000),
-            liquidation_ltv: Bps(8_000),
-            hard_liquidation_ltv: None,
-            liquidation_penalty: Bps(500),
-            hysteresis: Bps(200),
-            confirm_ticks: 3,
-            grace_blocks: 144,
-            recovery_delay_blocks: 1_000,
-            funding_deadline: unix_now() + 86_400,
-            borrower_return_address: self.borrower_return.to_string(),
-            lender_payout_address: self.lender_payout.to_string(),
-            min_confirmations: 1,
-        }
+        common::escrow::loan_terms(&self.lender_payout, &self.borrower_return)
     }
 
     /// Sync until the escrow's view satisfies `ok`, feed it to the engine.

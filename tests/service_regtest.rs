@@ -19,7 +19,7 @@ use bitcoin::{Amount, FeeRate, Network};
 use btc_escrow::config::{Overrides, Settings};
 use btc_escrow::init::{init, InitOptions};
 use btc_escrow::keys::{account_path, AccountKey};
-use btc_escrow::loan::{Bps, Currency, Fiat, LoanState, Price, TermsInput};
+use btc_escrow::loan::{LoanState, Price};
 use btc_escrow::service::{Ctx, Service, ServiceHandle};
 use btc_escrow::tx::{self, FeeCap};
 use btc_escrow::util::unix_now;
@@ -54,8 +54,19 @@ fn set_price(handle: &ServiceHandle, minor: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_service_liquidates_a_breached_loan_by_itself() -> anyhow::Result<()> {
+/// A data directory made by `init` (manual oracle, one-second oracle and engine
+/// ticks), the service running on it, and loan "l1" offered, accepted at $100,000,
+/// funded with 0.2 BTC from a BDK wallet and activated by the chain thread's reports.
+struct Running {
+    env: Regtest,
+    _parent: tempfile::TempDir,
+    settings: Settings,
+    service: Service,
+    handle: ServiceHandle,
+    parties: Parties,
+}
+
+fn running_active_loan() -> anyhow::Result<Running> {
     let env = Regtest::start()?;
     let parent = tempfile::tempdir()?;
     let data = parent.path().join("data");
@@ -89,26 +100,10 @@ fn the_service_liquidates_a_breached_loan_by_itself() -> anyhow::Result<()> {
     let (borrower, lender) = (account(&parties.borrower)?, account(&parties.lender)?);
     let mut wallet = TestWallet::new(&env)?;
     wallet.fund(&env, 1)?;
-    let lender_payout = TestWallet::new(&env)?.address();
-    let borrower_return = TestWallet::new(&env)?.address();
-    let terms = TermsInput {
-        principal: Fiat::new(1_000_000, Currency::new("USD")?),
-        apr: Bps(1_000),
-        term_secs: 90 * 86_400,
-        initial_ltv: Bps(5_000),
-        margin_call_ltv: Bps(7_000),
-        liquidation_ltv: Bps(8_000),
-        hard_liquidation_ltv: None,
-        liquidation_penalty: Bps(500),
-        hysteresis: Bps(200),
-        confirm_ticks: 3,
-        grace_blocks: 144,
-        recovery_delay_blocks: 1_000,
-        funding_deadline: unix_now() + 86_400,
-        borrower_return_address: borrower_return.to_string(),
-        lender_payout_address: lender_payout.to_string(),
-        min_confirmations: 1,
-    };
+    let terms = common::escrow::loan_terms(
+        &TestWallet::new(&env)?.address(),
+        &TestWallet::new(&env)?.address(),
+    );
 
     let service = Service::start(&settings)?;
     let handle = service.handle();
@@ -134,17 +129,38 @@ fn the_service_liquidates_a_breached_loan_by_itself() -> anyhow::Result<()> {
     )?;
     env.wait_for_tx(&address.script_pubkey(), funding.compute_txid())?;
     env.mine(1)?;
-    let state = |want: LoanState| {
-        move |ctx: &mut Ctx| {
-            ctx.engine
-                .loan("l1")
-                .ok()
-                .filter(|l| l.state == want)
-                .map(|_| ())
-        }
-    };
-    wait_for(&handle, "activation", state(LoanState::Active))?;
+    wait_for(&handle, "activation", in_state(LoanState::Active))?;
+    Ok(Running {
+        env,
+        _parent: parent,
+        settings,
+        service,
+        handle,
+        parties,
+    })
+}
 
+fn in_state(want: LoanState) -> impl Fn(&mut Ctx) -> Option<()> + Send + Clone + 'static {
+    move |ctx: &mut Ctx| {
+        ctx.engine
+            .loan("l1")
+            .ok()
+            .filter(|l| l.state == want)
+            .map(|_| ())
+    }
+}
+
+#[test]
+fn the_service_liquidates_a_breached_loan_by_itself() -> anyhow::Result<()> {
+    let Running {
+        env,
+        settings,
+        service,
+        handle,
+        parties,
+        // Bound, not `..`: the data directory must outlive the restart below.
+        _parent: _data,
+    } = running_active_loan()?;
     // $62,000: the third tick in the band decides.
     set_price(&handle, 6_200_000)?;
     let record = wait_for(&handle, "the liquidation decision", |ctx| {
@@ -168,7 +184,7 @@ fn the_service_liquidates_a_breached_loan_by_itself() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     env.mine(1)?;
-    wait_for(&handle, "Liquidated", state(LoanState::Liquidated))?;
+    wait_for(&handle, "Liquidated", in_state(LoanState::Liquidated))?;
     service.shutdown();
 
     // A restart finds the loan as it was.
@@ -193,85 +209,13 @@ fn wait_ticks(handle: &ServiceHandle, n: u64) -> anyhow::Result<()> {
 
 #[test]
 fn nothing_is_decided_without_a_price_or_a_chain_view_then_it_catches_up() -> anyhow::Result<()> {
-    let mut env = Regtest::start()?;
-    let parent = tempfile::tempdir()?;
-    let data = parent.path().join("data");
-    init(&InitOptions {
-        data_dir: data.clone(),
-        network: Network::Regtest,
-        electrum_url: Some(env.electrum_url.clone()),
-        listen: None,
-        manual_oracle: true,
-    })?;
-    let config = data.join("btc-escrow.toml");
-    let text = std::fs::read_to_string(&config)?
-        .replace(
-            "[oracle]\nquorum = 1",
-            "[oracle]\nquorum = 1\ninterval_secs = 1",
-        )
-        .replace("tick_secs = 5", "tick_secs = 1");
-    std::fs::write(&config, text)?;
-    let settings = Settings::load(&data, &Overrides::default())?;
-    let parties = Parties::new()?;
-    let account = |k: &btc_escrow::keys::SigningKey| -> anyhow::Result<AccountKey> {
-        Ok(AccountKey::from_master(
-            k.master(),
-            &account_path(Network::Regtest, 0)?,
-            &parties.secp,
-        )?)
-    };
-    let (borrower, lender) = (account(&parties.borrower)?, account(&parties.lender)?);
-    let mut wallet = TestWallet::new(&env)?;
-    wallet.fund(&env, 1)?;
-    let payout = TestWallet::new(&env)?.address().to_string();
-    let back = TestWallet::new(&env)?.address().to_string();
-    let terms = TermsInput {
-        principal: Fiat::new(1_000_000, Currency::new("USD")?),
-        apr: Bps(1_000),
-        term_secs: 90 * 86_400,
-        initial_ltv: Bps(5_000),
-        margin_call_ltv: Bps(7_000),
-        liquidation_ltv: Bps(8_000),
-        hard_liquidation_ltv: None,
-        liquidation_penalty: Bps(500),
-        hysteresis: Bps(200),
-        confirm_ticks: 3,
-        grace_blocks: 144,
-        recovery_delay_blocks: 1_000,
-        funding_deadline: unix_now() + 86_400,
-        borrower_return_address: back,
-        lender_payout_address: payout,
-        min_confirmations: 1,
-    };
-    let service = Service::start(&settings)?;
-    let handle = service.handle();
-    set_price(&handle, 10_000_000)?;
-    let loan = wait_for(&handle, "a price and a chain view", move |ctx| {
-        let now = unix_now();
-        let price: Price = ctx.fresh_price(now)?.price;
-        let tip = ctx.tip()?;
-        if ctx.engine.loan("l1").is_err() {
-            ctx.engine.offer("l1", terms.clone(), now).ok()?;
-        }
-        ctx.engine
-            .accept("l1", &borrower, &lender, price, tip, now)
-            .ok()
-    })?;
-    let address = handle.call(|ctx| ctx.engine.escrows()["l1"].address())?;
-    let funding = wallet.send(
-        &address,
-        loan.required_collateral,
-        FeeRate::from_sat_per_vb(2).context("rate")?,
-    )?;
-    env.wait_for_tx(&address.script_pubkey(), funding.compute_txid())?;
-    env.mine(1)?;
-    wait_for(&handle, "activation", |ctx| {
-        ctx.engine
-            .loan("l1")
-            .ok()
-            .filter(|l| l.state == LoanState::Active)
-            .map(|_| ())
-    })?;
+    let Running {
+        mut env,
+        service,
+        handle,
+        _parent: _data,
+        ..
+    } = running_active_loan()?;
     let undecided = |handle: &ServiceHandle| -> anyhow::Result<bool> {
         Ok(handle.call(|ctx| {
             ctx.engine.decision("l1").ok().flatten().is_none()

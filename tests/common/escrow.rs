@@ -164,3 +164,31 @@ pub fn spend(
     }
     Ok(tx::finalize(&psbt, &parties.secp)?)
 }
+
+/// The loan the engine and service tests run: $10,000 for 90 days at 10 %, 50 %
+/// initial LTV, margin call 70 %, liquidation 80 % over 3 ticks, 5 % penalty, funded
+/// within a day.
+pub fn loan_terms(
+    lender_payout: &Address,
+    borrower_return: &Address,
+) -> btc_escrow::loan::TermsInput {
+    use btc_escrow::loan::{Bps, Currency, Fiat};
+    btc_escrow::loan::TermsInput {
+        principal: Fiat::new(1_000_000, Currency::new("USD").expect("USD is a code")),
+        apr: Bps(1_000),
+        term_secs: 90 * 86_400,
+        initial_ltv: Bps(5_000),
+        margin_call_ltv: Bps(7_000),
+        liquidation_ltv: Bps(8_000),
+        hard_liquidation_ltv: None,
+        liquidation_penalty: Bps(500),
+        hysteresis: Bps(200),
+        confirm_ticks: 3,
+        grace_blocks: 144,
+        recovery_delay_blocks: 1_000,
+        funding_deadline: btc_escrow::util::unix_now() + 86_400,
+        borrower_return_address: borrower_return.to_string(),
+        lender_payout_address: lender_payout.to_string(),
+        min_confirmations: 1,
+    }
+}

@@ -63,19 +63,27 @@ fn usd(minor: u64) -> Price {
     Price::new(minor, Currency::new("USD").unwrap())
 }
 
+/// Accept offer `id` at $100,000/BTC with the world's borrower and lender.
+fn accept(w: &World, e: &mut Engine, id: &str) -> Result<Loan, EngineError> {
+    e.accept(
+        id,
+        &account(&w.borrower, &w.secp),
+        &account(&w.lender, &w.secp),
+        usd(10_000_000),
+        100,
+        NOW,
+    )
+}
+
+/// Offer `id` and accept it: $100,000 at 50 % initial LTV, 2 BTC required.
+fn offered_and_accepted(w: &World, e: &mut Engine, id: &str) -> Loan {
+    e.offer(id, terms_input(), NOW).unwrap();
+    accept(w, e, id).unwrap()
+}
+
 /// Offer $100,000 at 50 % initial LTV with the price at $100,000: 2 BTC required.
 fn funded(w: &World, e: &mut Engine) -> Vec<EscrowInput> {
-    e.offer("l1", terms_input(), NOW).unwrap();
-    let loan = e
-        .accept(
-            "l1",
-            &account(&w.borrower, &w.secp),
-            &account(&w.lender, &w.secp),
-            usd(10_000_000),
-            100,
-            NOW,
-        )
-        .unwrap();
+    let loan = offered_and_accepted(w, e, "l1");
     assert_eq!(loan.state, LoanState::AwaitingCollateral);
     assert_eq!(loan.required_collateral, Amount::from_int_btc(2));
     let escrow = e.escrows()["l1"].clone();
@@ -283,16 +291,7 @@ fn maturity_plus_grace_with_money_owed_is_a_default_liquidation_once_priced() {
 fn a_deadline_expires_an_underfunded_loan_and_refunds_its_deposit() {
     let w = World::new();
     let mut e = w.engine();
-    e.offer("l1", terms_input(), NOW).unwrap();
-    e.accept(
-        "l1",
-        &account(&w.borrower, &w.secp),
-        &account(&w.lender, &w.secp),
-        usd(10_000_000),
-        100,
-        NOW,
-    )
-    .unwrap();
+    offered_and_accepted(&w, &mut e, "l1");
     let deadline = terms_input().funding_deadline;
     // No chain view yet: it waits rather than expire a loan that may be funded.
     let out = e.clock(deadline, 300, RATE, None).unwrap();
@@ -338,16 +337,7 @@ fn a_deadline_expires_an_underfunded_loan_and_refunds_its_deposit() {
 fn a_deadline_with_nothing_deposited_expires_without_a_decision() {
     let w = World::new();
     let mut e = w.engine();
-    e.offer("l1", terms_input(), NOW).unwrap();
-    e.accept(
-        "l1",
-        &account(&w.borrower, &w.secp),
-        &account(&w.lender, &w.secp),
-        usd(10_000_000),
-        100,
-        NOW,
-    )
-    .unwrap();
+    offered_and_accepted(&w, &mut e, "l1");
     e.observe("l1", EscrowView::default(), NOW).unwrap();
     let out = e
         .clock(terms_input().funding_deadline, 300, RATE, None)
@@ -364,16 +354,7 @@ fn a_tick_moves_only_the_loans_near_their_thresholds() {
     let w = World::new();
     let mut e = w.engine();
     funded(&w, &mut e); // l1: 2 BTC for $100,000
-    e.offer("l2", terms_input(), NOW).unwrap();
-    e.accept(
-        "l2",
-        &account(&w.borrower, &w.secp),
-        &account(&w.lender, &w.secp),
-        usd(10_000_000),
-        100,
-        NOW,
-    )
-    .unwrap();
+    offered_and_accepted(&w, &mut e, "l2");
     let escrow = e.escrows()["l2"].clone();
     let view = EscrowView {
         confirmed: funding(&escrow, &[400_000_000]), // 4 BTC: half the LTV
@@ -423,18 +404,7 @@ fn one_undecidable_loan_holds_no_other_back() {
     let w = World::new();
     let mut e = w.engine();
     funded(&w, &mut e);
-    e.offer("l2", terms_input(), NOW).unwrap();
-    let accept = |e: &mut Engine, id: &str| {
-        e.accept(
-            id,
-            &account(&w.borrower, &w.secp),
-            &account(&w.lender, &w.secp),
-            usd(10_000_000),
-            100,
-            NOW,
-        )
-    };
-    accept(&mut e, "l2").unwrap();
+    offered_and_accepted(&w, &mut e, "l2");
     let escrow = e.escrows()["l2"].clone();
     let funded_view = EscrowView {
         confirmed: funding(&escrow, &[200_000_000]),
@@ -464,7 +434,7 @@ fn one_undecidable_loan_holds_no_other_back() {
 
     let index_before = e.store().allocate_escrow_index().unwrap();
     assert!(matches!(
-        accept(&mut e, "l2"),
+        accept(&w, &mut e, "l2"),
         Err(EngineError::Transition(TransitionError::Illegal { .. }))
     ));
     assert_eq!(e.store().allocate_escrow_index().unwrap(), index_before + 1);
