@@ -113,16 +113,6 @@ impl Decision {
         Ok(built)
     }
 
-    /// What the arbiter may sign for this decision.
-    pub fn spend_decision(
-        &self,
-        escrow: &EscrowDescriptor,
-    ) -> Result<tx::SpendDecision, DecisionError> {
-        Ok(tx::SpendDecision {
-            tx: self.unsigned(escrow)?.psbt.unsigned_tx,
-        })
-    }
-
     /// Everything to `to` (release, refund, or a liquidation with no borrower share).
     fn sweep(
         loan: &Loan,
@@ -315,7 +305,8 @@ impl Decision {
         Ok(next)
     }
 
-    /// The unsigned transaction (for comparisons and txids before signing).
+    /// The unsigned transaction: what the arbiter may sign for this decision
+    /// (`tx::SpendDecision`), and what a co-signer re-derives to check a PSBT.
     pub fn transaction(&self, escrow: &EscrowDescriptor) -> Result<Transaction, DecisionError> {
         Ok(self.unsigned(escrow)?.psbt.unsigned_tx)
     }

@@ -144,7 +144,9 @@ fn a_stored_decision_rebuilds_the_same_transaction_and_the_arbiter_signs_only_it
     assert_eq!(back, d);
     let tx = d.transaction(&f.escrow).unwrap();
     assert_eq!(back.transaction(&f.escrow).unwrap(), tx);
-    let decision = back.spend_decision(&f.escrow).unwrap();
+    let decision = crate::tx::SpendDecision {
+        tx: back.transaction(&f.escrow).unwrap(),
+    };
     let mut psbt = d.unsigned(&f.escrow).unwrap().psbt;
     let n = crate::tx::sign_decision(
         &mut psbt,
