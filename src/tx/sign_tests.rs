@@ -171,6 +171,9 @@ fn a_fee_above_the_cap_is_refused_with_both_numbers() {
     // The relative cap binds on a small escrow: 2 % of 0.01 BTC.
     let small = FeeCap::default().cap(Amount::from_sat(1_000_000));
     assert_eq!(small, Amount::from_sat(20_000));
+    // Rounding: the relative cap rounds DOWN (never a satoshi above 2 %).
+    let odd = FeeCap::default().cap(Amount::from_sat(99_999));
+    assert_eq!(odd, Amount::from_sat(1_999), "2 % of 99,999 is 1,999.98");
 }
 
 #[test]

@@ -204,3 +204,11 @@ fn a_fee_bump_takes_from_the_borrower_and_keeps_the_lenders_payment() {
     );
     assert_eq!(a.output[1].value - b.output[1].value, bumped.fee - d.fee);
 }
+
+#[test]
+fn the_fee_rate_rounds_up_to_whole_sat_per_kwu() {
+    // 1,001 sat/kvB = 250.25 sat/kwu: 251, never below the rate decided; zero is refused.
+    assert_eq!(fee_rate(1_001).unwrap(), FeeRate::from_sat_per_kwu(251));
+    assert_eq!(fee_rate(1_000).unwrap(), FeeRate::from_sat_per_kwu(250));
+    assert!(matches!(fee_rate(0), Err(DecisionError::FeeRate { .. })));
+}
