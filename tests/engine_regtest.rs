@@ -6,8 +6,9 @@
 //!   lender co-signs, the transaction is broadcast and mined, and the loan is
 //!   Liquidated; the lender's payout and the borrower's remainder on chain equal the
 //!   decision, computed independently here;
-//! - a loan is repaid in full; the release is co-signed by the borrower, mined, and the
-//!   collateral minus the fee is back at the borrower's address.
+//! - a loan is repaid in full; the release is co-signed by the borrower (or the
+//!   lender), mined, and the collateral minus the fee is back at the borrower's address;
+//! - and the scenarios of the tests below, each described above it.
 
 mod common;
 
@@ -132,6 +133,20 @@ impl World {
     }
 
     fn active_loan_with(&mut self, id: &str, terms: TermsInput) -> anyhow::Result<()> {
+        let required = self.accepted_loan(id, terms)?;
+        self.deposit(id, required)?;
+        // Not active while unconfirmed.
+        self.observe_until(id, |v| v.confirmed.is_empty())?;
+        ensure!(self.engine.loan(id)?.state == LoanState::AwaitingCollateral);
+        self.env.mine(1)?;
+        self.observe_until(id, |v| !v.confirmed.is_empty())?;
+        ensure!(self.engine.loan(id)?.state == LoanState::Active);
+        Ok(())
+    }
+
+    /// Offer and accept at $100,000/BTC; the escrow is watched. Returns the collateral
+    /// required.
+    fn accepted_loan(&mut self, id: &str, terms: TermsInput) -> anyhow::Result<Amount> {
         let now = unix_now();
         self.engine.offer(id, terms, now)?;
         let (borrower, lender) = (
@@ -148,21 +163,22 @@ impl World {
         )?;
         ensure!(loan.required_collateral == Amount::from_sat(20_000_000));
         let escrow = self.engine.escrows()[id].clone();
-        self.watcher.register(id, escrow.clone())?;
+        self.watcher.register(id, escrow)?;
+        Ok(loan.required_collateral)
+    }
+
+    /// Send `amount` to the loan's escrow from the test wallet; wait until electrs has
+    /// it (unconfirmed).
+    fn deposit(&mut self, id: &str, amount: Amount) -> anyhow::Result<bitcoin::Txid> {
+        let escrow = self.engine.escrows()[id].clone();
         let funding = self.wallet.send(
             &escrow.address(),
-            loan.required_collateral,
+            amount,
             FeeRate::from_sat_per_vb(2).expect("2 sat/vB"),
         )?;
-        self.env
-            .wait_for_tx(&escrow.script_pubkey(), funding.compute_txid())?;
-        // Not active while unconfirmed.
-        self.observe_until(id, |v| v.confirmed.is_empty())?;
-        ensure!(self.engine.loan(id)?.state == LoanState::AwaitingCollateral);
-        self.env.mine(1)?;
-        self.observe_until(id, |v| !v.confirmed.is_empty())?;
-        ensure!(self.engine.loan(id)?.state == LoanState::Active);
-        Ok(())
+        let txid = funding.compute_txid();
+        self.env.wait_for_tx(&escrow.script_pubkey(), txid)?;
+        Ok(txid)
     }
 
     /// Send what the engine finalized (as `serve`'s chain thread does).
@@ -255,8 +271,9 @@ fn a_confirmed_breach_is_liquidated_on_chain_as_decided() -> anyhow::Result<()> 
     Ok(())
 }
 
-#[test]
-fn a_repaid_loan_is_released_to_the_borrower() -> anyhow::Result<()> {
+/// Repay in full, the release co-signed by the lender or by the borrower, mined:
+/// Closed, the collateral minus the fee at the borrower's return address.
+fn released(lender_cosigns: bool) -> anyhow::Result<()> {
     let mut w = World::new()?;
     w.active_loan("loan-2")?;
     let tip = w.env.height()?;
@@ -266,11 +283,166 @@ fn a_repaid_loan_is_released_to_the_borrower() -> anyhow::Result<()> {
         .repay("loan-2", owed, "wire-42", unix_now(), tip, RATE)?;
     ensure!(loan.state == LoanState::Releasing, "{:?}", loan.state);
     let record = w.engine.decision("loan-2")?.context("a release decision")?;
-    let tx = w.settle("loan-2", false)?;
+    let tx = w.settle("loan-2", lender_cosigns)?;
     ensure!(w.engine.loan("loan-2")?.state == LoanState::Closed);
     ensure!(tx.output.len() == 1);
     ensure!(tx.output[0].script_pubkey == w.borrower_return.script_pubkey());
     ensure!(tx.output[0].value == Amount::from_sat(20_000_000) - record.decision.fee);
+    Ok(())
+}
+
+#[test]
+fn a_repaid_loan_is_released_with_the_borrowers_signature() -> anyhow::Result<()> {
+    released(false)
+}
+
+#[test]
+fn a_repaid_loan_is_released_with_the_lenders_signature() -> anyhow::Result<()> {
+    released(true)
+}
+
+/// The loan's terms ask for two confirmations. The borrower sends 0.12 BTC, then tops
+/// up 0.08 BTC: with the first deposit two blocks deep and the top-up one block deep
+/// the loan still waits (0.12 BTC counted); one more block and it is Active with
+/// 0.2 BTC.
+#[test]
+fn a_top_up_activates_the_loan_at_its_min_confirmations_not_before() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    let mut terms = w.terms();
+    terms.min_confirmations = 2;
+    w.accepted_loan("loan-t", terms)?;
+    w.deposit("loan-t", Amount::from_sat(12_000_000))?;
+    w.env.mine(1)?;
+    w.observe_until("loan-t", |v| v.depth.values().any(|d| *d == 1))?;
+    let loan = w.engine.loan("loan-t")?;
+    ensure!(
+        loan.collateral == Amount::ZERO,
+        "one block is not two: {loan:?}"
+    );
+    w.env.mine(1)?;
+    w.observe_until("loan-t", |v| v.depth.values().any(|d| *d == 2))?;
+    let loan = w.engine.loan("loan-t")?;
+    ensure!(loan.state == LoanState::AwaitingCollateral);
+    ensure!(loan.collateral == Amount::from_sat(12_000_000));
+    let top_up = w.deposit("loan-t", Amount::from_sat(8_000_000))?;
+    w.env.mine(1)?;
+    w.observe_until("loan-t", |v| v.depth.keys().any(|o| o.txid == top_up))?;
+    let loan = w.engine.loan("loan-t")?;
+    ensure!(
+        loan.state == LoanState::AwaitingCollateral,
+        "{:?}",
+        loan.state
+    );
+    ensure!(loan.collateral == Amount::from_sat(12_000_000));
+    w.env.mine(1)?;
+    w.observe_until("loan-t", |v| {
+        v.depth.iter().any(|(o, d)| o.txid == top_up && *d == 2)
+    })?;
+    let loan = w.engine.loan("loan-t")?;
+    ensure!(loan.state == LoanState::Active, "{:?}", loan.state);
+    ensure!(loan.collateral == Amount::from_sat(20_000_000));
+    Ok(())
+}
+
+/// Margin call at 70 % LTV with 2 % hysteresis, on 0.2 BTC for $10,000: $70,000/BTC
+/// (71.4 %) raises it; $72,000 (69.4 %) is inside the hysteresis and keeps it;
+/// $75,000 (66.7 %) clears it. Nothing is liquidated.
+#[test]
+fn a_margin_call_is_raised_and_cleared_below_the_hysteresis() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    w.active_loan("loan-m")?;
+    let tip = w.env.height()?;
+    let mut tick = |minor: u64| -> anyhow::Result<LoanState> {
+        w.engine
+            .price_tick(PriceEvidence::bare(usd(minor)), unix_now(), tip, RATE)?;
+        Ok(w.engine.loan("loan-m")?.state)
+    };
+    ensure!(tick(8_500_000)? == LoanState::Active);
+    ensure!(tick(7_000_000)? == LoanState::MarginCall);
+    ensure!(tick(7_200_000)? == LoanState::MarginCall);
+    ensure!(tick(7_500_000)? == LoanState::Active);
+    let events = w.engine.store().events("loan-m")?;
+    let names: Vec<String> = events
+        .iter()
+        .map(|e| format!("{:?}", e.event))
+        .filter(|e| e.starts_with("MarginCall"))
+        .collect();
+    ensure!(names.len() == 2, "raised once, cleared once: {names:?}");
+    ensure!(w.engine.decision("loan-m")?.is_none());
+    Ok(())
+}
+
+/// A 100-minute loan with one grace block is not repaid. The engine's clock, moved
+/// past maturity plus grace with a fresh price, liquidates it for default at that
+/// price; the lender co-signs; mined: Liquidated, the reason recorded as a default.
+#[test]
+fn an_unpaid_loan_is_liquidated_at_maturity_plus_grace() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    let mut terms = w.terms();
+    terms.term_secs = 6_000;
+    terms.grace_blocks = 1;
+    w.active_loan_with("loan-f", terms)?;
+    let tip = w.env.height()?;
+    let evidence = PriceEvidence::bare(usd(9_000_000));
+    let early = w.engine.clock(unix_now(), tip, RATE, Some(&evidence))?;
+    ensure!(early.defaulted.is_empty(), "not yet due: {early:?}");
+    let due = unix_now() + 6_000 + 600;
+    let none = w.engine.clock(due, tip, RATE, None)?;
+    ensure!(
+        none.waiting_for_price == vec!["loan-f".to_owned()],
+        "{none:?}"
+    );
+    ensure!(w.engine.loan("loan-f")?.state == LoanState::Active);
+    let out = w.engine.clock(due, tip, RATE, Some(&evidence))?;
+    ensure!(out.defaulted == vec!["loan-f".to_owned()], "{out:?}");
+    let record = w.engine.decision("loan-f")?.context("a default decision")?;
+    let tx = w.settle("loan-f", true)?;
+    let loan = w.engine.loan("loan-f")?;
+    ensure!(loan.state == LoanState::Liquidated, "{:?}", loan.state);
+    ensure!(
+        loan.liquidation_reason == Some(btc_escrow::loan::LiquidationReason::Default),
+        "{:?}",
+        loan.liquidation_reason
+    );
+    // At $90,000: the debt plus 5 % to the lender, rounded up; the rest to the borrower.
+    let owed = match &record.decision.kind {
+        btc_escrow::engine::DecisionKind::Liquidation { owed, .. } => owed.minor,
+        other => bail!("{other:?}"),
+    };
+    let claim = (u128::from(owed) * 10_500 * 100_000_000).div_ceil(10_000 * 9_000_000) as u64;
+    ensure!(tx.output[0].value == Amount::from_sat(claim));
+    ensure!(tx.output[0].script_pubkey == w.lender_payout.script_pubkey());
+    Ok(())
+}
+
+/// The borrower sends 0.05 of the 0.2 BTC asked and stops. At the funding deadline
+/// the loan expires and the deposit is released to the borrower (co-signed by the
+/// borrower), minus the fee.
+#[test]
+fn a_partial_deposit_is_refunded_when_the_funding_deadline_passes() -> anyhow::Result<()> {
+    let mut w = World::new()?;
+    let terms = w.terms();
+    let deadline = terms.funding_deadline;
+    w.accepted_loan("loan-x", terms)?;
+    w.deposit("loan-x", Amount::from_sat(5_000_000))?;
+    w.env.mine(1)?;
+    w.observe_until("loan-x", |v| !v.confirmed.is_empty())?;
+    let tip = w.env.height()?;
+    let early = w.engine.clock(deadline - 1, tip, RATE, None)?;
+    ensure!(early.expired.is_empty(), "{early:?}");
+    let out = w.engine.clock(deadline, tip, RATE, None)?;
+    ensure!(out.expired == vec!["loan-x".to_owned()], "{out:?}");
+    ensure!(w.engine.loan("loan-x")?.state == LoanState::Expired);
+    let record = w.engine.decision("loan-x")?.context("a refund decision")?;
+    let tx = w.settle("loan-x", false)?;
+    ensure!(tx.output.len() == 1);
+    ensure!(tx.output[0].script_pubkey == w.borrower_return.script_pubkey());
+    ensure!(tx.output[0].value == Amount::from_sat(5_000_000) - record.decision.fee);
+    let loan = w.engine.loan("loan-x")?;
+    ensure!(
+        loan.confirmed_tx == Some((TxKind::Refund, tx.compute_txid())),
+        "{loan:?}"
+    );
     Ok(())
 }
 

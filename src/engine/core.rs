@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use bitcoin::secp256k1::{All, Secp256k1};
-use bitcoin::{Amount, Network, Transaction, Txid};
+use bitcoin::{Amount, Network, OutPoint, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
 use super::decision::{Decision, DecisionError};
@@ -81,9 +81,13 @@ pub struct EscrowRecord {
 /// What the chain shows of one escrow, as the engine needs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EscrowView {
-    /// Unspent deposits with at least `min_confirmations`, with their previous
-    /// transactions (what a decision spends).
+    /// Unspent deposits with at least the service's `min_confirmations`, with their
+    /// previous transactions (what a decision spends).
     pub confirmed: Vec<EscrowInput>,
+    /// How many confirmations each deposit of `confirmed` had when the view was
+    /// taken; a deposit not listed counts as deep enough. The engine keeps only those
+    /// as deep as the loan's own `min_confirmations` (see [`EscrowView::at_depth`]).
+    pub depth: BTreeMap<OutPoint, u32>,
     /// A transaction spending the escrow is in the view (confirmed or not).
     pub spent: bool,
     /// Confirmed spends.
@@ -110,10 +114,17 @@ impl EscrowView {
         min_conf: u32,
         tx: impl Fn(Txid) -> Option<Transaction>,
     ) -> Self {
-        let confirmed = state
+        let deep: Vec<_> = state
             .deposits
             .iter()
             .filter(|d| d.spent_by.is_none() && d.status.confirmations() >= min_conf.max(1))
+            .collect();
+        let depth = deep
+            .iter()
+            .map(|d| (d.outpoint, d.status.confirmations()))
+            .collect();
+        let confirmed = deep
+            .iter()
             .filter_map(|d| {
                 tx(d.outpoint.txid).map(|prev_tx| EscrowInput {
                     outpoint: d.outpoint,
@@ -138,9 +149,21 @@ impl EscrowView {
             .collect();
         Self {
             confirmed,
+            depth,
             spent: !state.spends.is_empty(),
             confirmed_spends,
         }
+    }
+
+    /// The view with only the deposits confirmed at least `min_conf` times: a loan
+    /// whose terms ask for more confirmations than the service's floor counts its
+    /// collateral (and spends it) only at that depth.
+    pub fn at_depth(mut self, min_conf: u32) -> Self {
+        let depth = std::mem::take(&mut self.depth);
+        self.confirmed
+            .retain(|i| depth.get(&i.outpoint).is_none_or(|d| *d >= min_conf));
+        self.depth = depth;
+        self
     }
 
     pub fn collateral(&self) -> Amount {
@@ -319,6 +342,11 @@ impl Engine {
     /// decision; anyone else's close the loan on chain).
     pub fn observe(&mut self, id: &str, view: EscrowView, now: u64) -> Result<Loan, EngineError> {
         let mut loan = self.loan(id)?;
+        let view = view.at_depth(
+            self.config
+                .min_confirmations
+                .max(loan.terms.get().min_confirmations),
+        );
         let collateral = Input::CollateralObserved {
             now,
             confirmed: view.collateral(),

@@ -89,6 +89,7 @@ fn funded(w: &World, e: &mut Engine) -> Vec<EscrowInput> {
     let escrow = e.escrows()["l1"].clone();
     let deposits = funding(&escrow, &[150_000_000, 50_000_000]);
     let view = EscrowView {
+        depth: Default::default(),
         confirmed: deposits.clone(),
         ..EscrowView::default()
     };
@@ -144,6 +145,7 @@ fn a_breach_is_decided_signed_cosigned_broadcast_and_confirmed() {
     assert!(e.to_broadcast().unwrap().is_empty());
     // Confirmed: liquidated. Reorged out: liquidating again, still ours.
     let spent = |confirmed: bool| EscrowView {
+        depth: Default::default(),
         confirmed: vec![],
         spent: true,
         confirmed_spends: if confirmed {
@@ -221,6 +223,7 @@ fn the_escrows_are_rebuilt_after_a_restart_and_a_stranger_spend_closes_on_chain(
     assert_eq!(e.escrows()["l1"].address(), address);
     let other = Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros());
     let view = EscrowView {
+        depth: Default::default(),
         confirmed: vec![],
         spent: true,
         confirmed_spends: vec![ConfirmedSpend {
@@ -251,6 +254,7 @@ fn after_a_restart_no_breach_is_decided_before_the_chain_is_seen() {
     assert!(e.decision("l1").unwrap().is_none());
     // Seen again: the next tick decides.
     let view = EscrowView {
+        depth: Default::default(),
         confirmed: deposits,
         ..EscrowView::default()
     };
@@ -299,6 +303,7 @@ fn a_deadline_expires_an_underfunded_loan_and_refunds_its_deposit() {
     let escrow = e.escrows()["l1"].clone();
     let partial = funding(&escrow, &[100_000_000]);
     let view = EscrowView {
+        depth: Default::default(),
         confirmed: partial,
         ..EscrowView::default()
     };
@@ -357,6 +362,7 @@ fn a_tick_moves_only_the_loans_near_their_thresholds() {
     offered_and_accepted(&w, &mut e, "l2");
     let escrow = e.escrows()["l2"].clone();
     let view = EscrowView {
+        depth: Default::default(),
         confirmed: funding(&escrow, &[400_000_000]), // 4 BTC: half the LTV
         ..EscrowView::default()
     };
@@ -407,12 +413,14 @@ fn one_undecidable_loan_holds_no_other_back() {
     offered_and_accepted(&w, &mut e, "l2");
     let escrow = e.escrows()["l2"].clone();
     let funded_view = EscrowView {
+        depth: Default::default(),
         confirmed: funding(&escrow, &[200_000_000]),
         ..EscrowView::default()
     };
     e.observe("l2", funded_view, NOW).unwrap();
     // The deposit is being spent (by someone): nothing left to build a decision from.
     let spent_view = EscrowView {
+        depth: Default::default(),
         spent: true,
         ..EscrowView::default()
     };
