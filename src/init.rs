@@ -67,6 +67,21 @@ pub struct TokenRecord {
     pub created_at: u64,
 }
 
+/// A new API token: 32 random bytes, hex.
+pub fn new_token() -> String {
+    random_hex(32)
+}
+
+/// `n` random bytes, hex (tokens, ids).
+pub fn random_hex(n: usize) -> String {
+    let mut raw = vec![0u8; n];
+    bitcoin::secp256k1::rand::RngCore::fill_bytes(
+        &mut bitcoin::secp256k1::rand::thread_rng(),
+        &mut raw,
+    );
+    bitcoin::hex::DisplayHex::to_lower_hex_string(&raw[..])
+}
+
 /// The key a token is stored under: its SHA-256, hex.
 pub fn token_hash(token: &str) -> String {
     sha256::Hash::hash(token.as_bytes()).to_string()
@@ -170,12 +185,7 @@ pub fn init(opts: &InitOptions) -> Result<Initialized, InitError> {
     let account = arbiter.account(&secp)?;
 
     let store = Store::open(&dir.join(STORE_DIR))?;
-    let mut raw = [0u8; 32];
-    bitcoin::secp256k1::rand::RngCore::fill_bytes(
-        &mut bitcoin::secp256k1::rand::thread_rng(),
-        &mut raw,
-    );
-    let token = bitcoin::hex::DisplayHex::to_lower_hex_string(&raw[..]);
+    let token = new_token();
     store.put_token(
         &token_hash(&token),
         &TokenRecord {

@@ -4,6 +4,7 @@
 //! `store/` is the only module that touches sled, `chain/` the only one that talks to
 //! Electrum, `api/` the only one that knows HTTP.
 
+pub mod api;
 pub mod chain;
 pub mod config;
 pub mod engine;

@@ -115,39 +115,63 @@ fn main() -> ExitCode {
     }
 }
 
-/// Start the service, wait for SIGINT or SIGTERM, shut down cleanly.
+/// Start the service and its HTTP API, wait for SIGINT or SIGTERM, shut down cleanly:
+/// the API stops taking requests and finishes those in hand, then the engine finishes
+/// the message in hand and flushes.
 fn serve(
     data_dir: &std::path::Path,
     overrides: &btc_escrow::config::Overrides,
 ) -> anyhow::Result<()> {
     let settings = btc_escrow::config::Settings::load(data_dir, overrides)?;
+    let currency =
+        btc_escrow::loan::Currency::new(&settings.oracle.currency).context("oracle.currency")?;
     let service = btc_escrow::service::Service::start(&settings)
         .with_context(|| format!("starting the service on {}", data_dir.display()))?;
-    let signals = tokio::runtime::Builder::new_current_thread()
+    let arbiter = service
+        .handle()
+        .call(|ctx| ctx.engine.arbiter_account().to_string())?;
+    let state = btc_escrow::api::ApiState::new(
+        service.handle(),
+        service.store(),
+        settings.network,
+        currency,
+        arbiter,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("btc-escrow-api")
         .enable_all()
         .build()
-        .context("starting the signal runtime")?;
-    signals
-        .block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            // The handlers are in place before anyone is told the service runs.
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            eprintln!(
-                "serving {} (network {}, electrum {}); SIGINT or SIGTERM stops it",
-                data_dir.display(),
-                settings.network,
-                settings.electrum_url
-            );
+        .context("starting the API runtime")?;
+    let served = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // The handlers are in place before anyone is told the service runs.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("listen: binding {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "serving {} (network {}, electrum {}); SIGINT or SIGTERM stops it",
+            data_dir.display(),
+            settings.network,
+            settings.electrum_url
+        );
+        eprintln!("api http://{addr}/v1");
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            Ok::<(), std::io::Error>(())
-        })
-        .context("waiting for a signal")?;
-    eprintln!("stopping");
+            eprintln!("stopping");
+        };
+        btc_escrow::api::serve(listener, state, shutdown).await?;
+        Ok::<(), anyhow::Error>(())
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     service.shutdown();
+    served?;
     eprintln!("stopped");
     Ok(())
 }

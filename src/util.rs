@@ -29,6 +29,8 @@ pub enum AddressError {
         text: String,
         network: Network,
     },
+    #[error("{field}: missing")]
+    Missing { field: String },
 }
 
 /// Parse an address of `network`; the one address parser of the crate.

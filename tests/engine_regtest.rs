@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use bitcoin::{Amount, FeeRate, Network};
 use btc_escrow::chain::{ChainUpdate, Watcher, WatcherConfig};
-use btc_escrow::engine::{Engine, EngineConfig, EscrowView};
+use btc_escrow::engine::{Acceptance, Engine, EngineConfig, EscrowView};
 use btc_escrow::keys::{account_path, AccountKey, ArbiterKey, SigningKey};
 use btc_escrow::loan::{Currency, LoanState, Price, PriceEvidence, TermsInput, TxKind};
 use btc_escrow::policy::PolicyTemplate;
@@ -148,16 +148,20 @@ impl World {
     /// required.
     fn accepted_loan(&mut self, id: &str, terms: TermsInput) -> anyhow::Result<Amount> {
         let now = unix_now();
-        self.engine.offer(id, terms, now)?;
+        self.engine.offer(id, "lender", terms, now)?;
         let (borrower, lender) = (
             self.account(&self.parties.borrower)?,
             self.account(&self.parties.lender)?,
         );
         let loan = self.engine.accept(
             id,
-            &borrower,
-            &lender,
-            usd(10_000_000),
+            Acceptance {
+                borrower_id: "borrower",
+                borrower: &borrower,
+                lender: &lender,
+                price: usd(10_000_000),
+                return_address: None,
+            },
             self.env.height()?,
             now,
         )?;

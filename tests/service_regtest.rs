@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use bitcoin::{Amount, FeeRate, Network};
 use btc_escrow::config::{Overrides, Settings};
+use btc_escrow::engine::Acceptance;
 use btc_escrow::init::{init, InitOptions};
 use btc_escrow::keys::{account_path, AccountKey};
 use btc_escrow::loan::{LoanState, Price};
@@ -114,10 +115,21 @@ fn running_active_loan() -> anyhow::Result<Running> {
         let price: Price = ctx.fresh_price(now)?.price;
         let tip = ctx.tip()?;
         if ctx.engine.loan("l1").is_err() {
-            ctx.engine.offer("l1", terms.clone(), now).ok()?;
+            ctx.engine.offer("l1", "lender", terms.clone(), now).ok()?;
         }
         ctx.engine
-            .accept("l1", &borrower, &lender, price, tip, now)
+            .accept(
+                "l1",
+                Acceptance {
+                    borrower_id: "borrower",
+                    borrower: &borrower,
+                    lender: &lender,
+                    price,
+                    return_address: None,
+                },
+                tip,
+                now,
+            )
             .ok()
     })?;
     ensure!(loan.required_collateral == Amount::from_sat(20_000_000));

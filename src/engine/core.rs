@@ -78,6 +78,17 @@ pub struct EscrowRecord {
     pub accepted_at_height: u32,
 }
 
+/// Who accepts an offer, with which account keys, at which price.
+#[derive(Debug, Clone, Copy)]
+pub struct Acceptance<'a> {
+    pub borrower_id: &'a str,
+    pub borrower: &'a AccountKey,
+    pub lender: &'a AccountKey,
+    pub price: Price,
+    /// The borrower's return address, unless the offer's terms already carry one.
+    pub return_address: Option<&'a str>,
+}
+
 /// What the chain shows of one escrow, as the engine needs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EscrowView {
@@ -236,6 +247,11 @@ impl Engine {
         Ok(self.config.template.instantiate(&keys, heights, n)?)
     }
 
+    /// The arbiter's account key (the third key of every escrow).
+    pub fn arbiter_account(&self) -> &AccountKey {
+        &self.arbiter_account
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -266,7 +282,13 @@ impl Engine {
     }
 
     /// A lender's offer.
-    pub fn offer(&mut self, id: &str, terms: TermsInput, now: u64) -> Result<Loan, EngineError> {
+    pub fn offer(
+        &mut self,
+        id: &str,
+        lender_id: &str,
+        terms: TermsInput,
+        now: u64,
+    ) -> Result<Loan, EngineError> {
         if terms.confirm_ticks < self.config.min_confirm_ticks {
             return Err(EngineError::ConfirmTicks {
                 found: terms.confirm_ticks,
@@ -274,7 +296,9 @@ impl Engine {
             });
         }
         let terms = LoanTerms::new(terms, self.config.network, now)?;
-        let loan = Loan::offered(id, terms);
+        let mut loan = Loan::offered(id, terms);
+        loan.lender_id = lender_id.to_owned();
+        loan.created_at = now;
         self.store.insert_loan(&loan, &[], Durability::Durable)?;
         Ok(loan)
     }
@@ -284,13 +308,18 @@ impl Engine {
     pub fn accept(
         &mut self,
         id: &str,
-        borrower: &AccountKey,
-        lender: &AccountKey,
-        price: Price,
+        acceptance: Acceptance<'_>,
         tip: u32,
         now: u64,
     ) -> Result<Loan, EngineError> {
-        let loan = self.loan(id)?;
+        let Acceptance {
+            borrower_id,
+            borrower,
+            lender,
+            price,
+            return_address,
+        } = acceptance;
+        let mut loan = self.loan(id)?;
         // Refused before an escrow index is taken: a bad accept changes nothing.
         if loan.state != LoanState::Offered {
             return Err(TransitionError::Illegal {
@@ -299,6 +328,17 @@ impl Engine {
                 input: "accepted",
             }
             .into());
+        }
+        if let Some(address) = return_address {
+            loan.terms = loan.terms.with_borrower_return_address(address)?;
+        }
+        if !loan.terms.has_borrower_return_address() {
+            return Err(
+                TermsError::BorrowerReturnAddress(crate::util::AddressError::Missing {
+                    field: "borrower_return_address".into(),
+                })
+                .into(),
+            );
         }
         let t = loan.terms.get();
         let schedule = loan
@@ -332,6 +372,10 @@ impl Engine {
                 schedule,
             },
         )?;
+        let next = Loan {
+            borrower_id: Some(borrower_id.to_owned()),
+            ..next
+        };
         self.store
             .apply_with_escrow(loan.version, &next, &events, &record, Durability::Durable)?;
         self.escrows.insert(id.to_owned(), escrow);
@@ -419,7 +463,6 @@ impl Engine {
         if next == loan {
             return Ok(next);
         }
-        self.book.update(&next, now);
         if next.state == LoanState::Releasing {
             let inputs = self.inputs_of(id)?;
             let decision = Decision::release(
@@ -435,6 +478,8 @@ impl Engine {
             self.store
                 .apply(loan.version, &next, &events, Durability::Durable)?;
         }
+        // Only once stored: a refused decision leaves the book as it was.
+        self.book.update(&next, now);
         Ok(next)
     }
 

@@ -16,7 +16,9 @@ mod follow;
 pub mod record;
 mod tick;
 
-pub use self::core::{ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord, EscrowView};
+pub use self::core::{
+    Acceptance, ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord, EscrowView,
+};
 pub use clock::ClockOutcome;
 pub use decision::{Decision, DecisionError, DecisionKind};
 pub use record::{DecisionRecord, Progress, RecordError};

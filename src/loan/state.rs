@@ -117,6 +117,15 @@ pub enum TxKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Loan {
     pub id: String,
+    /// The lender's party id (empty for a loan offered outside the API).
+    #[serde(default)]
+    pub lender_id: String,
+    /// The borrower's party id, once one accepted.
+    #[serde(default)]
+    pub borrower_id: Option<String>,
+    /// When it was offered (unix seconds).
+    #[serde(default)]
+    pub created_at: u64,
     pub terms: LoanTerms,
     pub state: LoanState,
     /// Bumped by every transition (optimistic concurrency in the store).
@@ -159,6 +168,9 @@ impl Loan {
     pub fn offered(id: &str, terms: LoanTerms) -> Self {
         Self {
             id: id.to_owned(),
+            lender_id: String::new(),
+            borrower_id: None,
+            created_at: 0,
             terms,
             state: LoanState::Offered,
             version: 0,

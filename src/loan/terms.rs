@@ -166,12 +166,15 @@ fn check(t: &TermsInput, network: Network) -> Result<(), TermsError> {
     if t.recovery_delay_blocks == 0 {
         return Err(TermsError::RecoveryDelayBlocks);
     }
-    address(
-        "borrower_return_address",
-        &t.borrower_return_address,
-        network,
-    )
-    .map_err(TermsError::BorrowerReturnAddress)?;
+    // An offer leaves it empty: the borrower gives it when accepting.
+    if !t.borrower_return_address.is_empty() {
+        address(
+            "borrower_return_address",
+            &t.borrower_return_address,
+            network,
+        )
+        .map_err(TermsError::BorrowerReturnAddress)?;
+    }
     address("lender_payout_address", &t.lender_payout_address, network)
         .map_err(TermsError::LenderPayoutAddress)?;
     if t.min_confirmations == 0 || t.min_confirmations > 100 {
@@ -198,6 +201,21 @@ impl LoanTerms {
         self.network
     }
 
+    /// The terms with the borrower's return address set (at acceptance), checked.
+    pub fn with_borrower_return_address(&self, text: &str) -> Result<Self, TermsError> {
+        address("borrower_return_address", text, self.network)
+            .map_err(TermsError::BorrowerReturnAddress)?;
+        let mut next = self.clone();
+        next.input.borrower_return_address = text.to_owned();
+        Ok(next)
+    }
+
+    /// Has the borrower's return address been given (at acceptance, or in the offer)?
+    pub fn has_borrower_return_address(&self) -> bool {
+        !self.input.borrower_return_address.is_empty()
+    }
+
+    /// The borrower's return address; set for every accepted loan.
     pub fn borrower_return_address(&self) -> Address {
         address(
             "borrower_return_address",

@@ -16,7 +16,7 @@ use crate::loan::{Currency, Price, PriceEvidence, QuoteEvidence};
 pub use aggregate::{aggregate, AggregationRules, RulesError};
 pub use config::{OracleConfig, OracleConfigError, SourceConfig};
 pub use sources::{ManualPrice, Source, SourceError};
-pub use ticker::{TickReader, Ticker, TickerError, TickerHandle};
+pub use ticker::{TickNow, TickReader, Ticker, TickerError, TickerHandle};
 
 /// The wall clock in unix seconds (0 if it reads before 1970, which the staleness
 /// rule then treats as a clock far behind every quote).

@@ -128,6 +128,7 @@ pub struct Ticker {
 
 /// The running ticker: read its history, wait for ticks, shut it down.
 pub struct TickerHandle {
+    poke: Arc<tokio::sync::Notify>,
     history: Arc<Mutex<VecDeque<OracleResult>>>,
     ticks: watch::Receiver<u64>,
     shutdown: watch::Sender<bool>,
@@ -206,6 +207,8 @@ impl Ticker {
         let (tick_tx, ticks) = watch::channel(0u64);
         let (shutdown, mut stop) = watch::channel(false);
         let shared = history.clone();
+        let poke = Arc::new(tokio::sync::Notify::new());
+        let poked = poke.clone();
         let task = tokio::spawn(async move {
             let mut interval = tokio::time::interval(self.interval);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,6 +217,7 @@ impl Ticker {
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = interval.tick() => {}
+                    _ = poked.notified() => interval.reset(),
                 }
                 let result = tokio::select! {
                     _ = stop.changed() => break,
@@ -238,6 +242,7 @@ impl Ticker {
             }
         });
         TickerHandle {
+            poke,
             history,
             ticks,
             shutdown,
@@ -261,7 +266,23 @@ impl TickReader {
     }
 }
 
+/// Asks the ticker for a tick now (e.g. after the operator set the manual price).
+#[derive(Debug, Clone)]
+pub struct TickNow(Arc<tokio::sync::Notify>);
+
+impl TickNow {
+    /// The next tick starts at once (or right after the one in progress).
+    pub fn tick(&self) {
+        self.0.notify_one();
+    }
+}
+
 impl TickerHandle {
+    /// A handle that starts a tick at once.
+    pub fn tick_now(&self) -> TickNow {
+        TickNow(self.poke.clone())
+    }
+
     /// A reader of the results to come.
     pub fn reader(&self) -> TickReader {
         TickReader {

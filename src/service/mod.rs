@@ -33,7 +33,7 @@ use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::init::STORE_DIR;
 use crate::keys::{ArbiterKey, KeyError};
 use crate::loan::PriceEvidence;
-use crate::oracle::{ManualPrice, OracleResult, Ticker, TickerError};
+use crate::oracle::{ManualPrice, OracleResult, TickNow, Ticker, TickerError};
 use crate::policy::PolicyTemplate;
 use crate::store::{Store, StoreError};
 use crate::util::unix_now;
@@ -74,8 +74,12 @@ pub struct Ctx {
     pub no_price: Option<String>,
     /// The operator-set sources, by name.
     pub manual: Vec<(String, ManualPrice)>,
+    /// Starts an oracle tick at once (after a manual price is set).
+    pub tick_now: Option<TickNow>,
     /// Oracle results received (with or without a price).
     pub ticks_seen: u64,
+    /// The latest oracle result, with every quote used and dropped.
+    pub last_oracle: Option<OracleResult>,
     staleness_secs: u64,
     rebroadcast_after_blocks: u32,
     /// The tip at which broadcast transactions were last sent again.
@@ -138,6 +142,7 @@ impl ServiceHandle {
 /// The running service.
 pub struct Service {
     handle: ServiceHandle,
+    store: Store,
     stop: Arc<AtomicBool>,
     engine_thread: Option<JoinHandle<()>>,
     chain_supervisor: Option<JoinHandle<()>>,
@@ -162,6 +167,7 @@ impl Service {
                 template: PolicyTemplate::default(),
             },
         )?;
+        let store = engine.store().clone();
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Msg>();
         let (chain_tx, chain_rx) = mpsc::channel::<ChainRequest>();
@@ -221,7 +227,9 @@ impl Service {
                 price: None,
                 no_price: Some("no oracle tick yet".into()),
                 manual,
+                tick_now: Some(ticker.tick_now()),
                 ticks_seen: 0,
+                last_oracle: None,
                 staleness_secs: settings.oracle.staleness_secs,
                 rebroadcast_after_blocks: settings.rebroadcast_after_blocks,
                 followed_at: None,
@@ -237,6 +245,7 @@ impl Service {
 
         Ok(Self {
             handle: ServiceHandle { tx },
+            store,
             stop,
             engine_thread: Some(engine_thread),
             chain_supervisor: Some(chain_supervisor),
@@ -247,6 +256,11 @@ impl Service {
 
     pub fn handle(&self) -> ServiceHandle {
         self.handle.clone()
+    }
+
+    /// The store, for reading (the engine thread is the single writer of loan state).
+    pub fn store(&self) -> Store {
+        self.store.clone()
     }
 
     /// Stop: no new work, the message in hand finished, the store flushed, every
@@ -380,6 +394,7 @@ fn on_chain(ctx: &mut Ctx, report: ChainReport, now: u64) {
 
 fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
     ctx.ticks_seen += 1;
+    ctx.last_oracle = Some(result.clone());
     match result.map(|p| (p.at, p.evidence())) {
         Ok((at, Ok(evidence))) => {
             ctx.price = Some((at, evidence.clone()));

@@ -8,6 +8,7 @@
 mod codec;
 mod lock;
 
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -111,7 +112,10 @@ const META_EVENT_SEQ: &[u8] = b"event_seq";
 const META_NEXT_INDEX: &str = "next_escrow_index";
 const META_PRICE_SEQ: &str = "price_seq";
 
-/// The store.
+/// The store. A clone shares the database: the engine thread is the single writer of
+/// loan state, the API reads through its own clone (and writes only parties, tokens
+/// and its idempotency records).
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     loans: sled::Tree,
@@ -524,6 +528,44 @@ impl Store {
 
     pub fn party<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
         self.get(&self.parties, "party", id)
+    }
+
+    /// A party and its token (by the token's hash), in one transaction: a party is
+    /// never stored without the token that was handed out for it.
+    pub fn put_party_with_token<P: Serialize, T: Serialize>(
+        &self,
+        id: &str,
+        party: &P,
+        token_hash: &str,
+        token: &T,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        check_id(id)?;
+        let party = encode(party);
+        let token = encode(token);
+        (&self.parties, &self.tokens)
+            .transaction(|(parties, tokens)| {
+                parties.insert(id.as_bytes(), party.as_slice())?;
+                tokens.insert(token_hash.as_bytes(), token.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<Infallible>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => db_err(e),
+                sled::transaction::TransactionError::Abort(never) => match never {},
+            })?;
+        self.finish(d)
+    }
+
+    /// Every party record.
+    pub fn parties<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        self.parties
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err)?;
+                decode("party", &String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
     }
 
     /// API tokens, keyed by their hash (never the token itself).

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod escrow;
+pub mod serve;
 pub mod wallet;
 
 use std::io::{Read, Write};

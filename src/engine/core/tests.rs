@@ -67,9 +67,13 @@ fn usd(minor: u64) -> Price {
 fn accept(w: &World, e: &mut Engine, id: &str) -> Result<Loan, EngineError> {
     e.accept(
         id,
-        &account(&w.borrower, &w.secp),
-        &account(&w.lender, &w.secp),
-        usd(10_000_000),
+        Acceptance {
+            borrower_id: "b",
+            borrower: &account(&w.borrower, &w.secp),
+            lender: &account(&w.lender, &w.secp),
+            price: usd(10_000_000),
+            return_address: None,
+        },
         100,
         NOW,
     )
@@ -77,7 +81,7 @@ fn accept(w: &World, e: &mut Engine, id: &str) -> Result<Loan, EngineError> {
 
 /// Offer `id` and accept it: $100,000 at 50 % initial LTV, 2 BTC required.
 fn offered_and_accepted(w: &World, e: &mut Engine, id: &str) -> Loan {
-    e.offer(id, terms_input(), NOW).unwrap();
+    e.offer(id, "l", terms_input(), NOW).unwrap();
     accept(w, e, id).unwrap()
 }
 
@@ -396,7 +400,7 @@ fn an_offer_below_the_minimum_confirm_ticks_is_refused() {
     let mut e = w.engine();
     let mut t = terms_input();
     t.confirm_ticks = 2;
-    let err = e.offer("l1", t, NOW).unwrap_err();
+    let err = e.offer("l1", "l", t, NOW).unwrap_err();
     assert!(err.to_string().starts_with("confirm_ticks"), "{err}");
     assert!(matches!(e.loan("l1"), Err(EngineError::NotFound { .. })));
 }

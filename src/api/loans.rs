@@ -1,0 +1,375 @@
+//! Loans: offers (lender), acceptance (borrower), the loan and its events, repayments
+//! (lender), and the pending PSBT and its co-signature.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use bitcoin::psbt::Psbt;
+use serde::{Deserialize, Serialize};
+
+use super::auth::{visible_loan, Caller, Role};
+use super::parties::account_key;
+use super::view::{pending, LoanView};
+use super::{ApiState, Json, Problem};
+use crate::engine::{Acceptance, DecisionKind, Progress};
+use crate::init::random_hex;
+use crate::keys::{check_distinct, AccountKey};
+use crate::loan::{Bps, Currency, Fiat, Loan, LoanState, TermsInput};
+use crate::service::Ctx;
+use crate::store::StoredEvent;
+use crate::util::unix_now;
+
+type JsonOut<T> = axum::Json<T>;
+
+/// An offer, as a lender posts it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offer {
+    principal_minor: u64,
+    currency: String,
+    apr_bps: u32,
+    term_secs: u64,
+    initial_ltv_bps: u32,
+    margin_call_ltv_bps: u32,
+    liquidation_ltv_bps: u32,
+    #[serde(default)]
+    hard_liquidation_ltv_bps: Option<u32>,
+    liquidation_penalty_bps: u32,
+    #[serde(default)]
+    hysteresis_bps: Option<u32>,
+    confirm_ticks: u32,
+    grace_blocks: u32,
+    recovery_delay_blocks: u32,
+    funding_deadline: u64,
+    lender_payout_address: String,
+    min_confirmations: u32,
+}
+
+/// The hysteresis when the offer gives none: 2 %.
+const DEFAULT_HYSTERESIS_BPS: u32 = 200;
+
+/// The views of `loans` (on the engine thread, where the escrows and decisions are).
+async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Problem> {
+    let network = state.network;
+    state
+        .engine(move |ctx| {
+            let now = unix_now();
+            loans
+                .iter()
+                .map(|l| LoanView::build(ctx, l, now, network))
+                .collect()
+        })
+        .await?
+}
+
+async fn view(state: &ApiState, loan: Loan) -> Result<JsonOut<LoanView>, Problem> {
+    let mut v = views(state, vec![loan]).await?;
+    v.pop()
+        .map(axum::Json)
+        .ok_or_else(|| Problem::internal("no view"))
+}
+
+pub async fn offer(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(o): Json<Offer>,
+) -> Result<(StatusCode, JsonOut<LoanView>), Problem> {
+    caller.must_be(Role::Lender)?;
+    let currency =
+        Currency::new(&o.currency).map_err(|e| Problem::invalid("currency", e.to_string()))?;
+    if currency != state.currency {
+        return Err(Problem::invalid(
+            "currency",
+            format!("the oracle prices {}, not {currency}", state.currency),
+        ));
+    }
+    let terms = TermsInput {
+        principal: Fiat::new(o.principal_minor, currency),
+        apr: Bps(o.apr_bps),
+        term_secs: o.term_secs,
+        initial_ltv: Bps(o.initial_ltv_bps),
+        margin_call_ltv: Bps(o.margin_call_ltv_bps),
+        liquidation_ltv: Bps(o.liquidation_ltv_bps),
+        hard_liquidation_ltv: o.hard_liquidation_ltv_bps.map(Bps),
+        liquidation_penalty: Bps(o.liquidation_penalty_bps),
+        hysteresis: Bps(o.hysteresis_bps.unwrap_or(DEFAULT_HYSTERESIS_BPS)),
+        confirm_ticks: o.confirm_ticks,
+        grace_blocks: o.grace_blocks,
+        recovery_delay_blocks: o.recovery_delay_blocks,
+        funding_deadline: o.funding_deadline,
+        borrower_return_address: String::new(),
+        lender_payout_address: o.lender_payout_address,
+        min_confirmations: o.min_confirmations,
+    };
+    let id = format!("ln_{}", random_hex(8));
+    let lender = caller.party_id.clone();
+    let loan = state
+        .engine(move |ctx| ctx.engine.offer(&id, &lender, terms, unix_now()))
+        .await??;
+    tracing::info!(loan = %loan.id, lender = %loan.lender_id, "offer");
+    Ok((StatusCode::CREATED, view(&state, loan).await?))
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<JsonOut<Vec<LoanView>>, Problem> {
+    let loans = state
+        .store
+        .loans()?
+        .into_iter()
+        .filter(|l| caller.role == Role::Admin || caller.is_party_to(l))
+        .collect();
+    Ok(axum::Json(views(&state, loans).await?))
+}
+
+pub async fn offers(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<JsonOut<Vec<LoanView>>, Problem> {
+    let now = unix_now();
+    let loans = state
+        .store
+        .loans()?
+        .into_iter()
+        .filter(|l| {
+            l.state == LoanState::Offered && l.terms.get().funding_deadline > now && caller.sees(l)
+        })
+        .collect();
+    Ok(axum::Json(views(&state, loans).await?))
+}
+
+pub async fn get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<JsonOut<LoanView>, Problem> {
+    let loan = visible_loan(&state, &caller, &id)?;
+    view(&state, loan).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accept {
+    borrower_return_address: String,
+    #[serde(default)]
+    account_key: Option<String>,
+}
+
+pub async fn accept(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Accept>,
+) -> Result<JsonOut<LoanView>, Problem> {
+    caller.must_be(Role::Borrower)?;
+    let loan = visible_loan(&state, &caller, &id)?;
+    let lender = account_key(&state, &loan.lender_id)?;
+    let borrower = match &body.account_key {
+        Some(text) => AccountKey::parse("account_key", text, state.network)
+            .map_err(|e| Problem::invalid("account_key", e.to_string()))?,
+        None => account_key(&state, &caller.party_id)?,
+    };
+    check_distinct(&[("account_key", &borrower), ("the lender's key", &lender)])
+        .map_err(|e| Problem::invalid("account_key", e.to_string()))?;
+    crate::util::parse_address(
+        "borrower_return_address",
+        &body.borrower_return_address,
+        state.network,
+    )
+    .map_err(|e| Problem::invalid("borrower_return_address", e.to_string()))?;
+    let borrower_id = caller.party_id.clone();
+    let loan = state
+        .engine(move |ctx| {
+            let now = unix_now();
+            let price = ctx
+                .fresh_price(now)
+                .map(|p| p.price)
+                .ok_or_else(|| no_price(ctx))?;
+            let tip = ctx.tip().ok_or_else(|| no_chain(ctx))?;
+            ctx.engine
+                .accept(
+                    &id,
+                    Acceptance {
+                        borrower_id: &borrower_id,
+                        borrower: &borrower,
+                        lender: &lender,
+                        price,
+                        return_address: Some(&body.borrower_return_address),
+                    },
+                    tip,
+                    now,
+                )
+                .map_err(Problem::from)
+        })
+        .await??;
+    tracing::info!(loan = %loan.id, borrower = ?loan.borrower_id, "accepted");
+    view(&state, loan).await
+}
+
+fn no_price(ctx: &Ctx) -> Problem {
+    Problem::unavailable(
+        "no_price",
+        format!(
+            "no fresh aggregated price: {}",
+            ctx.no_price.as_deref().unwrap_or("the latest is stale")
+        ),
+    )
+}
+
+fn no_chain(ctx: &Ctx) -> Problem {
+    Problem::unavailable("no_chain_view", format!("chain: {:?}", ctx.chain))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repayment {
+    amount_minor: u64,
+}
+
+pub async fn repay(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Repayment>,
+) -> Result<JsonOut<LoanView>, Problem> {
+    caller.must_be(Role::Lender)?;
+    let loan = visible_loan(&state, &caller, &id)?;
+    // The engine counts a repayment once per key: the client's Idempotency-Key, else
+    // a fresh one (each request is then a new repayment).
+    let key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let k = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    Problem::invalid("Idempotency-Key", "1 to 255 visible ASCII characters")
+                })?;
+            format!("key:{k}")
+        }
+        None => format!("auto:{}", random_hex(16)),
+    };
+    let currency = loan.terms.get().principal.currency;
+    let loan = state
+        .engine(move |ctx| {
+            let tip = ctx.tip().ok_or_else(|| no_chain(ctx))?;
+            let fee = ctx.fee_sat_per_kvb;
+            ctx.engine
+                .repay(
+                    &id,
+                    Fiat::new(body.amount_minor, currency),
+                    &key,
+                    unix_now(),
+                    tip,
+                    fee,
+                )
+                .map_err(Problem::from)
+        })
+        .await??;
+    view(&state, loan).await
+}
+
+pub async fn psbt(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<JsonOut<super::view::PendingPsbt>, Problem> {
+    let loan = visible_loan(&state, &caller, &id)?;
+    let network = state.network;
+    let pending = state
+        .engine(move |ctx| match ctx.engine.decision(&loan.id)? {
+            Some(record) => pending(&record, &loan, network),
+            None => Ok(None),
+        })
+        .await??;
+    pending
+        .map(axum::Json)
+        .ok_or_else(|| Problem::not_found(&format!("loan {id}: pending PSBT")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cosigned {
+    psbt: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sent {
+    txid: String,
+    /// Whether the broadcast is done (else the service keeps trying; see the loan).
+    broadcast: bool,
+}
+
+/// How long a co-signature waits for its broadcast before answering anyway.
+const BROADCAST_WAIT: Duration = Duration::from_secs(10);
+
+pub async fn cosign(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Cosigned>,
+) -> Result<JsonOut<Sent>, Problem> {
+    let loan = visible_loan(&state, &caller, &id)?;
+    if !caller.is_party_to(&loan) {
+        return Err(Problem::forbidden("only the loan's parties co-sign"));
+    }
+    let psbt = Psbt::from_str(body.psbt.trim())
+        .map_err(|e| Problem::invalid("psbt", format!("not a base64 PSBT: {e}")))?;
+    let role = caller.role;
+    let loan_id = id.clone();
+    let txid = state
+        .engine(move |ctx| -> Result<bitcoin::Txid, Problem> {
+            let record = ctx
+                .engine
+                .decision(&loan_id)?
+                .ok_or_else(|| Problem::not_found(&format!("loan {loan_id}: pending PSBT")))?;
+            let liquidation = matches!(record.decision.kind, DecisionKind::Liquidation { .. });
+            if liquidation && role != Role::Lender {
+                return Err(Problem::forbidden(
+                    "a liquidation is co-signed by the lender",
+                ));
+            }
+            // The same co-signature posted again: answer as the first time.
+            if let Progress::Finalized { txid, .. } | Progress::Broadcast { txid, .. } =
+                record.progress
+            {
+                if psbt.unsigned_tx.compute_txid() == txid {
+                    return Ok(txid);
+                }
+            }
+            Ok(ctx.engine.cosign(&loan_id, &psbt)?.compute_txid())
+        })
+        .await??;
+    tracing::info!(loan = %id, %txid, "co-signed");
+    let deadline = tokio::time::Instant::now() + BROADCAST_WAIT;
+    loop {
+        let loan_id = id.clone();
+        let sent = state
+            .engine(move |ctx| {
+                ctx.engine
+                    .decision(&loan_id)
+                    .map(|r| r.is_some_and(|r| matches!(r.progress, Progress::Broadcast { .. })))
+            })
+            .await??;
+        if sent || tokio::time::Instant::now() >= deadline {
+            return Ok(axum::Json(Sent {
+                txid: txid.to_string(),
+                broadcast: sent,
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn events(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<JsonOut<Vec<StoredEvent>>, Problem> {
+    let loan = visible_loan(&state, &caller, &id)?;
+    Ok(axum::Json(state.store.events(&loan.id)?))
+}

@@ -1,0 +1,181 @@
+//! The HTTP API (axum), under `/v1`, JSON; the contract is the API issue's (paths and
+//! field names are kept exactly). Only this module knows HTTP.
+//!
+//! - Every request but `/v1/health` carries `Authorization: Bearer <token>`; a token is
+//!   looked up by its SHA-256 (tokens are never stored). Roles: `admin`, `lender`,
+//!   `borrower`. A party sees and acts on its own loans only: another party's loan
+//!   answers 404, so ids do not leak; an open offer is visible to every borrower.
+//! - Reads go to the store directly (a clone of the engine's); everything that changes
+//!   a loan runs on the engine thread through the [`ServiceHandle`], from a blocking
+//!   task so no runtime worker waits on it.
+//! - Errors are problem+json ([`Problem`]); bodies are limited to [`MAX_BODY`];
+//!   requests time out after [`REQUEST_TIMEOUT`]; a panic in a handler answers a 500
+//!   problem and is logged, it never reaches the client as a dropped connection.
+
+mod auth;
+mod loans;
+mod parties;
+mod problem;
+mod system;
+mod view;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use bitcoin::Network;
+use serde::de::DeserializeOwned;
+
+pub use auth::{Caller, Role};
+pub use parties::PartyRecord;
+pub use problem::Problem;
+pub use view::LoanView;
+
+use crate::loan::Currency;
+use crate::service::{Ctx, ServiceHandle};
+use crate::store::Store;
+
+/// The largest request body: a PSBT of a few hundred inputs fits, 10 MB does not.
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+/// The longest a request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub handle: ServiceHandle,
+    pub store: Store,
+    pub network: Network,
+    /// The oracle's currency: offers in another one could never be priced.
+    pub currency: Currency,
+    /// The arbiter's account key, which no party may register as its own.
+    pub arbiter_account: String,
+    /// Serializes party creation (the distinct-key check and the write).
+    parties: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ApiState {
+    pub fn new(
+        handle: ServiceHandle,
+        store: Store,
+        network: Network,
+        currency: Currency,
+        arbiter_account: String,
+    ) -> Self {
+        Self {
+            handle,
+            store,
+            network,
+            currency,
+            arbiter_account,
+            parties: Default::default(),
+        }
+    }
+
+    /// Run `f` on the engine thread, from a blocking task.
+    pub async fn engine<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx) -> R + Send + 'static,
+    ) -> Result<R, Problem> {
+        let handle = self.handle.clone();
+        tokio::task::spawn_blocking(move || handle.call(f))
+            .await
+            .map_err(|e| Problem::internal(format!("engine call: {e}")))?
+            .map_err(Problem::from)
+    }
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/parties", post(parties::create))
+        .route("/v1/parties/me", get(parties::me))
+        .route("/v1/loans", post(loans::offer).get(loans::list))
+        .route("/v1/offers", get(loans::offers))
+        .route("/v1/loans/{id}", get(loans::get))
+        .route("/v1/loans/{id}/accept", post(loans::accept))
+        .route("/v1/loans/{id}/repayments", post(loans::repay))
+        .route("/v1/loans/{id}/psbt", get(loans::psbt).post(loans::cosign))
+        .route("/v1/loans/{id}/events", get(loans::events))
+        .route("/v1/price", get(system::price))
+        .route("/v1/oracle/manual", put(system::manual_price))
+        .route("/v1/health", get(system::health))
+        .fallback(|| async { Problem::not_found("route") })
+        .layer(middleware::from_fn(timeout))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` completes (in-flight requests finish).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::unavailable(
+            "timeout",
+            format!("the request took longer than {REQUEST_TIMEOUT:?}"),
+        )
+        .into_response(),
+    }
+}
+
+fn on_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic");
+    tracing::error!(panic = what, "a handler panicked");
+    Problem::internal("internal error").into_response()
+}
+
+/// A JSON body whose errors name the field (`terms.apr_bps: invalid type ...`).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| match e.status() {
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+                    e.status(),
+                    "body_too_large",
+                    format!("the body is over {MAX_BODY} bytes"),
+                ),
+                status => Problem::new(status, "bad_body", e.body_text()),
+            })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map(Json).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.to_string();
+            // "missing field `x`" and "unknown field `x`" name it in the message.
+            let field = if path == "." {
+                message
+                    .split('`')
+                    .nth(1)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| "body".to_owned())
+            } else {
+                path
+            };
+            Problem::invalid(&field, message)
+        })
+    }
+}

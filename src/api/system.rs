@@ -1,0 +1,191 @@
+//! The price, the operator's manual price, and health.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Caller, Role};
+use super::{ApiState, Json, Problem};
+use crate::oracle::OracleResult;
+use crate::service::ChainState;
+use crate::util::unix_now;
+
+#[derive(Debug, Serialize)]
+pub struct PriceView {
+    /// Whether the latest tick gave a price and it is still fresh.
+    pub fresh: bool,
+    /// The latest tick's result: the aggregate with every quote used and dropped, or
+    /// why there is none. Null before the first tick.
+    pub latest: Option<OracleResult>,
+    pub ticks: u64,
+}
+
+pub async fn price(
+    State(state): State<ApiState>,
+    _caller: Caller,
+) -> Result<axum::Json<PriceView>, Problem> {
+    let view = state
+        .engine(|ctx| PriceView {
+            fresh: ctx.fresh_price(unix_now()).is_some(),
+            latest: ctx.last_oracle.clone(),
+            ticks: ctx.ticks_seen,
+        })
+        .await?;
+    Ok(axum::Json(view))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manual {
+    price_minor: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManualSet {
+    price_minor: u64,
+    /// When it was set (unix seconds): the quote's date.
+    at: u64,
+    sources: Vec<String>,
+}
+
+/// Set every manual source (regtest, emergencies) and start an oracle tick at once.
+pub async fn manual_price(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(body): Json<Manual>,
+) -> Result<axum::Json<ManualSet>, Problem> {
+    caller.must_be(Role::Admin)?;
+    if body.price_minor == 0 {
+        return Err(Problem::invalid("price_minor", "must be above zero"));
+    }
+    let set = state
+        .engine(move |ctx| {
+            if ctx.manual.is_empty() {
+                return Err(Problem::conflict(
+                    "no_manual_source",
+                    "the oracle has no manual source (see [[oracle.sources]] kind = \"manual\")",
+                ));
+            }
+            let mut at = 0;
+            for (_, source) in &ctx.manual {
+                at = source.set(body.price_minor);
+            }
+            if let Some(t) = &ctx.tick_now {
+                t.tick();
+            }
+            Ok(ManualSet {
+                price_minor: body.price_minor,
+                at,
+                sources: ctx.manual.iter().map(|(n, _)| n.clone()).collect(),
+            })
+        })
+        .await??;
+    tracing::warn!(
+        price_minor = set.price_minor,
+        "manual price set by the operator"
+    );
+    Ok(axum::Json(set))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// Fit to decide: the chain view is connected and the oracle has a fresh price.
+    pub ok: bool,
+    pub chain: ChainHealth,
+    pub oracle: OracleHealth,
+    pub engine: EngineHealth,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChainHealth {
+    pub connected: bool,
+    pub tip_height: Option<u32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OracleHealth {
+    pub fresh: bool,
+    /// Seconds since the latest aggregate.
+    pub age_secs: Option<u64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineHealth {
+    pub running: bool,
+    /// Escrows the engine watches.
+    pub escrows: usize,
+    pub fee_sat_per_kvb: Option<u64>,
+}
+
+/// 200 when fit to decide, 503 otherwise (with why); no token needed.
+pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<Health>) {
+    let answer = state
+        .engine(|ctx| {
+            let now = unix_now();
+            let (connected, tip_height, reason) = match &ctx.chain {
+                ChainState::Connected { tip } => (true, Some(*tip), None),
+                ChainState::NotSynced => (false, None, Some("not synced yet".to_owned())),
+                ChainState::Disconnected { reason } => (false, None, Some(reason.clone())),
+            };
+            let fresh = ctx.fresh_price(now).is_some();
+            let age_secs = ctx.price.as_ref().map(|(at, _)| now.saturating_sub(*at));
+            let oracle_reason = if fresh {
+                None
+            } else {
+                Some(
+                    ctx.no_price
+                        .clone()
+                        .unwrap_or_else(|| "the latest aggregate is stale".into()),
+                )
+            };
+            Health {
+                ok: connected && fresh,
+                chain: ChainHealth {
+                    connected,
+                    tip_height,
+                    reason,
+                },
+                oracle: OracleHealth {
+                    fresh,
+                    age_secs,
+                    reason: oracle_reason,
+                },
+                engine: EngineHealth {
+                    running: true,
+                    escrows: ctx.engine.escrows().len(),
+                    fee_sat_per_kvb: Some(ctx.fee_sat_per_kvb),
+                },
+            }
+        })
+        .await;
+    match answer {
+        Ok(h) if h.ok => (StatusCode::OK, axum::Json(h)),
+        Ok(h) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(h)),
+        Err(p) => {
+            tracing::warn!(detail = %p.detail, "health: the engine does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(Health {
+                    ok: false,
+                    chain: ChainHealth {
+                        connected: false,
+                        tip_height: None,
+                        reason: None,
+                    },
+                    oracle: OracleHealth {
+                        fresh: false,
+                        age_secs: None,
+                        reason: None,
+                    },
+                    engine: EngineHealth {
+                        running: false,
+                        escrows: 0,
+                        fee_sat_per_kvb: None,
+                    },
+                }),
+            )
+        }
+    }
+}

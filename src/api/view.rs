@@ -1,0 +1,242 @@
+//! The loan as the API shows it: integers only (`_sat`, `_minor`, `_bps`), heights,
+//! unix seconds; `state` is the snake_case of DESIGN.md §5's states.
+
+use bitcoin::{Address, Network, ScriptBuf};
+use serde::Serialize;
+
+use super::Problem;
+use crate::engine::{DecisionKind, DecisionRecord, Progress};
+use crate::loan::{calc, Loan, LoanState, TermsInput};
+use crate::policy::EscrowDescriptor;
+use crate::service::Ctx;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoanView {
+    pub id: String,
+    pub state: LoanState,
+    pub lender_id: String,
+    pub borrower_id: Option<String>,
+    pub terms: TermsView,
+    pub escrow: Option<EscrowView>,
+    pub required_collateral_sat: u64,
+    pub collateral_sat: u64,
+    pub owed_minor: u64,
+    pub repaid_minor: u64,
+    /// At the latest fresh aggregate; null without one or without collateral.
+    pub ltv_bps: Option<u32>,
+    /// The highest price at which the loan is in margin call / breaches its
+    /// liquidation LTV (null when nothing is owed or nothing is locked).
+    pub margin_call_price_minor: Option<u64>,
+    pub liquidation_price_minor: Option<u64>,
+    pub liquidation_reason: Option<crate::loan::LiquidationReason>,
+    pub pending_psbt: Option<PendingPsbt>,
+    /// Every transaction broadcast for the loan's decision (RBF replacements too).
+    pub txids: Vec<String>,
+    pub confirmed_txid: Option<String>,
+    pub created_at: u64,
+    pub activated_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TermsView {
+    pub principal_minor: u64,
+    pub currency: String,
+    pub apr_bps: u32,
+    pub term_secs: u64,
+    pub initial_ltv_bps: u32,
+    pub margin_call_ltv_bps: u32,
+    pub liquidation_ltv_bps: u32,
+    pub hard_liquidation_ltv_bps: Option<u32>,
+    pub liquidation_penalty_bps: u32,
+    pub hysteresis_bps: u32,
+    pub confirm_ticks: u32,
+    pub grace_blocks: u32,
+    pub recovery_delay_blocks: u32,
+    pub funding_deadline: u64,
+    pub lender_payout_address: String,
+    pub borrower_return_address: Option<String>,
+    pub min_confirmations: u32,
+}
+
+impl From<&TermsInput> for TermsView {
+    fn from(t: &TermsInput) -> Self {
+        Self {
+            principal_minor: t.principal.minor,
+            currency: t.principal.currency.to_string(),
+            apr_bps: t.apr.0,
+            term_secs: t.term_secs,
+            initial_ltv_bps: t.initial_ltv.0,
+            margin_call_ltv_bps: t.margin_call_ltv.0,
+            liquidation_ltv_bps: t.liquidation_ltv.0,
+            hard_liquidation_ltv_bps: t.hard_liquidation_ltv.map(|b| b.0),
+            liquidation_penalty_bps: t.liquidation_penalty.0,
+            hysteresis_bps: t.hysteresis.0,
+            confirm_ticks: t.confirm_ticks,
+            grace_blocks: t.grace_blocks,
+            recovery_delay_blocks: t.recovery_delay_blocks,
+            funding_deadline: t.funding_deadline,
+            lender_payout_address: t.lender_payout_address.clone(),
+            borrower_return_address: (!t.borrower_return_address.is_empty())
+                .then(|| t.borrower_return_address.clone()),
+            min_confirmations: t.min_confirmations,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EscrowView {
+    /// The escrow's descriptor at its index (what the address is derived from).
+    pub descriptor: String,
+    /// The same, as a BIP-389 multipath descriptor of the three account keys.
+    pub multipath_descriptor: String,
+    pub address: String,
+    pub index: u32,
+    pub default_height: u32,
+    pub recovery_height: u32,
+    pub wallet_policy: WalletPolicyView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WalletPolicyView {
+    pub template: String,
+    pub keys: Vec<String>,
+}
+
+impl From<&EscrowDescriptor> for EscrowView {
+    fn from(e: &EscrowDescriptor) -> Self {
+        let policy = e.wallet_policy();
+        let heights = e.heights();
+        Self {
+            descriptor: e.to_string(),
+            multipath_descriptor: e.multipath_descriptor(),
+            address: e.address().to_string(),
+            index: e.index(),
+            default_height: heights.default_height,
+            recovery_height: heights.recovery_height,
+            wallet_policy: WalletPolicyView {
+                template: policy.template,
+                keys: policy.keys,
+            },
+        }
+    }
+}
+
+/// A decision waiting for its second signature.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingPsbt {
+    /// `liquidation`, `release` or `refund`.
+    pub kind: &'static str,
+    /// Base64, signed by the arbiter.
+    pub psbt: String,
+    pub fee_sat: u64,
+    pub outputs: Vec<OutputView>,
+    /// 0 for the first transaction of the decision, +1 per fee bump.
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputView {
+    pub address: Option<String>,
+    pub amount_sat: u64,
+    /// `lender` (its payout address), `borrower` (its return address) or `other`.
+    pub role: &'static str,
+}
+
+pub fn kind_name(kind: &DecisionKind) -> &'static str {
+    match kind {
+        DecisionKind::Liquidation { .. } => "liquidation",
+        DecisionKind::Release => "release",
+        DecisionKind::Refund => "refund",
+    }
+}
+
+/// The pending PSBT of `record`, if it awaits a co-signature.
+pub fn pending(
+    record: &DecisionRecord,
+    loan: &Loan,
+    network: Network,
+) -> Result<Option<PendingPsbt>, Problem> {
+    if record.progress != Progress::AwaitingCosignature {
+        return Ok(None);
+    }
+    let psbt = record
+        .psbt()
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let lender = loan.terms.lender_payout_address().script_pubkey();
+    let borrower: Option<ScriptBuf> = loan
+        .terms
+        .has_borrower_return_address()
+        .then(|| loan.terms.borrower_return_address().script_pubkey());
+    let outputs = psbt
+        .unsigned_tx
+        .output
+        .iter()
+        .map(|o| OutputView {
+            address: Address::from_script(&o.script_pubkey, network)
+                .ok()
+                .map(|a| a.to_string()),
+            amount_sat: o.value.to_sat(),
+            role: if o.script_pubkey == lender {
+                "lender"
+            } else if Some(&o.script_pubkey) == borrower.as_ref() {
+                "borrower"
+            } else {
+                "other"
+            },
+        })
+        .collect();
+    Ok(Some(PendingPsbt {
+        kind: kind_name(&record.decision.kind),
+        psbt: record.psbt.clone(),
+        fee_sat: record.decision.fee.to_sat(),
+        outputs,
+        attempt: record.decision.attempt,
+    }))
+}
+
+impl LoanView {
+    /// The view of `loan` as the engine sees it at `now` (on the engine thread).
+    pub fn build(ctx: &Ctx, loan: &Loan, now: u64, network: Network) -> Result<Self, Problem> {
+        let t = loan.terms.get();
+        let owed = loan
+            .owed(now)
+            .map_err(|e| Problem::internal(e.to_string()))?;
+        let locked = loan.collateral > bitcoin::Amount::ZERO;
+        let ltv_bps = match (ctx.fresh_price(now), locked) {
+            (Some(p), true) => loan.ltv(now, p.price).ok().map(|b| b.0),
+            _ => None,
+        };
+        let threshold = |bps| {
+            if locked {
+                calc::liquidation_price(owed.minor, loan.collateral, bps)
+            } else {
+                None
+            }
+        };
+        let pending_psbt = match ctx.engine.decision(&loan.id)? {
+            Some(record) => pending(&record, loan, network)?,
+            None => None,
+        };
+        Ok(Self {
+            id: loan.id.clone(),
+            state: loan.state,
+            lender_id: loan.lender_id.clone(),
+            borrower_id: loan.borrower_id.clone(),
+            terms: t.into(),
+            escrow: ctx.engine.escrows().get(&loan.id).map(EscrowView::from),
+            required_collateral_sat: loan.required_collateral.to_sat(),
+            collateral_sat: loan.collateral.to_sat(),
+            owed_minor: owed.minor,
+            repaid_minor: loan.repaid,
+            ltv_bps,
+            margin_call_price_minor: threshold(t.margin_call_ltv),
+            liquidation_price_minor: threshold(t.liquidation_ltv),
+            liquidation_reason: loan.liquidation_reason,
+            pending_psbt,
+            txids: loan.broadcasts.iter().map(|(_, t)| t.to_string()).collect(),
+            confirmed_txid: loan.confirmed_tx.map(|(_, t)| t.to_string()),
+            created_at: loan.created_at,
+            activated_at: loan.activated_at,
+        })
+    }
+}
