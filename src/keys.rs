@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpriv, Xpub};
-use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::hashes::hmac::{Hmac, HmacEngine};
+use bitcoin::hashes::{sha512, Hash, HashEngine};
+use bitcoin::secp256k1::{All, Secp256k1, SecretKey};
 use bitcoin::{Network, NetworkKind};
 use miniscript::descriptor::{DescriptorPublicKey, DescriptorXKey, Wildcard};
 
@@ -239,6 +241,11 @@ pub fn check_distinct(keys: &[(&str, &AccountKey)]) -> Result<(), KeyError> {
 /// A master private key read from a file holding an xprv/tprv or a BIP39 mnemonic.
 pub struct SigningKey {
     master: Xpriv,
+    fingerprint: Fingerprint,
+    /// The parents of the keys derived so far (escrow chains), with their public keys.
+    chains: std::sync::Mutex<
+        std::collections::BTreeMap<DerivationPath, (Xpriv, bitcoin::secp256k1::PublicKey)>,
+    >,
 }
 
 impl SigningKey {
@@ -254,14 +261,72 @@ impl SigningKey {
                     expected: network,
                 });
             }
-            return Ok(Self { master });
+            return Ok(Self::new(master));
         }
         let mnemonic = bip39::Mnemonic::parse(text).map_err(|e| KeyError::Parse {
             field: "key".to_owned(),
             reason: format!("neither an xprv nor a BIP39 mnemonic ({e})"),
         })?;
         let master = Xpriv::new_master(network, &mnemonic.to_seed(""))?;
-        Ok(Self { master })
+        Ok(Self::new(master))
+    }
+
+    fn new(master: Xpriv) -> Self {
+        Self {
+            fingerprint: master.fingerprint(&Secp256k1::signing_only()),
+            master,
+            chains: Default::default(),
+        }
+    }
+
+    /// The private key at `path` from the master. The parent of the last step (an
+    /// escrow chain, e.g. `m/48'/1'/0'/2'/0`) is derived once and kept with its public
+    /// key, so deriving escrow key `i` is one HMAC and one scalar addition: no EC
+    /// multiplication (BIP32 CKDpriv, checked against `Xpriv::derive_priv` in tests).
+    pub fn derive(
+        &self,
+        secp: &Secp256k1<All>,
+        path: &DerivationPath,
+    ) -> Result<SecretKey, bitcoin::bip32::Error> {
+        let steps: &[ChildNumber] = path.as_ref();
+        let Some((last, parent_steps)) = steps.split_last() else {
+            return Ok(self.master.private_key);
+        };
+        let parent_path = DerivationPath::from(parent_steps);
+        let cached = self
+            .chains
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&parent_path).copied());
+        let (parent, parent_public) = match cached {
+            Some(p) => p,
+            None => {
+                let x = self.master.derive_priv(secp, &parent_path)?;
+                let p = (x, x.private_key.public_key(secp));
+                if let Ok(mut m) = self.chains.lock() {
+                    // Bounded: a signer has few chains; anything past that is not kept.
+                    if m.len() < 256 {
+                        m.insert(parent_path, p);
+                    }
+                }
+                p
+            }
+        };
+        let mut hmac = HmacEngine::<sha512::Hash>::new(&parent.chain_code[..]);
+        match last {
+            ChildNumber::Normal { .. } => hmac.input(&parent_public.serialize()),
+            ChildNumber::Hardened { .. } => {
+                hmac.input(&[0u8]);
+                hmac.input(&parent.private_key[..]);
+            }
+        }
+        hmac.input(&u32::from(*last).to_be_bytes());
+        let i = Hmac::from_engine(hmac).to_byte_array();
+        let tweak = SecretKey::from_slice(&i[..32]).map_err(bitcoin::bip32::Error::Secp256k1)?;
+        parent
+            .private_key
+            .add_tweak(&tweak.into())
+            .map_err(bitcoin::bip32::Error::Secp256k1)
     }
 
     /// Read a key file, refusing one that group or others may read or write, or a key
@@ -292,8 +357,9 @@ impl SigningKey {
         &self.master
     }
 
-    pub fn fingerprint(&self, secp: &Secp256k1<All>) -> Fingerprint {
-        self.master.fingerprint(secp)
+    /// The master key's fingerprint (computed once).
+    pub fn fingerprint(&self, _secp: &Secp256k1<All>) -> Fingerprint {
+        self.fingerprint
     }
 }
 
@@ -365,7 +431,7 @@ impl ArbiterKey {
                 .map_err(|e| file_err(format!("syncing {}: {e}", dir.display())))?;
         }
         Ok(Self {
-            signing: SigningKey { master },
+            signing: SigningKey::new(master),
             network,
         })
     }
@@ -541,5 +607,35 @@ mod tests {
         // BIP32 test vector of the "abandon ... about" mnemonic.
         assert_eq!(from_words.fingerprint(&secp).to_string(), "73c5da0a");
         assert!(SigningKey::parse("not a key", Network::Regtest).is_err());
+    }
+}
+
+#[cfg(test)]
+mod derive_tests {
+    use super::*;
+
+    /// The cached derivation is BIP32's: equal to `Xpriv::derive_priv` for normal and
+    /// hardened last steps, the first time (parent derived) and the next (cached).
+    #[test]
+    fn derive_is_bip32_with_or_without_the_cached_parent() {
+        let secp = Secp256k1::new();
+        let master = Xpriv::new_master(Network::Regtest, &[7u8; 32]).unwrap();
+        let key = SigningKey::new(master);
+        for text in [
+            "m",
+            "m/0",
+            "m/48'/1'/0'/2'/0/5",
+            "m/48'/1'/0'/2'/0/6",
+            "m/48'/1'/0'/2'/2/5",
+            "m/48'/1'/0'/2'/0/2147483647",
+            "m/48'/1'/0'/2'/7'",
+            "m/1/2/3",
+        ] {
+            let path = DerivationPath::from_str(text).unwrap();
+            let want = master.derive_priv(&secp, &path).unwrap().private_key;
+            for _ in 0..2 {
+                assert_eq!(key.derive(&secp, &path).unwrap(), want, "{text}");
+            }
+        }
     }
 }

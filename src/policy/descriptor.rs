@@ -13,6 +13,7 @@ use miniscript::{Descriptor, ForEachKey};
 use serde::Serialize;
 
 use super::analysis::{check_guarantees, minimal_paths};
+use super::derived;
 use super::{
     EscrowHeights, EscrowKeys, Party, PartyAccounts, PathName, PolicyError, PolicyTemplate, Role,
     SpendingPath,
@@ -33,6 +34,11 @@ pub struct EscrowDescriptor {
     script_pubkey: ScriptBuf,
     witness_script: ScriptBuf,
     pubkey_roles: BTreeMap<bitcoin::PublicKey, Role>,
+    origins: Vec<KeyOrigin>,
+    /// What a PSBT input spending the escrow lists in `bip32_derivation`.
+    bip32_derivations: BTreeMap<bitcoin::secp256k1::PublicKey, bitcoin::bip32::KeySource>,
+    /// Each path's witness size (as `paths`, in order), without the witness script.
+    witness_sizes: Vec<usize>,
 }
 
 impl EscrowDescriptor {
@@ -79,11 +85,12 @@ impl EscrowDescriptor {
             })
             .collect();
         paths.sort_by_key(|p| (p.name, p.after_height));
-        let definite = descriptor
-            .at_derivation_index(0)
-            .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
+        // Each key derived once, here (an EC operation each): building and signing a
+        // spend of this escrow then derive nothing (see `derived`).
         let secp = Secp256k1::verification_only();
         let mut pubkey_roles = BTreeMap::new();
+        let mut derived_keys = BTreeMap::new();
+        let mut origins = Vec::new();
         for (key, role) in &roles {
             let derived = key
                 .clone()
@@ -91,13 +98,36 @@ impl EscrowDescriptor {
                 .and_then(|k| k.derive_public_key(&secp))
                 .map_err(|e| PolicyError::Descriptor(e.to_string()))?;
             pubkey_roles.insert(derived, *role);
+            derived_keys.insert(key.clone(), derived);
+            if let DescriptorPublicKey::XPub(x) = key {
+                if let Some((fingerprint, origin)) = &x.origin {
+                    origins.push(KeyOrigin {
+                        role: *role,
+                        key: derived,
+                        fingerprint: *fingerprint,
+                        path: origin.extend(&x.derivation_path),
+                    });
+                }
+            }
         }
+        let concrete = derived::concrete(&descriptor, &derived_keys)?;
+        let witness_sizes = paths
+            .iter()
+            .map(|p| derived::witness_size(&concrete, &derived_keys, p))
+            .collect::<Result<_, _>>()?;
+        let bip32_derivations = origins
+            .iter()
+            .map(|o| (o.key.inner, (o.fingerprint, o.path.clone())))
+            .collect();
         Ok(Self {
-            script_pubkey: definite.script_pubkey(),
-            witness_script: definite
+            script_pubkey: concrete.script_pubkey(),
+            witness_script: concrete
                 .explicit_script()
                 .map_err(|e| PolicyError::Descriptor(e.to_string()))?,
             pubkey_roles,
+            origins,
+            bip32_derivations,
+            witness_sizes,
             descriptor,
             roles,
             heights,
@@ -194,11 +224,31 @@ impl EscrowDescriptor {
         &self.descriptor
     }
 
-    /// The descriptor as a definite (non-wildcard) descriptor.
+    /// The descriptor as a definite descriptor (its keys are derived on every use:
+    /// slow, for checks; spends use [`EscrowDescriptor::witness_size`] and
+    /// [`EscrowDescriptor::bip32_derivations`]).
     pub fn definite(&self) -> Descriptor<DefiniteDescriptorKey> {
         self.descriptor
             .at_derivation_index(0)
             .expect("escrow descriptors have no wildcard and no hardened step (checked)")
+    }
+
+    /// The witness size of path `name`'s satisfaction (signatures at 73 bytes, with
+    /// the item count), without the witness script.
+    pub fn witness_size(&self, name: PathName) -> Result<usize, PolicyError> {
+        self.paths
+            .iter()
+            .zip(&self.witness_sizes)
+            .find(|(p, _)| p.name == name)
+            .map(|(_, w)| *w)
+            .ok_or(PolicyError::NoSuchPath(name))
+    }
+
+    /// Every escrow key with its origin, as a PSBT input lists them.
+    pub fn bip32_derivations(
+        &self,
+    ) -> &BTreeMap<bitcoin::secp256k1::PublicKey, bitcoin::bip32::KeySource> {
+        &self.bip32_derivations
     }
 
     pub fn network(&self) -> Network {
@@ -319,28 +369,7 @@ impl EscrowDescriptor {
     /// Every key of the escrow with its role, master fingerprint and full path from the
     /// master (what a signer derives and a PSBT lists in `bip32_derivation`).
     pub fn key_origins(&self) -> Vec<KeyOrigin> {
-        let secp = Secp256k1::verification_only();
-        self.roles
-            .iter()
-            .filter_map(|(key, role)| {
-                let DescriptorPublicKey::XPub(x) = key else {
-                    return None;
-                };
-                let (fingerprint, origin) = x.origin.clone()?;
-                let public = key
-                    .clone()
-                    .at_derivation_index(0)
-                    .ok()?
-                    .derive_public_key(&secp)
-                    .ok()?;
-                Some(KeyOrigin {
-                    role: *role,
-                    key: public,
-                    fingerprint,
-                    path: origin.extend(&x.derivation_path),
-                })
-            })
-            .collect()
+        self.origins.clone()
     }
 
     /// The role of a concrete public key, if it is one of the escrow's.

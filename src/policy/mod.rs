@@ -4,6 +4,7 @@
 //! I/O (the template text is handed in).
 
 pub mod analysis;
+mod derived;
 mod descriptor;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

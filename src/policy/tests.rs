@@ -404,3 +404,53 @@ fn compiled_with_stand_ins_equals_compiled_directly() {
         assert_eq!(escrow.descriptor(), &Descriptor::new_wsh(direct).unwrap());
     }
 }
+
+/// The escrow derives its keys once and plans each path on them; that must be exactly
+/// what miniscript's planner and PSBT updater give on the xpub-keyed descriptor.
+#[test]
+fn what_the_escrow_derives_once_is_what_miniscript_plans_and_writes() {
+    use bitcoin::psbt::Psbt;
+    use miniscript::plan::Assets;
+    use miniscript::psbt::PsbtExt;
+
+    let escrow = PolicyTemplate::default()
+        .instantiate(&example_keys(Network::Regtest), heights(), Network::Regtest)
+        .unwrap();
+    let slow = escrow.definite();
+    assert_eq!(escrow.script_pubkey(), slow.script_pubkey());
+    assert_eq!(escrow.witness_script(), slow.explicit_script().unwrap());
+    for path in escrow.paths() {
+        let mut assets = Assets::new().add(path.keys.clone());
+        if let Some(h) = path.after_height {
+            assets = assets.after(bitcoin::absolute::LockTime::from_height(h).unwrap());
+        }
+        let plan = slow.clone().plan(&assets).unwrap();
+        assert_eq!(
+            escrow.witness_size(path.name).unwrap(),
+            plan.witness_size(),
+            "{:?}",
+            path.name
+        );
+    }
+    let tx = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn::default()],
+        output: vec![],
+    };
+    let (mut p1, mut p2) = (
+        Psbt::from_unsigned_tx(tx.clone()).unwrap(),
+        Psbt::from_unsigned_tx(tx).unwrap(),
+    );
+    let utxo = bitcoin::TxOut {
+        value: bitcoin::Amount::from_sat(100_000),
+        script_pubkey: escrow.script_pubkey(),
+    };
+    p1.inputs[0].witness_utxo = Some(utxo.clone());
+    p2.inputs[0].witness_utxo = Some(utxo);
+    p1.inputs[0].witness_script = Some(escrow.witness_script());
+    p1.inputs[0].bip32_derivation = escrow.bip32_derivations().clone();
+    p2.update_input_with_descriptor(0, &slow).unwrap();
+    assert_eq!(p1, p2);
+    assert_eq!(p1.inputs[0].bip32_derivation.len(), 5);
+}

@@ -19,7 +19,6 @@ use bitcoin::secp256k1::{Secp256k1, Verification};
 use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Weight};
-use miniscript::plan::Assets;
 use miniscript::psbt::PsbtExt;
 
 use crate::policy::{EscrowDescriptor, PathName, PolicyError};
@@ -78,11 +77,6 @@ pub enum TxError {
     NoSuchPrevOutput { index: usize, vout: u32 },
     #[error("input {index}: witness_utxo is missing or differs from the output it spends")]
     WitnessUtxoMismatch { index: usize },
-    #[error("input {index}: cannot fill it from the descriptor: {source}")]
-    Update {
-        index: usize,
-        source: miniscript::psbt::UtxoUpdateError,
-    },
     #[error("input {index}: cannot compute its sighash: {source}")]
     Sighash {
         index: usize,
@@ -215,19 +209,13 @@ pub fn build(escrow: &EscrowDescriptor, req: &SpendRequest) -> Result<BuiltSpend
         Some(h) => LockTime::from_height(h).map_err(|_| TxError::BadTip(h))?,
         None => LockTime::from_height(req.tip).map_err(|_| TxError::BadTip(req.tip))?,
     };
-    let mut assets = Assets::new().add(path.keys.clone());
-    if path.after_height.is_some() {
-        assets = assets.after(lock_time);
-    }
-    let plan = escrow
-        .definite()
-        .plan(&assets)
+    let planned = escrow
+        .witness_size(req.path)
         .map_err(|_| TxError::Unplannable { path: req.path })?;
     let witness_script_len = escrow.witness_script().len();
     // Per input: the planned witness items (with their count) plus the witness script
     // pushed last; the witness-item count is the same varint size with one more item.
-    let witness_per_input =
-        plan.witness_size() + varint_len(witness_script_len) + witness_script_len;
+    let witness_per_input = planned + varint_len(witness_script_len) + witness_script_len;
 
     let mut outputs: Vec<TxOut> = req
         .payments
@@ -288,14 +276,14 @@ pub fn build(escrow: &EscrowDescriptor, req: &SpendRequest) -> Result<BuiltSpend
         .value = rest;
 
     let mut psbt = Psbt::from_unsigned_tx(tx).expect("inputs carry no scriptSig or witness");
-    let definite = escrow.definite();
-    for (index, input) in req.inputs.iter().enumerate() {
-        let psbt_in = &mut psbt.inputs[index];
+    // What `update_input_with_descriptor` writes for a wsh() input (the witness script
+    // and every key's origin), from what the escrow derived once.
+    for (psbt_in, input) in psbt.inputs.iter_mut().zip(&req.inputs) {
         psbt_in.witness_utxo = input.txout().cloned();
         psbt_in.non_witness_utxo = Some(input.prev_tx.clone());
         psbt_in.sighash_type = Some(PsbtSighashType::from(EcdsaSighashType::All));
-        psbt.update_input_with_descriptor(index, &definite)
-            .map_err(|source| TxError::Update { index, source })?;
+        psbt_in.witness_script = Some(escrow.witness_script());
+        psbt_in.bip32_derivation = escrow.bip32_derivations().clone();
     }
     Ok(BuiltSpend {
         psbt,

@@ -157,8 +157,7 @@ fn sign_as(
             if ours.get(&listed) != Some(&path) {
                 return Err(TxError::UnexpectedDerivation { index, path });
             }
-            let derived = key.master().derive_priv(secp, &path)?;
-            let secret = derived.private_key;
+            let secret = key.derive(secp, &path)?;
             if secret.public_key(secp) != listed {
                 return Err(TxError::DerivedKeyMismatch { index, path });
             }
