@@ -50,7 +50,9 @@ pub struct Offer {
 /// The hysteresis when the offer gives none: 2 %.
 const DEFAULT_HYSTERESIS_BPS: u32 = 200;
 
-/// The views of `loans` (on the engine thread, where the escrows and decisions are).
+/// The views of `loans`, each read again on the engine thread with its escrow and
+/// decision: one consistent moment, never a loan from before a tick with a decision
+/// from after it.
 async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Problem> {
     let network = state.network;
     state
@@ -58,7 +60,10 @@ async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Prob
             let now = unix_now();
             loans
                 .iter()
-                .map(|l| LoanView::build(ctx, l, now, network))
+                .map(|l| {
+                    let loan = ctx.engine.loan(&l.id)?;
+                    LoanView::build(ctx, &loan, now, network)
+                })
                 .collect()
         })
         .await?
@@ -282,7 +287,7 @@ pub async fn psbt(
     let network = state.network;
     let pending = state
         .engine(move |ctx| match ctx.engine.decision(&loan.id)? {
-            Some(record) => pending(&record, &loan, network),
+            Some(record) => pending(&record, &ctx.engine.loan(&loan.id)?, network),
             None => Ok(None),
         })
         .await??;

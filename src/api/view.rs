@@ -29,6 +29,9 @@ pub struct LoanView {
     pub margin_call_price_minor: Option<u64>,
     pub liquidation_price_minor: Option<u64>,
     pub liquidation_reason: Option<crate::loan::LiquidationReason>,
+    /// Consecutive aggregated prices at or above the liquidation LTV so far (the
+    /// liquidation is decided at the terms' `confirm_ticks`).
+    pub breach_ticks: u32,
     pub pending_psbt: Option<PendingPsbt>,
     /// Every transaction broadcast for the loan's decision (RBF replacements too).
     pub txids: Vec<String>,
@@ -232,6 +235,7 @@ impl LoanView {
             margin_call_price_minor: threshold(t.margin_call_ltv),
             liquidation_price_minor: threshold(t.liquidation_ltv),
             liquidation_reason: loan.liquidation_reason,
+            breach_ticks: loan.breach_ticks,
             pending_psbt,
             txids: loan.broadcasts.iter().map(|(_, t)| t.to_string()).collect(),
             confirmed_txid: loan.confirmed_tx.map(|(_, t)| t.to_string()),

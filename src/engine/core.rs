@@ -473,7 +473,7 @@ impl Engine {
                 tip,
                 false,
             )?;
-            self.decide(&loan, &next, &events, decision)?;
+            self.decide(&loan, &next, &events, decision, Durability::Durable)?;
         } else {
             self.store
                 .apply(loan.version, &next, &events, Durability::Durable)?;
@@ -515,6 +515,7 @@ impl Engine {
         after: &Loan,
         events: &[Event],
         decision: Decision,
+        durability: Durability,
     ) -> Result<(), EngineError> {
         let record = self.sign_record(decision)?;
         self.store.apply_with_decision(
@@ -523,7 +524,7 @@ impl Engine {
             events,
             &record.store_key(),
             &record,
-            Durability::Durable,
+            durability,
         )?;
         Ok(())
     }

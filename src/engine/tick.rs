@@ -2,7 +2,8 @@
 //! applied to the loans the book says it can move; a confirmed breach becomes a
 //! liquidation decision, arbiter-signed and stored with the transition. One loan that
 //! cannot be decided (no chain view yet, or an error) never holds the others back:
-//! it is left as it was and reported.
+//! it is left as it was and reported. The tick's writes are flushed once, together,
+//! before it returns.
 
 use crate::loan::{apply, Input, Loan, LoanState, PriceEvidence};
 use crate::store::Durability;
@@ -65,6 +66,12 @@ impl Engine {
                 }
             }
         }
+        // One flush for the whole tick: each loan's transition is atomic, sled
+        // recovers a prefix of the writes, and the tick returns only once all of it is
+        // durable.
+        if !outcome.moved.is_empty() {
+            self.store.flush()?;
+        }
         Ok(outcome)
     }
 
@@ -98,10 +105,10 @@ impl Engine {
                 fee_sat_per_kvb,
                 tip,
             )?;
-            self.decide(&loan, &next, &events, decision)?;
+            self.decide(&loan, &next, &events, decision, Durability::Buffered)?;
         } else {
             self.store
-                .apply(loan.version, &next, &events, Durability::Durable)?;
+                .apply(loan.version, &next, &events, Durability::Buffered)?;
         }
         self.book.update(&next, now);
         Ok(Step::Moved(Box::new(next)))

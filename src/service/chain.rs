@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bitcoin::{Transaction, Txid};
 
@@ -43,6 +43,9 @@ pub enum ChainReport {
     },
 }
 
+/// How often requests are taken while waiting for a block.
+const REQUEST_POLL: Duration = Duration::from_millis(50);
+
 /// Fee estimates target this many blocks.
 const FEE_TARGET_BLOCKS: usize = 6;
 
@@ -58,6 +61,10 @@ pub fn run(
     let mut watcher = Watcher::new(config);
     // The fee estimate is asked again only when the tip moves.
     let mut fee: Option<(u32, u64)> = None;
+    // Sync at once, then when a block arrives or `poll` has passed; requests (a
+    // broadcast waits on them) are taken every REQUEST_POLL in between.
+    let mut synced: Option<Instant> = None;
+    let mut woke = true;
     while !stop.load(Ordering::SeqCst) {
         loop {
             // A thread that died holding the lock poisons it; the queue is still good.
@@ -92,6 +99,17 @@ pub fn run(
                 }
             }
         }
+        if !woke && synced.is_some_and(|at| at.elapsed() < poll) {
+            woke = match watcher.wait_for_block(REQUEST_POLL) {
+                Ok(block) => block,
+                Err(_) => {
+                    std::thread::sleep(REQUEST_POLL);
+                    false
+                }
+            };
+            continue;
+        }
+        synced = Some(Instant::now());
         let report = match watcher.sync() {
             Ok(update) => {
                 let views = update
@@ -126,9 +144,6 @@ pub fn run(
         if reports.send(report).is_err() {
             return;
         }
-        // A new block wakes the loop early; otherwise it polls for requests.
-        if watcher.wait_for_block(poll).is_err() {
-            std::thread::sleep(poll);
-        }
+        woke = false;
     }
 }

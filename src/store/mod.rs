@@ -458,7 +458,12 @@ impl Store {
     }
 
     /// Take the next value of a durable counter in `meta` below `limit`.
-    fn allocate(&self, key: &'static str, limit: u64) -> Result<u64, StoreError> {
+    fn allocate(
+        &self,
+        key: &'static str,
+        limit: u64,
+        durability: Durability,
+    ) -> Result<u64, StoreError> {
         let result = self.meta.transaction(|meta| {
             let next = read_u64(key, meta.get(key.as_bytes())?)
                 .map_err(ConflictableTransactionError::Abort)?;
@@ -475,14 +480,14 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(db_err(e)),
         };
-        self.flush()?;
+        self.finish(durability)?;
         Ok(value)
     }
 
     /// The next escrow index. Always durable: an index handed out is on disk first, so
     /// it is never handed out again, crash or not.
     pub fn allocate_escrow_index(&self) -> Result<u32, StoreError> {
-        let index = self.allocate(META_NEXT_INDEX, 1 << 31)?;
+        let index = self.allocate(META_NEXT_INDEX, 1 << 31, Durability::Durable)?;
         Ok(u32::try_from(index).expect("below 2^31 (checked)"))
     }
 
@@ -490,7 +495,9 @@ impl Store {
     /// so it only grows across restarts: a loan ignores ticks at or below the last one
     /// it applied, and an in-memory counter restarting at 0 would blind it.
     pub fn allocate_price_seq(&self) -> Result<u64, StoreError> {
-        Ok(self.allocate(META_PRICE_SEQ, u64::MAX)? + 1)
+        // Not flushed: sled recovers a prefix of the writes, so a number lost in a
+        // crash was never durably used by a loan (a loan's tick is written after it).
+        Ok(self.allocate(META_PRICE_SEQ, u64::MAX, Durability::Buffered)? + 1)
     }
 
     fn put<T: Serialize>(

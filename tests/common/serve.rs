@@ -228,6 +228,18 @@ impl Api {
         what: &str,
         ok: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
+        self.wait_every(Duration::from_millis(200), path, token, what, ok)
+    }
+
+    /// [`Api::wait`], polling every `every`.
+    pub fn wait_every(
+        &self,
+        every: Duration,
+        path: &str,
+        token: &str,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, v)) = self.call(Method::GET, path, Some(token), None, &[]) {
@@ -240,7 +252,193 @@ impl Api {
             } else if Instant::now() > deadline {
                 bail!("{what}: never ({path} does not answer)");
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(every);
         }
+    }
+}
+
+/// A regtest market through the API: a running `serve`, a lender and a borrower
+/// registered by the admin, and a funded wallet for the borrower.
+pub struct Market {
+    pub env: Regtest,
+    pub data: DataDir,
+    pub serve: Serve,
+    pub parties: super::escrow::Parties,
+    pub admin: String,
+    pub lender: String,
+    pub borrower: String,
+    pub wallet: super::wallet::TestWallet,
+    pub lender_payout: bitcoin::Address,
+    pub borrower_return: bitcoin::Address,
+}
+
+impl Market {
+    pub fn open() -> anyhow::Result<Self> {
+        use btc_escrow::keys::AccountKey;
+        let env = Regtest::start()?;
+        let data = DataDir::init(&env)?;
+        let serve = Serve::start(&data.path)?;
+        let admin = data.admin_token.clone();
+        let parties = super::escrow::Parties::new()?;
+        let party = |name: &str, role: &str, key: &AccountKey| -> anyhow::Result<String> {
+            let made = serve.api.expect(
+                201,
+                Method::POST,
+                "/parties",
+                &admin,
+                Some(&serde_json::json!({
+                    "name": name, "role": role, "account_key": key.to_string()
+                })),
+            )?;
+            ensure!(made["role"] == role && made["id"].is_string(), "{made}");
+            Ok(made["token"].as_str().context("token")?.to_owned())
+        };
+        let lender = party("Lender Ltd", "lender", &parties.account(&parties.lender)?)?;
+        let borrower = party("Bob", "borrower", &parties.account(&parties.borrower)?)?;
+        let mut wallet = super::wallet::TestWallet::new(&env)?;
+        wallet.fund(&env, 1)?;
+        let lender_payout = super::wallet::TestWallet::new(&env)?.address();
+        let borrower_return = super::wallet::TestWallet::new(&env)?.address();
+        Ok(Self {
+            env,
+            data,
+            serve,
+            parties,
+            admin,
+            lender,
+            borrower,
+            wallet,
+            lender_payout,
+            borrower_return,
+        })
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.serve.api
+    }
+
+    /// Set the manual price (a tick follows at once).
+    pub fn set_price(&self, minor: u64) -> anyhow::Result<()> {
+        self.api().expect(
+            200,
+            Method::PUT,
+            "/oracle/manual",
+            &self.admin,
+            Some(&serde_json::json!({ "price_minor": minor })),
+        )?;
+        Ok(())
+    }
+
+    /// $10,000 for 90 days at 10 %, 50 % initial LTV, margin call 70 %, liquidation
+    /// 80 % confirmed over 3 ticks, 5 % penalty.
+    pub fn offer_terms(&self) -> Value {
+        serde_json::json!({
+            "principal_minor": 1_000_000, "currency": "USD", "apr_bps": 1_000,
+            "term_secs": 90 * 86_400, "initial_ltv_bps": 5_000, "margin_call_ltv_bps": 7_000,
+            "liquidation_ltv_bps": 8_000, "liquidation_penalty_bps": 500, "confirm_ticks": 3,
+            "grace_blocks": 144, "recovery_delay_blocks": 1_000,
+            "funding_deadline": btc_escrow::util::unix_now() + 86_400,
+            "lender_payout_address": self.lender_payout.to_string(), "min_confirmations": 1,
+        })
+    }
+
+    /// Offer (the terms above), accept at $100,000/BTC: the loan, awaiting collateral.
+    pub fn accepted(&self) -> anyhow::Result<Value> {
+        let api = self.api();
+        let loan = api.expect(
+            201,
+            Method::POST,
+            "/loans",
+            &self.lender,
+            Some(&self.offer_terms()),
+        )?;
+        ensure!(loan["state"] == "offered", "{loan}");
+        let id = loan["id"].as_str().context("id")?.to_owned();
+        self.set_price(10_000_000)?;
+        api.wait("/health", &self.admin, "fit to decide", |h| h["ok"] == true)?;
+        let loan = api.expect(
+            200,
+            Method::POST,
+            &format!("/loans/{id}/accept"),
+            &self.borrower,
+            Some(&serde_json::json!({
+                "borrower_return_address": self.borrower_return.to_string()
+            })),
+        )?;
+        ensure!(loan["state"] == "awaiting_collateral", "{loan}");
+        Ok(loan)
+    }
+
+    /// The escrow, re-derived from the loan's descriptor and the three account keys.
+    pub fn escrow_of(&self, loan: &Value) -> anyhow::Result<btc_escrow::policy::EscrowDescriptor> {
+        use btc_escrow::keys::AccountKey;
+        use btc_escrow::policy::{EscrowDescriptor, PartyAccounts, PolicyTemplate};
+        let accounts = PartyAccounts {
+            borrower: self.parties.account(&self.parties.borrower)?,
+            lender: self.parties.account(&self.parties.lender)?,
+            arbiter: AccountKey::parse(
+                "arbiter",
+                &self.data.arbiter_account_key,
+                bitcoin::Network::Regtest,
+            )?,
+        };
+        Ok(EscrowDescriptor::parse(
+            loan["escrow"]["descriptor"]
+                .as_str()
+                .context("descriptor")?,
+            bitcoin::Network::Regtest,
+            &accounts,
+            &PolicyTemplate::default(),
+        )?)
+    }
+
+    /// Offer, accept, fund the re-derived escrow address with 0.2 BTC, mine: active.
+    pub fn active(&mut self) -> anyhow::Result<String> {
+        let loan = self.accepted()?;
+        let id = loan["id"].as_str().context("id")?.to_owned();
+        let address = self.escrow_of(&loan)?.address();
+        ensure!(loan["escrow"]["address"] == address.to_string().as_str());
+        let funding = self.wallet.send(
+            &address,
+            bitcoin::Amount::from_sat(loan["required_collateral_sat"].as_u64().context("sat")?),
+            bitcoin::FeeRate::from_sat_per_vb(2).context("rate")?,
+        )?;
+        self.env
+            .wait_for_tx(&address.script_pubkey(), funding.compute_txid())?;
+        self.env.mine(1)?;
+        self.api()
+            .wait(&format!("/loans/{id}"), &self.borrower, "active", |v| {
+                v["state"] == "active"
+            })?;
+        Ok(id)
+    }
+
+    /// The pending PSBT of loan `id`, signed by the lender outside the server.
+    pub fn lender_signs(&self, id: &str) -> anyhow::Result<(Value, String)> {
+        use std::str::FromStr;
+        let api = self.api();
+        let pending = api.get(&format!("/loans/{id}/psbt"), &self.lender)?;
+        let loan = api.get(&format!("/loans/{id}"), &self.lender)?;
+        let escrow = self.escrow_of(&loan)?;
+        let mut psbt = bitcoin::psbt::Psbt::from_str(pending["psbt"].as_str().context("psbt")?)?;
+        btc_escrow::tx::sign(
+            &mut psbt,
+            &self.parties.lender,
+            &escrow,
+            &btc_escrow::tx::FeeCap::default(),
+            &self.parties.secp,
+        )?;
+        Ok((pending, psbt.to_string()))
+    }
+
+    /// Post the lender's co-signed PSBT of loan `id`.
+    pub fn post_psbt(&self, id: &str, psbt: &str) -> anyhow::Result<Value> {
+        self.api().expect(
+            200,
+            Method::POST,
+            &format!("/loans/{id}/psbt"),
+            &self.lender,
+            Some(&serde_json::json!({ "psbt": psbt })),
+        )
     }
 }
