@@ -132,7 +132,7 @@ fn ticks() {
     );
     // Let sled's background writer finish with the fill before measuring.
     engine.store().flush().expect("flush");
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(10));
     for k in [0u64, 10, 1_000] {
         // The price at which exactly loans 0..k reach their margin-call LTV.
         let lp = |i: u64| liquidation_price(OWED, collateral(i), MARGIN_CALL).expect("owes");

@@ -8,11 +8,14 @@
 //! - Reads go to the store directly (a clone of the engine's); everything that changes
 //!   a loan runs on the engine thread through the [`ServiceHandle`], from a blocking
 //!   task so no runtime worker waits on it.
+//! - `Idempotency-Key` on a POST replays the first successful answer (see
+//!   [`idempotency`]).
 //! - Errors are problem+json ([`Problem`]); bodies are limited to [`MAX_BODY`];
 //!   requests time out after [`REQUEST_TIMEOUT`]; a panic in a handler answers a 500
 //!   problem and is logged, it never reaches the client as a dropped connection.
 
 mod auth;
+mod idempotency;
 mod loans;
 mod parties;
 mod problem;
@@ -56,6 +59,8 @@ pub struct ApiState {
     pub arbiter_account: String,
     /// Serializes party creation (the distinct-key check and the write).
     parties: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Requests running under an idempotency key.
+    in_flight: idempotency::InFlight,
 }
 
 impl ApiState {
@@ -73,6 +78,7 @@ impl ApiState {
             currency,
             arbiter_account,
             parties: Default::default(),
+            in_flight: Default::default(),
         }
     }
 
@@ -105,6 +111,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/oracle/manual", put(system::manual_price))
         .route("/v1/health", get(system::health))
         .fallback(|| async { Problem::not_found("route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .layer(middleware::from_fn(timeout))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))

@@ -122,6 +122,7 @@ pub struct Store {
     events: sled::Tree,
     parties: sled::Tree,
     tokens: sled::Tree,
+    idempotency: sled::Tree,
     psbts: sled::Tree,
     decisions: sled::Tree,
     escrows: sled::Tree,
@@ -173,6 +174,7 @@ impl Store {
             events: tree("events")?,
             parties: tree("parties")?,
             tokens: tree("tokens")?,
+            idempotency: tree("idempotency")?,
             psbts: tree("psbts")?,
             decisions: tree("decisions")?,
             escrows: tree("escrows")?,
@@ -587,6 +589,25 @@ impl Store {
 
     pub fn token<T: DeserializeOwned>(&self, token_hash: &str) -> Result<Option<T>, StoreError> {
         self.get(&self.tokens, "token", token_hash)
+    }
+
+    /// The stored answer to an API request under an idempotency key.
+    pub fn put_idempotent<T: Serialize>(
+        &self,
+        key: &str,
+        record: &T,
+        d: Durability,
+    ) -> Result<(), StoreError> {
+        self.put(&self.idempotency, key, record, d)
+    }
+
+    pub fn idempotent<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(&self.idempotency, "idempotency record", key)
+    }
+
+    pub fn remove_idempotent(&self, key: &str) -> Result<(), StoreError> {
+        self.idempotency.remove(key.as_bytes()).map_err(db_err)?;
+        Ok(())
     }
 
     /// A loan's PSBT of one kind (e.g. "liquidation"), as base64 text.

@@ -19,7 +19,7 @@ pub struct Parties {
     pub secp: Secp256k1<All>,
 }
 
-fn random_key() -> anyhow::Result<SigningKey> {
+pub fn random_key() -> anyhow::Result<SigningKey> {
     let mut seed = [0u8; 32];
     bitcoin::secp256k1::rand::RngCore::fill_bytes(
         &mut bitcoin::secp256k1::rand::thread_rng(),

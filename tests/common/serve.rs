@@ -317,6 +317,22 @@ impl Market {
         &self.serve.api
     }
 
+    /// Register another party with a fresh key: its token.
+    pub fn register(&self, name: &str, role: &str) -> anyhow::Result<String> {
+        let key = super::escrow::random_key()?;
+        let account = self.parties.account(&key)?;
+        let made = self.api().expect(
+            201,
+            Method::POST,
+            "/parties",
+            &self.admin,
+            Some(&serde_json::json!({
+                "name": name, "role": role, "account_key": account.to_string()
+            })),
+        )?;
+        Ok(made["token"].as_str().context("token")?.to_owned())
+    }
+
     /// Set the manual price (a tick follows at once).
     pub fn set_price(&self, minor: u64) -> anyhow::Result<()> {
         self.api().expect(

@@ -1,0 +1,374 @@
+//! The API's rules through a real socket against a real `serve` (bitcoind + electrs
+//! behind it). One scenario per test:
+//! - the authorization matrix: every route × {no token, a bad token, the admin, the
+//!   loan's lender, its borrower, another lender, another borrower} answers as the
+//!   contract says (another party's loan is 404, not 403);
+//! - bad input: each offer field invalid in turn, and a co-signed PSBT that is garbage,
+//!   of another loan, with an output changed, a non-ALL sighash, a signature by a key
+//!   not in the escrow, or an extra input: a 4xx problem naming the field and the
+//!   reason, and neither the loans nor the pending PSBT change;
+//! - idempotency: a repayment repeated with its key counts once, the same key with
+//!   another body is 422, and another key is another repayment.
+
+mod common;
+
+use std::str::FromStr;
+
+use anyhow::{ensure, Context};
+use bitcoin::psbt::Psbt;
+use common::serve::Market;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn problem_ok(v: &Value, status: u16) -> anyhow::Result<()> {
+    ensure!(v["status"] == status, "{v}");
+    ensure!(v["code"].is_string() && v["detail"].is_string(), "{v}");
+    ensure!(
+        v["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:btc-escrow:problem:")),
+        "{v}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_authorization_matrix() -> anyhow::Result<()> {
+    let m = Market::open()?;
+    let other_lender = m.register("Other Lender", "lender")?;
+    let other_borrower = m.register("Other Borrower", "borrower")?;
+    let loan = m.accepted()?;
+    let id = loan["id"].as_str().context("id")?.to_owned();
+    let open = m.api().expect(
+        201,
+        Method::POST,
+        "/loans",
+        &m.lender,
+        Some(&m.offer_terms()),
+    )?;
+    let open_id = open["id"].as_str().context("id")?.to_owned();
+
+    // Callers, in this order in every row below.
+    let callers: [(&str, Option<&str>); 7] = [
+        ("none", None),
+        ("bad", Some("0000")),
+        ("admin", Some(&m.admin)),
+        ("lender", Some(&m.lender)),
+        ("borrower", Some(&m.borrower)),
+        ("other lender", Some(&other_lender)),
+        ("other borrower", Some(&other_borrower)),
+    ];
+    let new_party = || -> anyhow::Result<Value> {
+        let key = common::escrow::random_key()?;
+        Ok(json!({"name": "P", "role": "borrower",
+                  "account_key": m.parties.account(&key)?.to_string()}))
+    };
+    let loan_path = format!("/loans/{id}");
+    let open_path = format!("/loans/{open_id}");
+    let rows: Vec<(Method, String, Option<Value>, [u16; 7])> = vec![
+        (
+            Method::POST,
+            "/parties".into(),
+            None,
+            [401, 401, 201, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/parties/me".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/loans".into(),
+            Some(m.offer_terms()),
+            [401, 401, 403, 201, 403, 201, 403],
+        ),
+        (
+            Method::GET,
+            "/loans".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/offers".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            loan_path.clone(),
+            None,
+            [401, 401, 200, 200, 200, 404, 404],
+        ),
+        // An open offer: every borrower sees it, other lenders do not.
+        (
+            Method::GET,
+            open_path.clone(),
+            None,
+            [401, 401, 200, 200, 200, 404, 200],
+        ),
+        (
+            Method::POST,
+            format!("{loan_path}/accept"),
+            Some(json!({"borrower_return_address": m.borrower_return.to_string()})),
+            [401, 401, 403, 403, 409, 403, 404],
+        ),
+        (
+            Method::POST,
+            format!("{loan_path}/repayments"),
+            Some(json!({"amount_minor": 100})),
+            [401, 401, 403, 409, 403, 404, 403],
+        ),
+        (
+            Method::GET,
+            format!("{loan_path}/psbt"),
+            None,
+            [401, 401, 404, 404, 404, 404, 404],
+        ),
+        (
+            Method::POST,
+            format!("{loan_path}/psbt"),
+            Some(json!({"psbt": "garbage"})),
+            [401, 401, 403, 422, 422, 404, 404],
+        ),
+        (
+            Method::GET,
+            format!("{loan_path}/events"),
+            None,
+            [401, 401, 200, 200, 200, 404, 404],
+        ),
+        (
+            Method::GET,
+            "/price".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::PUT,
+            "/oracle/manual".into(),
+            Some(json!({"price_minor": 10_000_000})),
+            [401, 401, 200, 403, 403, 403, 403],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body, want) in &rows {
+        for ((who, token), want) in callers.iter().zip(want) {
+            let body = match (path.as_str(), body) {
+                ("/parties", _) => Some(new_party()?),
+                (_, b) => b.clone(),
+            };
+            let (status, answer) =
+                m.api()
+                    .call(method.clone(), path, *token, body.as_ref(), &[])?;
+            if status != *want {
+                wrong.push(format!(
+                    "{method} {path} as {who}: {status}, want {want}: {answer}"
+                ));
+            } else if status >= 400 {
+                problem_ok(&answer, status)?;
+            }
+        }
+    }
+    ensure!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // Lists show one's own loans only.
+    let ids = |token: &str| -> anyhow::Result<Vec<String>> {
+        Ok(m.api()
+            .get("/loans", token)?
+            .as_array()
+            .context("list")?
+            .iter()
+            .filter_map(|l| l["id"].as_str().map(str::to_owned))
+            .collect())
+    };
+    ensure!(ids(&m.lender)?.contains(&id) && ids(&m.borrower)?.contains(&id));
+    ensure!(!ids(&other_lender)?.contains(&id) && !ids(&other_borrower)?.contains(&id));
+    // Health needs no token.
+    let (status, health) = m.api().call(Method::GET, "/health", None, None, &[])?;
+    ensure!(status == 200 && health["ok"] == true, "{health}");
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_named_and_changes_nothing() -> anyhow::Result<()> {
+    let mut m = Market::open()?;
+    let past = btc_escrow::util::unix_now() - 10;
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("principal_minor", json!(0), "principal_minor"),
+        ("currency", json!("EUR"), "currency"),
+        ("currency", json!("dollars"), "currency"),
+        ("apr_bps", json!(20_000), "apr_bps"),
+        ("term_secs", json!(0), "term_secs"),
+        ("initial_ltv_bps", json!(0), "initial_ltv_bps"),
+        ("margin_call_ltv_bps", json!(4_000), "initial_ltv_bps"),
+        ("liquidation_ltv_bps", json!(10_000), "liquidation_ltv_bps"),
+        (
+            "hard_liquidation_ltv_bps",
+            json!(7_500),
+            "hard_liquidation_ltv_bps",
+        ),
+        (
+            "liquidation_penalty_bps",
+            json!(6_000),
+            "liquidation_penalty_bps",
+        ),
+        ("hysteresis_bps", json!(2_500), "hysteresis_bps"),
+        ("confirm_ticks", json!(1), "confirm_ticks"),
+        ("grace_blocks", json!(0), "grace_blocks"),
+        ("recovery_delay_blocks", json!(0), "recovery_delay_blocks"),
+        ("funding_deadline", json!(past), "funding_deadline"),
+        (
+            "lender_payout_address",
+            json!("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"),
+            "lender_payout_address",
+        ),
+        (
+            "lender_payout_address",
+            json!("not an address"),
+            "lender_payout_address",
+        ),
+        ("min_confirmations", json!(0), "min_confirmations"),
+        ("apr_bps", json!("ten"), "apr_bps"),
+        ("principal_minor", json!(-5), "principal_minor"),
+        ("surprise", json!(1), "surprise"),
+    ];
+    let count = |m: &Market| -> anyhow::Result<usize> {
+        Ok(m.api()
+            .get("/loans", &m.admin)?
+            .as_array()
+            .context("list")?
+            .len())
+    };
+    let before = count(&m)?;
+    for (field, value, named) in &cases {
+        let mut offer = m.offer_terms();
+        offer[*field] = value.clone();
+        let (status, answer) =
+            m.api()
+                .call(Method::POST, "/loans", Some(&m.lender), Some(&offer), &[])?;
+        ensure!(status == 422, "{field}={value}: {status} {answer}");
+        problem_ok(&answer, 422)?;
+        ensure!(answer["field"] == *named, "{field}={value}: {answer}");
+    }
+    let mut offer = m.offer_terms();
+    offer.as_object_mut().context("object")?.remove("apr_bps");
+    let (status, answer) =
+        m.api()
+            .call(Method::POST, "/loans", Some(&m.lender), Some(&offer), &[])?;
+    ensure!(status == 422 && answer["field"] == "apr_bps", "{answer}");
+    ensure!(count(&m)? == before, "no loan made by a bad offer");
+
+    // Two loans breached together; loan A's co-signature tried in every bad shape.
+    let a = m.active()?;
+    let b = m.active()?;
+    m.set_price(6_200_000)?;
+    for id in [&a, &b] {
+        m.api()
+            .wait(&format!("/loans/{id}"), &m.lender, "liquidating", |v| {
+                v["pending_psbt"].is_object()
+            })?;
+    }
+    let loan_before = m.api().get(&format!("/loans/{a}"), &m.lender)?;
+    let (_, signed_a) = m.lender_signs(&a)?;
+    let (_, signed_b) = m.lender_signs(&b)?;
+    let good = Psbt::from_str(&signed_a)?;
+    let mut changed_output = good.clone();
+    changed_output.unsigned_tx.output[0].value -= bitcoin::Amount::from_sat(1_000);
+    let mut not_all = good.clone();
+    for sig in not_all.inputs[0].partial_sigs.values_mut() {
+        sig.sighash_type = bitcoin::EcdsaSighashType::None;
+    }
+    let mut stranger = Psbt::from_str(
+        &loan_before["pending_psbt"]["psbt"]
+            .as_str()
+            .context("psbt")?,
+    )?;
+    {
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let (sk, pk) = secp.generate_keypair(&mut bitcoin::secp256k1::rand::thread_rng());
+        let msg = bitcoin::secp256k1::Message::from_digest([7u8; 32]);
+        stranger.inputs[0].partial_sigs.insert(
+            bitcoin::PublicKey::new(pk),
+            bitcoin::ecdsa::Signature::sighash_all(secp.sign_ecdsa(&msg, &sk)),
+        );
+    }
+    let mut extra_input = good.clone();
+    extra_input.unsigned_tx.input.push(bitcoin::TxIn::default());
+    extra_input.inputs.push(Default::default());
+    let bad: Vec<(&str, String)> = vec![
+        ("garbage", "cHNidP8BAHECAAAAAQ==".into()),
+        ("not base64", "%%%".into()),
+        ("another loan's", signed_b.clone()),
+        ("an output changed", changed_output.to_string()),
+        ("a non-ALL sighash", not_all.to_string()),
+        ("a key not in the escrow", stranger.to_string()),
+        ("an extra input", extra_input.to_string()),
+    ];
+    for (what, psbt) in &bad {
+        let (status, answer) = m.api().call(
+            Method::POST,
+            &format!("/loans/{a}/psbt"),
+            Some(&m.lender),
+            Some(&json!({ "psbt": psbt })),
+            &[],
+        )?;
+        ensure!((400..500).contains(&status), "{what}: {status} {answer}");
+        problem_ok(&answer, status)?;
+        ensure!(answer["field"] == "psbt", "{what}: {answer}");
+    }
+    let loan_after = m.api().get(&format!("/loans/{a}"), &m.lender)?;
+    ensure!(
+        loan_after["pending_psbt"] == loan_before["pending_psbt"]
+            && loan_after["state"] == "liquidating"
+            && loan_after["txids"] == json!([]),
+        "unchanged: {loan_after}"
+    );
+    // And the good one still goes through.
+    let sent = m.post_psbt(&a, &signed_a)?;
+    ensure!(sent["txid"].is_string(), "{sent}");
+    Ok(())
+}
+
+#[test]
+fn a_repayment_repeated_with_its_key_counts_once() -> anyhow::Result<()> {
+    let mut m = Market::open()?;
+    let id = m.active()?;
+    let path = format!("/loans/{id}/repayments");
+    let pay = |amount: u64, key: Option<&str>| -> anyhow::Result<(u16, Value)> {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        m.api().call(
+            Method::POST,
+            &path,
+            Some(&m.lender),
+            Some(&json!({ "amount_minor": amount })),
+            &headers,
+        )
+    };
+    let (s1, first) = pay(10_000, Some("wire-1"))?;
+    ensure!(s1 == 200 && first["repaid_minor"] == 10_000, "{first}");
+    let (s2, again) = pay(10_000, Some("wire-1"))?;
+    ensure!(
+        s2 == 200 && again == first,
+        "replayed as first answered: {again}"
+    );
+    let (s3, other) = pay(20_000, Some("wire-1"))?;
+    ensure!(
+        s3 == 422 && other["code"] == "idempotency_key_reused",
+        "{other}"
+    );
+    let (s4, next) = pay(10_000, Some("wire-2"))?;
+    ensure!(s4 == 200 && next["repaid_minor"] == 20_000, "{next}");
+    let loan = m.api().get(&format!("/loans/{id}"), &m.lender)?;
+    ensure!(loan["repaid_minor"] == 20_000, "{loan}");
+    let events = m.api().get(&format!("/loans/{id}/events"), &m.lender)?;
+    let repayments = events
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter(|e| e["event"]["event"] == "repayment_recorded")
+        .count();
+    ensure!(repayments == 2, "{events}");
+    Ok(())
+}
