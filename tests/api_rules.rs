@@ -281,7 +281,7 @@ fn bad_input_is_named_and_changes_nothing() -> anyhow::Result<()> {
         sig.sighash_type = bitcoin::EcdsaSighashType::None;
     }
     let mut stranger = Psbt::from_str(
-        &loan_before["pending_psbt"]["psbt"]
+        loan_before["pending_psbt"]["psbt"]
             .as_str()
             .context("psbt")?,
     )?;
