@@ -5,7 +5,9 @@
 //!   offers, the borrower accepts and funds the escrow; the manual price falls into the
 //!   margin-call band, then into the liquidation band for `confirm_ticks` ticks; the
 //!   pending PSBT shows the liquidation; the lender co-signs it; it is broadcast,
-//!   mined, and the loan is `liquidated`; the events list every step in order;
+//!   mined, and the loan is `liquidated`; the events list and the SSE stream show
+//!   every step in order, and the stream resumes from `Last-Event-ID` without a gap
+//!   or a repeat;
 //! - `serve` killed (SIGKILL) between "decision stored" and "broadcast": restarted, the
 //!   same PSBT is pending, byte for byte; co-signed, it is broadcast once and confirms;
 //! - `serve` killed between "co-signature stored" and "broadcast" (electrs is down,

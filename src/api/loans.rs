@@ -18,7 +18,6 @@ use crate::init::random_hex;
 use crate::keys::{check_distinct, AccountKey};
 use crate::loan::{Bps, Currency, Fiat, Loan, LoanState, TermsInput};
 use crate::service::Ctx;
-use crate::store::StoredEvent;
 use crate::util::unix_now;
 
 type JsonOut<T> = axum::Json<T>;
@@ -368,13 +367,4 @@ pub async fn cosign(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-pub async fn events(
-    State(state): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<JsonOut<Vec<StoredEvent>>, Problem> {
-    let loan = visible_loan(&state, &caller, &id)?;
-    Ok(axum::Json(state.store.events(&loan.id)?))
 }

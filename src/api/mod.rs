@@ -15,6 +15,7 @@
 //!   problem and is logged, it never reaches the client as a dropped connection.
 
 mod auth;
+mod events;
 mod idempotency;
 mod loans;
 mod parties;
@@ -61,6 +62,8 @@ pub struct ApiState {
     parties: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Requests running under an idempotency key.
     in_flight: idempotency::InFlight,
+    /// Set when the server stops: event streams end.
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl ApiState {
@@ -79,7 +82,13 @@ impl ApiState {
             arbiter_account,
             parties: Default::default(),
             in_flight: Default::default(),
+            stop: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// A receiver that changes to true when the server stops.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Run `f` on the engine thread, from a blocking task.
@@ -106,7 +115,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/loans/{id}/accept", post(loans::accept))
         .route("/v1/loans/{id}/repayments", post(loans::repay))
         .route("/v1/loans/{id}/psbt", get(loans::psbt).post(loans::cosign))
-        .route("/v1/loans/{id}/events", get(loans::events))
+        .route("/v1/loans/{id}/events", get(events::list))
+        .route("/v1/events/stream", get(events::stream))
         .route("/v1/price", get(system::price))
         .route("/v1/oracle/manual", put(system::manual_price))
         .route("/v1/health", get(system::health))
@@ -127,8 +137,13 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stop = state.stop.clone();
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Long-lived streams end, so the requests in hand can finish.
+            let _ = stop.send(true);
+        })
         .await
 }
 

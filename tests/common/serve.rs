@@ -220,6 +220,44 @@ impl Api {
         self.expect(200, Method::GET, path, token, None)
     }
 
+    /// Read the SSE stream `/events/stream` (from `Last-Event-ID: after`, if given)
+    /// until `enough` holds for the events read: each as (id, event name, data).
+    pub fn sse(
+        &self,
+        token: &str,
+        after: Option<u64>,
+        enough: impl Fn(&[(u64, String, Value)]) -> bool,
+    ) -> anyhow::Result<Vec<(u64, String, Value)>> {
+        let mut req = self
+            .client
+            .get(format!("{}/events/stream", self.base))
+            .bearer_auth(token);
+        if let Some(a) = after {
+            req = req.header("Last-Event-ID", a.to_string());
+        }
+        let resp = req.send()?;
+        ensure!(resp.status() == 200, "stream: {}", resp.status());
+        let mut lines = BufReader::new(resp).lines();
+        let mut out = Vec::new();
+        let (mut id, mut name, mut data) = (None, String::new(), String::new());
+        while !enough(&out) {
+            let line = lines.next().context("the stream ended")??;
+            if line.is_empty() {
+                if let Some(i) = id.take() {
+                    out.push((i, std::mem::take(&mut name), serde_json::from_str(&data)?));
+                }
+                data.clear();
+            } else if let Some(v) = line.strip_prefix("id:") {
+                id = Some(v.trim().parse()?);
+            } else if let Some(v) = line.strip_prefix("event:") {
+                name = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+        Ok(out)
+    }
+
     /// Poll `GET path` until `ok` holds (60 s at most).
     pub fn wait(
         &self,
