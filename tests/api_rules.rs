@@ -8,7 +8,9 @@
 //!   not in the escrow, or an extra input: a 4xx problem naming the field and the
 //!   reason, and neither the loans nor the pending PSBT change;
 //! - idempotency: a repayment repeated with its key counts once, the same key with
-//!   another body is 422, and another key is another repayment.
+//!   another body is 422, and another key is another repayment;
+//! - webhooks: a lender's subscription receives every event of its loan once (after
+//!   its receiver answered 500 twice to the first), in order, each signature valid.
 
 mod common;
 
@@ -370,5 +372,134 @@ fn a_repayment_repeated_with_its_key_counts_once() -> anyhow::Result<()> {
         .filter(|e| e["event"]["event"] == "repayment_recorded")
         .count();
     ensure!(repayments == 2, "{events}");
+    Ok(())
+}
+
+/// What the test's webhook receiver saw: (webhook-id, timestamp, signature, body,
+/// the status it answered).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, u64, String, String, u16)>>>;
+
+/// A webhook receiver on a free loopback port that answers 500 to its first `fail`
+/// requests and 200 after.
+fn receiver(fail: usize) -> anyhow::Result<(String, Seen)> {
+    use axum::http::HeaderMap;
+    let seen: Seen = Default::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let state = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |headers: HeaderMap, body: String| {
+                    let state = state.clone();
+                    async move {
+                        let h = |k: &str| {
+                            headers
+                                .get(k)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        let mut seen = state.lock().expect("seen");
+                        let status = if seen.len() < fail { 500 } else { 200 };
+                        seen.push((
+                            h("webhook-id"),
+                            h("webhook-timestamp").parse().unwrap_or(0),
+                            h("webhook-signature"),
+                            body,
+                            status,
+                        ));
+                        axum::http::StatusCode::from_u16(status).expect("status")
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            axum::serve(listener, app).await.expect("receiver");
+        });
+    });
+    Ok((url, seen))
+}
+
+#[test]
+fn webhooks_are_signed_retried_and_delivered_once_each_in_order() -> anyhow::Result<()> {
+    let mut m = Market::open()?;
+    let (url, seen) = receiver(2)?;
+    let (status, bad) = m.api().call(
+        Method::POST,
+        "/webhooks",
+        Some(&m.lender),
+        Some(&json!({"url": "ftp://example.com/x"})),
+        &[],
+    )?;
+    ensure!(status == 422 && bad["field"] == "url", "{bad}");
+    let hook = m.api().expect(
+        201,
+        Method::POST,
+        "/webhooks",
+        &m.lender,
+        Some(&json!({ "url": url })),
+    )?;
+    let hook_id = hook["id"].as_str().context("id")?.to_owned();
+    let secret = hook["secret"].as_str().context("secret")?.to_owned();
+    ensure!(secret.starts_with("whsec_"), "{hook}");
+
+    let id = m.active()?;
+    let events = m.api().get(&format!("/loans/{id}/events"), &m.lender)?;
+    let want: Vec<String> = events
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter_map(|e| e["global_seq"].as_u64().map(|s| format!("evt_{s}")))
+        .collect();
+    ensure!(want.len() >= 2, "{events}");
+    let deliveries_path = format!("/webhooks/{hook_id}/deliveries");
+    let deliveries = m
+        .api()
+        .wait(&deliveries_path, &m.lender, "every event delivered", |d| {
+            d.as_array()
+                .is_some_and(|d| d.iter().filter(|x| x["delivered"] == true).count() >= want.len())
+        })?;
+    let deliveries = deliveries.as_array().context("deliveries")?;
+    ensure!(
+        deliveries[0]["attempts"] == 3,
+        "two 500s then a 200: {deliveries:?}"
+    );
+    ensure!(
+        deliveries[1..].iter().all(|d| d["attempts"] == 1),
+        "{deliveries:?}"
+    );
+
+    let seen = seen.lock().expect("seen").clone();
+    let delivered: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.4 == 200)
+        .map(|s| s.0.as_str())
+        .collect();
+    ensure!(
+        delivered == want,
+        "once each, in order: {delivered:?} vs {want:?}"
+    );
+    ensure!(
+        seen[0].0 == seen[1].0 && seen[1].0 == seen[2].0,
+        "the retries repeat the id"
+    );
+    for (msg_id, ts, sig, body, _) in &seen {
+        let expected =
+            btc_escrow::api::webhook_signature(&secret, msg_id, *ts, body).context("signature")?;
+        ensure!(*sig == expected, "{msg_id}: {sig} vs {expected}");
+        let event: Value = serde_json::from_str(body)?;
+        ensure!(format!("evt_{}", event["global_seq"]) == *msg_id, "{body}");
+    }
+    // Another party's webhook is not found.
+    let (status, _) = m
+        .api()
+        .call(Method::GET, &deliveries_path, Some(&m.borrower), None, &[])?;
+    ensure!(status == 404);
     Ok(())
 }

@@ -30,7 +30,11 @@ pub async fn list(
 }
 
 /// The caller's events after global sequence `after`, in order.
-fn since(state: &ApiState, caller: &Caller, after: u64) -> Result<Vec<StoredEvent>, Problem> {
+pub(super) fn since(
+    state: &ApiState,
+    caller: &Caller,
+    after: u64,
+) -> Result<Vec<StoredEvent>, Problem> {
     let mut out = Vec::new();
     for loan in state.store.loans()? {
         if caller.role == Role::Admin || caller.is_party_to(&loan) {

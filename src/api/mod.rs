@@ -22,6 +22,7 @@ mod parties;
 mod problem;
 mod system;
 mod view;
+mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub use auth::{Caller, Role};
 pub use parties::PartyRecord;
 pub use problem::Problem;
 pub use view::LoanView;
+pub use webhooks::{signature as webhook_signature, Delivery, WebhookRecord};
 
 use crate::loan::Currency;
 use crate::service::{Ctx, ServiceHandle};
@@ -117,6 +119,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/loans/{id}/psbt", get(loans::psbt).post(loans::cosign))
         .route("/v1/loans/{id}/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
+        .route("/v1/webhooks", post(webhooks::create))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/price", get(system::price))
         .route("/v1/oracle/manual", put(system::manual_price))
         .route("/v1/health", get(system::health))
@@ -138,13 +142,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = state.stop.clone();
-    axum::serve(listener, router(state))
+    let deliveries = tokio::spawn(webhooks::run(state.clone()));
+    let served = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
             // Long-lived streams end, so the requests in hand can finish.
             let _ = stop.send(true);
         })
-        .await
+        .await;
+    let _ = deliveries.await;
+    served
 }
 
 async fn timeout(request: Request, next: Next) -> Response {

@@ -123,6 +123,8 @@ pub struct Store {
     parties: sled::Tree,
     tokens: sled::Tree,
     idempotency: sled::Tree,
+    webhooks: sled::Tree,
+    deliveries: sled::Tree,
     psbts: sled::Tree,
     decisions: sled::Tree,
     escrows: sled::Tree,
@@ -175,6 +177,8 @@ impl Store {
             parties: tree("parties")?,
             tokens: tree("tokens")?,
             idempotency: tree("idempotency")?,
+            webhooks: tree("webhooks")?,
+            deliveries: tree("deliveries")?,
             psbts: tree("psbts")?,
             decisions: tree("decisions")?,
             escrows: tree("escrows")?,
@@ -608,6 +612,56 @@ impl Store {
     pub fn remove_idempotent(&self, key: &str) -> Result<(), StoreError> {
         self.idempotency.remove(key.as_bytes()).map_err(db_err)?;
         Ok(())
+    }
+
+    /// A webhook subscription.
+    pub fn put_webhook<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StoreError> {
+        check_id(id)?;
+        self.put(&self.webhooks, id, record, Durability::Durable)
+    }
+
+    pub fn webhook<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>, StoreError> {
+        self.get(&self.webhooks, "webhook", id)
+    }
+
+    pub fn webhooks<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        self.all(&self.webhooks, "webhook", "")
+    }
+
+    /// A webhook delivery's record, under `webhook_id/zero-padded event sequence`.
+    pub fn put_delivery<T: Serialize>(
+        &self,
+        webhook_id: &str,
+        event_seq: u64,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        check_id(webhook_id)?;
+        let key = format!("{webhook_id}/{event_seq:020}");
+        self.put(&self.deliveries, &key, record, Durability::Durable)
+    }
+
+    /// A webhook's deliveries, oldest event first.
+    pub fn deliveries<T: DeserializeOwned>(&self, webhook_id: &str) -> Result<Vec<T>, StoreError> {
+        self.all(&self.deliveries, "delivery", &format!("{webhook_id}/"))
+    }
+
+    /// The last global event sequence number handed out.
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        read_u64("event_seq", self.meta.get(META_EVENT_SEQ).map_err(db_err)?)
+    }
+
+    fn all<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        kind: &'static str,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        tree.scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err)?;
+                decode(kind, &String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
     }
 
     /// A loan's PSBT of one kind (e.g. "liquidation"), as base64 text.
