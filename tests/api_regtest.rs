@@ -7,7 +7,7 @@
 //!   pending PSBT shows the liquidation; the lender co-signs it; it is broadcast,
 //!   mined, and the loan is `liquidated`; the events list and the SSE stream show
 //!   every step in order, and the stream resumes from `Last-Event-ID` without a gap
-//!   or a repeat;
+//!   or a repeat; `/metrics` counts it;
 //! - `serve` killed (SIGKILL) between "decision stored" and "broadcast": restarted, the
 //!   same PSBT is pending, byte for byte; co-signed, it is broadcast once and confirms;
 //! - `serve` killed between "co-signature stored" and "broadcast" (electrs is down,

@@ -18,6 +18,7 @@ mod auth;
 mod events;
 mod idempotency;
 mod loans;
+mod metrics;
 mod parties;
 mod problem;
 mod system;
@@ -64,6 +65,8 @@ pub struct ApiState {
     parties: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Requests running under an idempotency key.
     in_flight: idempotency::InFlight,
+    /// HTTP request counters for `/metrics`.
+    http: metrics::Http,
     /// Set when the server stops: event streams end.
     stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -84,6 +87,7 @@ impl ApiState {
             arbiter_account,
             parties: Default::default(),
             in_flight: Default::default(),
+            http: Default::default(),
             stop: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
@@ -124,6 +128,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/price", get(system::price))
         .route("/v1/oracle/manual", put(system::manual_price))
         .route("/v1/health", get(system::health))
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .fallback(|| async { Problem::not_found("route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),

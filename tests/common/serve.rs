@@ -199,6 +199,13 @@ impl Api {
         Ok((status, json))
     }
 
+    /// `GET` a path at the server's root (not under `/v1`), as text.
+    pub fn root_text(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let root = self.base.trim_end_matches("/v1");
+        let resp = self.client.get(format!("{root}{path}")).send()?;
+        Ok((resp.status().as_u16(), resp.text()?))
+    }
+
     /// A call that must answer `want`.
     pub fn expect(
         &self,
