@@ -17,9 +17,12 @@ use super::{ApiState, Problem};
 use crate::loan::LoanState;
 use crate::service::ChainState;
 
-/// HTTP counters, by (route, method, status).
+/// (route template, method, status).
+type Key = (String, String, u16);
+
+/// HTTP counters: requests and seconds spent, by [`Key`].
 #[derive(Clone, Default)]
-pub struct Http(Arc<Mutex<BTreeMap<(String, String, u16), (u64, f64)>>>);
+pub struct Http(Arc<Mutex<BTreeMap<Key, (u64, f64)>>>);
 
 /// Count every request under its route template (not its path: ids stay out).
 pub async fn count(State(state): State<ApiState>, request: Request, next: Next) -> Response {
