@@ -159,6 +159,7 @@ fn serve(
             settings.electrum_url
         );
         eprintln!("api http://{addr}/v1");
+        eprintln!("openapi http://{addr}/v1/openapi.json");
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}

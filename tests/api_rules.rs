@@ -187,6 +187,63 @@ fn the_authorization_matrix() -> anyhow::Result<()> {
     };
     ensure!(ids(&m.lender)?.contains(&id) && ids(&m.borrower)?.contains(&id));
     ensure!(!ids(&other_lender)?.contains(&id) && !ids(&other_borrower)?.contains(&id));
+    // The OpenAPI document (no token) covers every route, and no other.
+    let (status, doc) = m
+        .api()
+        .call(Method::GET, "/openapi.json", None, None, &[])?;
+    ensure!(
+        status == 200
+            && doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1"))
+    );
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in doc["paths"].as_object().context("paths")? {
+        for method in item.as_object().context("item")?.keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut routes: Vec<String> = [
+        "POST /v1/parties",
+        "GET /v1/parties/me",
+        "POST /v1/loans",
+        "GET /v1/loans",
+        "GET /v1/offers",
+        "GET /v1/loans/{id}",
+        "POST /v1/loans/{id}/accept",
+        "POST /v1/loans/{id}/repayments",
+        "GET /v1/loans/{id}/psbt",
+        "POST /v1/loans/{id}/psbt",
+        "GET /v1/loans/{id}/events",
+        "GET /v1/events/stream",
+        "POST /v1/webhooks",
+        "GET /v1/webhooks/{id}/deliveries",
+        "GET /v1/price",
+        "PUT /v1/oracle/manual",
+        "GET /v1/health",
+        "GET /metrics",
+        "GET /v1/openapi.json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    routes.sort();
+    ensure!(documented == routes, "{documented:#?}");
+    for schema in [
+        "LoanView",
+        "Offer",
+        "PendingPsbt",
+        "Problem",
+        "Event",
+        "Health",
+    ] {
+        ensure!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} documented"
+        );
+    }
+
     // Health needs no token.
     let (status, health) = m.api().call(Method::GET, "/health", None, None, &[])?;
     ensure!(status == 200 && health["ok"] == true, "{health}");

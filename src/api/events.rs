@@ -14,12 +14,29 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 
 use super::auth::{visible_loan, Caller, Role};
+use super::problem::ProblemDoc;
 use super::{ApiState, Problem};
 use crate::store::StoredEvent;
+
+/// An event as the API lists it (the OpenAPI document's view of `StoredEvent`).
+#[derive(utoipa::ToSchema)]
+#[schema(as = Event)]
+#[allow(dead_code)]
+pub struct EventDoc {
+    pub loan_id: String,
+    /// The event's place in its loan's log, from 0.
+    pub loan_seq: u64,
+    /// Its place in the service's log (the SSE `id`).
+    pub global_seq: u64,
+    /// `{"event": "<snake_case name>", ...its numbers and evidence}`.
+    #[schema(value_type = Object)]
+    pub event: (),
+}
 
 /// How often the stream looks for new events.
 const POLL: Duration = Duration::from_millis(200);
 
+#[utoipa::path(get, path = "/v1/loans/{id}/events", tag = "events", params(("id" = String, Path)), responses((status = 200, body = [EventDoc]), (status = 404, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -71,6 +88,7 @@ struct Cursor {
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(("Last-Event-ID" = Option<u64>, Header, description = "resume after this global sequence")), responses((status = 200, description = "text/event-stream of the caller's loans' events", content_type = "text/event-stream", body = String)), security(("bearer" = [])))]
 pub async fn stream(
     State(state): State<ApiState>,
     caller: Caller,

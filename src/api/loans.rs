@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{visible_loan, Caller, Role};
 use super::parties::account_key;
-use super::view::{pending, LoanView};
+use super::problem::ProblemDoc;
+use super::view::{pending, LoanView, PendingPsbt};
 use super::{ApiState, Json, Problem};
 use crate::engine::{Acceptance, DecisionKind, Progress};
 use crate::init::random_hex;
@@ -23,7 +24,7 @@ use crate::util::unix_now;
 type JsonOut<T> = axum::Json<T>;
 
 /// An offer, as a lender posts it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Offer {
     principal_minor: u64,
@@ -75,6 +76,7 @@ async fn view(state: &ApiState, loan: Loan) -> Result<JsonOut<LoanView>, Problem
         .ok_or_else(|| Problem::internal("no view"))
 }
 
+#[utoipa::path(post, path = "/v1/loans", tag = "loans", request_body = Offer, params(("Idempotency-Key" = Option<String>, Header, description = "replays the first answer")), responses((status = 201, body = LoanView), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 422, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn offer(
     State(state): State<ApiState>,
     caller: Caller,
@@ -116,6 +118,7 @@ pub async fn offer(
     Ok((StatusCode::CREATED, view(&state, loan).await?))
 }
 
+#[utoipa::path(get, path = "/v1/loans", tag = "loans", responses((status = 200, body = [LoanView]), (status = 401, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -129,6 +132,7 @@ pub async fn list(
     Ok(axum::Json(views(&state, loans).await?))
 }
 
+#[utoipa::path(get, path = "/v1/offers", tag = "loans", responses((status = 200, body = [LoanView]), (status = 401, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn offers(
     State(state): State<ApiState>,
     caller: Caller,
@@ -145,6 +149,7 @@ pub async fn offers(
     Ok(axum::Json(views(&state, loans).await?))
 }
 
+#[utoipa::path(get, path = "/v1/loans/{id}", tag = "loans", params(("id" = String, Path)), responses((status = 200, body = LoanView), (status = 401, body = ProblemDoc), (status = 404, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn get(
     State(state): State<ApiState>,
     caller: Caller,
@@ -154,7 +159,7 @@ pub async fn get(
     view(&state, loan).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Accept {
     borrower_return_address: String,
@@ -162,6 +167,7 @@ pub struct Accept {
     account_key: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/loans/{id}/accept", tag = "loans", params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = Accept, responses((status = 200, body = LoanView), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc), (status = 503, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn accept(
     State(state): State<ApiState>,
     caller: Caller,
@@ -227,12 +233,13 @@ fn no_chain(ctx: &Ctx) -> Problem {
     Problem::unavailable("no_chain_view", format!("chain: {:?}", ctx.chain))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Repayment {
     amount_minor: u64,
 }
 
+#[utoipa::path(post, path = "/v1/loans/{id}/repayments", tag = "loans", params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "the repayment counts once per key")), request_body = Repayment, responses((status = 200, body = LoanView), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn repay(
     State(state): State<ApiState>,
     caller: Caller,
@@ -277,11 +284,12 @@ pub async fn repay(
     view(&state, loan).await
 }
 
+#[utoipa::path(get, path = "/v1/loans/{id}/psbt", tag = "loans", params(("id" = String, Path)), responses((status = 200, body = PendingPsbt), (status = 404, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn psbt(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<JsonOut<super::view::PendingPsbt>, Problem> {
+) -> Result<JsonOut<PendingPsbt>, Problem> {
     let loan = visible_loan(&state, &caller, &id)?;
     let network = state.network;
     let pending = state
@@ -295,13 +303,13 @@ pub async fn psbt(
         .ok_or_else(|| Problem::not_found(&format!("loan {id}: pending PSBT")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cosigned {
     psbt: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sent {
     txid: String,
     /// Whether the broadcast is done (else the service keeps trying; see the loan).
@@ -311,6 +319,7 @@ pub struct Sent {
 /// How long a co-signature waits for its broadcast before answering anyway.
 const BROADCAST_WAIT: Duration = Duration::from_secs(10);
 
+#[utoipa::path(post, path = "/v1/loans/{id}/psbt", tag = "loans", params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = Cosigned, responses((status = 200, body = Sent), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn cosign(
     State(state): State<ApiState>,
     caller: Caller,

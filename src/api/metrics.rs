@@ -52,6 +52,7 @@ fn state_name(s: LoanState) -> String {
         .unwrap_or_else(|| format!("{s:?}"))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<ApiState>) -> Result<Response, Problem> {
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
     let mut broadcasts = 0u64;

@@ -19,6 +19,7 @@ mod events;
 mod idempotency;
 mod loans;
 mod metrics;
+mod openapi;
 mod parties;
 mod problem;
 mod system;
@@ -37,6 +38,7 @@ use bitcoin::Network;
 use serde::de::DeserializeOwned;
 
 pub use auth::{Caller, Role};
+pub use openapi::ApiDoc;
 pub use parties::PartyRecord;
 pub use problem::Problem;
 pub use view::LoanView;
@@ -129,6 +131,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/oracle/manual", put(system::manual_price))
         .route("/v1/health", get(system::health))
         .route("/metrics", get(metrics::metrics))
+        .route("/v1/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count,

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Caller, Role};
+use super::problem::ProblemDoc;
 use super::{ApiState, Json, Problem};
 use crate::init::{new_token, random_hex, token_hash, TokenRecord};
 use crate::keys::AccountKey;
@@ -23,7 +24,7 @@ pub struct PartyRecord {
     pub created_at: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewParty {
     name: String,
@@ -31,7 +32,8 @@ pub struct NewParty {
     account_key: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = PartyCreated)]
 pub struct Created {
     id: String,
     name: String,
@@ -43,6 +45,7 @@ pub struct Created {
 /// The longest party name.
 const MAX_NAME: usize = 100;
 
+#[utoipa::path(post, path = "/v1/parties", tag = "parties", request_body = NewParty, responses((status = 201, body = Created), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
@@ -121,7 +124,8 @@ pub async fn create(
     ))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Party)]
 pub struct Me {
     id: String,
     name: String,
@@ -130,6 +134,7 @@ pub struct Me {
     account_key: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/parties/me", tag = "parties", responses((status = 200, body = Me), (status = 401, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn me(State(state): State<ApiState>, caller: Caller) -> Result<axum::Json<Me>, Problem> {
     if caller.role == Role::Admin {
         return Ok(axum::Json(Me {

@@ -12,6 +12,22 @@ use crate::loan::TransitionError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 
+/// A problem answer's body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDoc {
+    /// `urn:btc-escrow:problem:<code>`.
+    pub r#type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable: clients may branch on it.
+    pub code: String,
+    /// The input field at fault, for bad input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 /// A problem answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -19,17 +35,6 @@ pub struct Problem {
     pub code: &'static str,
     pub detail: String,
     pub field: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    r#type: String,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    code: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
 }
 
 impl Problem {
@@ -90,13 +95,13 @@ impl IntoResponse for Problem {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, detail = %self.detail, "request failed");
         }
-        let body = Body {
+        let body = ProblemDoc {
             r#type: format!("urn:btc-escrow:problem:{}", self.code),
-            title: self.status.canonical_reason().unwrap_or("error"),
+            title: self.status.canonical_reason().unwrap_or("error").to_owned(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            code: self.code,
-            field: self.field.as_deref(),
+            detail: self.detail,
+            code: self.code.to_owned(),
+            field: self.field,
         };
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         (

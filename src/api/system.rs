@@ -5,21 +5,24 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Caller, Role};
+use super::problem::ProblemDoc;
 use super::{ApiState, Json, Problem};
 use crate::oracle::OracleResult;
 use crate::service::ChainState;
 use crate::util::unix_now;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PriceView {
     /// Whether the latest tick gave a price and it is still fresh.
     pub fresh: bool,
     /// The latest tick's result: the aggregate with every quote used and dropped, or
     /// why there is none. Null before the first tick.
+    #[schema(value_type = Option<Object>)]
     pub latest: Option<OracleResult>,
     pub ticks: u64,
 }
 
+#[utoipa::path(get, path = "/v1/price", tag = "system", responses((status = 200, body = PriceView)), security(("bearer" = [])))]
 pub async fn price(
     State(state): State<ApiState>,
     _caller: Caller,
@@ -34,13 +37,13 @@ pub async fn price(
     Ok(axum::Json(view))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manual {
     price_minor: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ManualSet {
     price_minor: u64,
     /// When it was set (unix seconds): the quote's date.
@@ -49,6 +52,7 @@ pub struct ManualSet {
 }
 
 /// Set every manual source (regtest, emergencies) and start an oracle tick at once.
+#[utoipa::path(put, path = "/v1/oracle/manual", tag = "system", request_body = Manual, responses((status = 200, body = ManualSet), (status = 403, body = ProblemDoc), (status = 409, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn manual_price(
     State(state): State<ApiState>,
     caller: Caller,
@@ -87,7 +91,7 @@ pub async fn manual_price(
     Ok(axum::Json(set))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// Fit to decide: the chain view is connected and the oracle has a fresh price.
     pub ok: bool,
@@ -96,14 +100,14 @@ pub struct Health {
     pub engine: EngineHealth,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChainHealth {
     pub connected: bool,
     pub tip_height: Option<u32>,
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct OracleHealth {
     pub fresh: bool,
     /// Seconds since the latest aggregate.
@@ -111,7 +115,7 @@ pub struct OracleHealth {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EngineHealth {
     pub running: bool,
     /// Escrows the engine watches.
@@ -120,6 +124,7 @@ pub struct EngineHealth {
 }
 
 /// 200 when fit to decide, 503 otherwise (with why); no token needed.
+#[utoipa::path(get, path = "/v1/health", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<Health>) {
     let answer = state
         .engine(|ctx| {

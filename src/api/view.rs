@@ -10,9 +10,11 @@ use crate::loan::{calc, Loan, LoanState, TermsInput};
 use crate::policy::EscrowDescriptor;
 use crate::service::Ctx;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoanView {
     pub id: String,
+    /// The snake_case of DESIGN.md §5's states.
+    #[schema(value_type = String, example = "active")]
     pub state: LoanState,
     pub lender_id: String,
     pub borrower_id: Option<String>,
@@ -28,6 +30,8 @@ pub struct LoanView {
     /// liquidation LTV (null when nothing is owed or nothing is locked).
     pub margin_call_price_minor: Option<u64>,
     pub liquidation_price_minor: Option<u64>,
+    /// `ltv_breach`, `hard_breach` or `default`, once liquidating.
+    #[schema(value_type = Option<String>)]
     pub liquidation_reason: Option<crate::loan::LiquidationReason>,
     /// Consecutive aggregated prices at or above the liquidation LTV so far (the
     /// liquidation is decided at the terms' `confirm_ticks`).
@@ -40,7 +44,7 @@ pub struct LoanView {
     pub activated_at: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TermsView {
     pub principal_minor: u64,
     pub currency: String,
@@ -86,7 +90,7 @@ impl From<&TermsInput> for TermsView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EscrowView {
     /// The escrow's descriptor at its index (what the address is derived from).
     pub descriptor: String,
@@ -99,7 +103,7 @@ pub struct EscrowView {
     pub wallet_policy: WalletPolicyView,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WalletPolicyView {
     pub template: String,
     pub keys: Vec<String>,
@@ -125,7 +129,7 @@ impl From<&EscrowDescriptor> for EscrowView {
 }
 
 /// A decision waiting for its second signature.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PendingPsbt {
     /// `liquidation`, `release` or `refund`.
     pub kind: &'static str,
@@ -137,7 +141,7 @@ pub struct PendingPsbt {
     pub attempt: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OutputView {
     pub address: Option<String>,
     pub amount_sat: u64,

@@ -20,6 +20,7 @@ use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Caller, Role};
+use super::problem::ProblemDoc;
 use super::{ApiState, Json, Problem};
 use crate::init::random_hex;
 use crate::store::StoredEvent;
@@ -43,7 +44,7 @@ pub struct WebhookRecord {
 }
 
 /// One event's delivery to one subscription.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub webhook_id: String,
     pub event_seq: u64,
@@ -56,19 +57,21 @@ pub struct Delivery {
     pub last_attempt_at: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     url: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = WebhookCreated)]
 pub struct Created {
     id: String,
     url: String,
     secret: String,
 }
 
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewWebhook, responses((status = 201, body = Created), (status = 422, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
@@ -108,6 +111,7 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path)), responses((status = 200, body = [Delivery]), (status = 404, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn deliveries(
     State(state): State<ApiState>,
     caller: Caller,
