@@ -6,7 +6,7 @@
 //! - bad input: each offer field invalid in turn, and a co-signed PSBT that is garbage,
 //!   of another loan, with an output changed, a non-ALL sighash, a signature by a key
 //!   not in the escrow, or an extra input: a 4xx problem naming the field and the
-//!   reason, and neither the loans nor the pending PSBT change;
+//!   reason, and neither the loans nor the pending PSBT change; a 10 MB body is 413;
 //! - idempotency: a repayment repeated with its key counts once, the same key with
 //!   another body is 422, and another key is another repayment;
 //! - webhooks: a lender's subscription receives every event of its loan once (after
@@ -318,6 +318,26 @@ fn bad_input_is_named_and_changes_nothing() -> anyhow::Result<()> {
             .call(Method::POST, "/loans", Some(&m.lender), Some(&offer), &[])?;
     ensure!(status == 422 && answer["field"] == "apr_bps", "{answer}");
     ensure!(count(&m)? == before, "no loan made by a bad offer");
+    // A 10 MB body is refused from its Content-Length, before it is read.
+    let answer = {
+        use std::io::{Read, Write};
+        let host = m.api().base.trim_start_matches("http://");
+        let host = host.split('/').next().context("host")?;
+        let mut tcp = std::net::TcpStream::connect(host)?;
+        write!(
+            tcp,
+            "POST /v1/loans HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{",
+            m.lender,
+            10 * 1024 * 1024
+        )?;
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        let mut buf = vec![0u8; 4096];
+        let n = tcp.read(&mut buf)?;
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    ensure!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    ensure!(answer.contains("body_too_large"), "{answer}");
 
     // Two loans breached together; loan A's co-signature tried in every bad shape.
     let a = m.active()?;

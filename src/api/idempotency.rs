@@ -88,6 +88,7 @@ async fn handle(
         .filter(|k| !k.is_empty() && k.len() <= 255)
         .ok_or_else(|| Problem::invalid("Idempotency-Key", "1 to 255 visible ASCII characters"))?
         .to_owned();
+    super::refuse_declared_too_large(&request)?;
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         Problem::new(

@@ -187,6 +187,24 @@ fn on_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Problem::internal("internal error").into_response()
 }
 
+/// 413 at once for a body whose declared length is over [`MAX_BODY`] (before a byte
+/// of it is read).
+fn refuse_declared_too_large(req: &Request) -> Result<(), Problem> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY as u64 => Err(Problem::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is {n} bytes, over the {MAX_BODY} allowed"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A JSON body whose errors name the field (`terms.apr_bps: invalid type ...`).
 pub struct Json<T>(pub T);
 
@@ -194,6 +212,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_declared_too_large(&req)?;
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| match e.status() {
