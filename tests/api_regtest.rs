@@ -10,6 +10,8 @@
 //!   or a repeat; `/metrics` counts it;
 //! - `serve` killed (SIGKILL) between "decision stored" and "broadcast": restarted, the
 //!   same PSBT is pending, byte for byte; co-signed, it is broadcast once and confirms;
+//! - a repaid loan's release co-signed by the borrower over HTTP, mined: `closed`, the
+//!   coins at the borrower's return address;
 //! - `serve` killed between "co-signature stored" and "broadcast" (electrs is down,
 //!   so the broadcast cannot happen before the kill): restarted with electrs back, it
 //!   broadcasts that transaction, once, and the loan is `liquidated`.
@@ -195,5 +197,93 @@ fn serve_killed_after_the_cosignature_completes_it_exactly_once() -> anyhow::Res
     );
     l.mined_and_liquidated(txid)?;
     let Liquidating { m, .. } = l;
+    m.serve.stop()
+}
+
+/// The lender records the full repayment over HTTP: the release is decided, the
+/// borrower co-signs it with its own key outside the server, it is broadcast and
+/// mined, the loan is `closed`, and the borrower's return address holds the
+/// collateral minus the fee.
+#[test]
+fn a_repaid_loan_is_released_to_the_borrower_over_http() -> anyhow::Result<()> {
+    use std::str::FromStr;
+    let mut m = Market::open()?;
+    let id = m.active()?;
+    let path = format!("/loans/{id}");
+    let owed = m.api().get(&path, &m.lender)?["owed_minor"]
+        .as_u64()
+        .context("owed")?;
+    // Interest accrues by the second: what was owed when read, then what is left.
+    let loan = m.api().expect(
+        200,
+        reqwest::Method::POST,
+        &format!("{path}/repayments"),
+        &m.lender,
+        Some(&json!({ "amount_minor": owed })),
+    )?;
+    let loan = if loan["state"] == "releasing" {
+        loan
+    } else {
+        let rest = loan["owed_minor"].as_u64().context("owed")?;
+        m.api().expect(
+            200,
+            reqwest::Method::POST,
+            &format!("{path}/repayments"),
+            &m.lender,
+            Some(&json!({ "amount_minor": rest })),
+        )?
+    };
+    ensure!(loan["state"] == "releasing", "{loan}");
+    let pending = m.api().get(&format!("{path}/psbt"), &m.borrower)?;
+    ensure!(pending["kind"] == "release", "{pending}");
+    let outputs = pending["outputs"].as_array().context("outputs")?;
+    ensure!(
+        outputs.len() == 1 && outputs[0]["role"] == "borrower",
+        "{pending}"
+    );
+    let escrow = m.escrow_of(&loan)?;
+    let mut psbt = bitcoin::psbt::Psbt::from_str(pending["psbt"].as_str().context("psbt")?)?;
+    btc_escrow::tx::sign(
+        &mut psbt,
+        &m.parties.borrower,
+        &escrow,
+        &btc_escrow::tx::FeeCap::default(),
+        &m.parties.secp,
+    )?;
+    let sent = m.api().expect(
+        200,
+        reqwest::Method::POST,
+        &format!("{path}/psbt"),
+        &m.borrower,
+        Some(&json!({ "psbt": psbt.to_string() })),
+    )?;
+    let txid = Txid::from_str(sent["txid"].as_str().context("txid")?)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !m.env.mempool_contains(txid)? {
+        ensure!(Instant::now() < deadline, "{txid} never broadcast");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tx = m
+        .env
+        .rpc
+        .call("getrawtransaction", json!([txid.to_string(), true]))?;
+    m.env.mine(1)?;
+    let closed = m
+        .api()
+        .wait(&path, &m.borrower, "closed", state_is("closed"))?;
+    ensure!(
+        closed["confirmed_txid"] == txid.to_string().as_str(),
+        "{closed}"
+    );
+    let vout = &tx["vout"][0];
+    ensure!(
+        vout["scriptPubKey"]["address"] == m.borrower_return.to_string().as_str(),
+        "{tx}"
+    );
+    let paid = (vout["value"].as_f64().context("value")? * 1e8).round() as u64;
+    ensure!(
+        paid + pending["fee_sat"].as_u64().context("fee")? == 20_000_000,
+        "{tx}"
+    );
     m.serve.stop()
 }

@@ -319,13 +319,21 @@ pub struct Sent {
 /// How long a co-signature waits for its broadcast before answering anyway.
 const BROADCAST_WAIT: Duration = Duration::from_secs(10);
 
-#[utoipa::path(post, path = "/v1/loans/{id}/psbt", tag = "loans", params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)), request_body = Cosigned, responses((status = 200, body = Sent), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/loans/{id}/psbt", tag = "loans", params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header), ("Prefer" = Option<String>, Header, description = "respond-async: 202 once stored, without waiting for the broadcast")), request_body = Cosigned, responses((status = 200, body = Sent), (status = 202, body = Sent), (status = 403, body = ProblemDoc), (status = 404, body = ProblemDoc), (status = 409, body = ProblemDoc), (status = 422, body = ProblemDoc)), security(("bearer" = [])))]
 pub async fn cosign(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<Cosigned>,
-) -> Result<JsonOut<Sent>, Problem> {
+) -> Result<(StatusCode, JsonOut<Sent>), Problem> {
+    // RFC 7240: a client that asks not to wait gets 202 once the co-signature is
+    // stored; the service broadcasts it all the same.
+    let respond_async = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim() == "respond-async"));
     let loan = visible_loan(&state, &caller, &id)?;
     if !caller.is_party_to(&loan) {
         return Err(Problem::forbidden("only the loan's parties co-sign"));
@@ -358,6 +366,15 @@ pub async fn cosign(
         })
         .await??;
     tracing::info!(loan = %id, %txid, "co-signed");
+    if respond_async {
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(Sent {
+                txid: txid.to_string(),
+                broadcast: false,
+            }),
+        ));
+    }
     let deadline = tokio::time::Instant::now() + BROADCAST_WAIT;
     loop {
         let loan_id = id.clone();
@@ -369,10 +386,13 @@ pub async fn cosign(
             })
             .await??;
         if sent || tokio::time::Instant::now() >= deadline {
-            return Ok(axum::Json(Sent {
-                txid: txid.to_string(),
-                broadcast: sent,
-            }));
+            return Ok((
+                StatusCode::OK,
+                axum::Json(Sent {
+                    txid: txid.to_string(),
+                    broadcast: sent,
+                }),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -104,6 +104,8 @@ pub struct Health {
 pub struct ChainHealth {
     pub connected: bool,
     pub tip_height: Option<u32>,
+    /// Since when it has been connected (or not), unix seconds.
+    pub since: Option<u64>,
     pub reason: Option<String>,
 }
 
@@ -150,6 +152,7 @@ pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<He
                 chain: ChainHealth {
                     connected,
                     tip_height,
+                    since: Some(ctx.chain_since),
                     reason,
                 },
                 oracle: OracleHealth {
@@ -177,6 +180,7 @@ pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<He
                     chain: ChainHealth {
                         connected: false,
                         tip_height: None,
+                        since: None,
                         reason: None,
                     },
                     oracle: OracleHealth {

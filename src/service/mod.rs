@@ -66,6 +66,8 @@ pub enum ChainState {
 pub struct Ctx {
     pub engine: Engine,
     pub chain: ChainState,
+    /// When the chain view last became connected or disconnected (unix seconds).
+    pub chain_since: u64,
     /// The fee rate decisions use, sat/kvB (the server's estimate within the bounds).
     pub fee_sat_per_kvb: u64,
     /// The latest aggregated price and when it was aggregated (unix seconds).
@@ -223,6 +225,7 @@ impl Service {
             let mut ctx = Ctx {
                 engine,
                 chain: ChainState::NotSynced,
+                chain_since: unix_now(),
                 fee_sat_per_kvb: settings.fees.fallback_sat_per_kvb(),
                 price: None,
                 no_price: Some("no oracle tick yet".into()),
@@ -354,6 +357,14 @@ fn engine_loop(ctx: &mut Ctx, rx: &Receiver<Msg>, chain: &Sender<ChainRequest>, 
 }
 
 fn on_chain(ctx: &mut Ctx, report: ChainReport, now: u64) {
+    let was_connected = ctx.tip().is_some();
+    on_chain_report(ctx, report, now);
+    if ctx.tip().is_some() != was_connected {
+        ctx.chain_since = now;
+    }
+}
+
+fn on_chain_report(ctx: &mut Ctx, report: ChainReport, now: u64) {
     match report {
         ChainReport::Synced {
             tip,
