@@ -217,8 +217,12 @@ async fn load(name: &str, want: u16, requests: Vec<reqwest::RequestBuilder>) -> 
                 let t0 = Instant::now();
                 let resp = req.send().await?;
                 let status = resp.status().as_u16();
-                let _ = resp.bytes().await?;
-                ensure!(status == want, "status {status}");
+                let body = resp.bytes().await?;
+                ensure!(
+                    status == want,
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
                 times.push(t0.elapsed());
             }
         }));
@@ -288,7 +292,7 @@ fn main() -> anyhow::Result<()> {
             .timeout(Duration::from_secs(60))
             .build()?;
         let token = &filled.lender_token;
-        let gets: Vec<_> = (0..20_000)
+        let gets: Vec<_> = (0..10_000)
             .map(|i| {
                 client
                     .get(format!("{base}/loans/{}", filled.ids[i % filled.ids.len()]))

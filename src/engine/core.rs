@@ -194,6 +194,9 @@ pub struct Engine {
     escrows: BTreeMap<String, EscrowDescriptor>,
     views: BTreeMap<String, EscrowView>,
     pub(super) book: super::book::Book,
+    /// Loans whose latest decision is finalized and not yet recorded as broadcast (so
+    /// listing what to broadcast does not read every loan).
+    pub(super) finalized: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -222,6 +225,7 @@ impl Engine {
             escrows: BTreeMap::new(),
             views: BTreeMap::new(),
             book: Default::default(),
+            finalized: Default::default(),
         };
         let now = crate::util::unix_now();
         for loan in engine.store.loans()? {
@@ -229,6 +233,11 @@ impl Engine {
             if let Some(record) = engine.store.escrow::<EscrowRecord>(&loan.id)? {
                 let escrow = engine.rebuild(&record)?;
                 engine.escrows.insert(loan.id.clone(), escrow);
+            }
+            if let Some(record) = engine.decision(&loan.id)? {
+                if matches!(record.progress, super::record::Progress::Finalized { .. }) {
+                    engine.finalized.insert(loan.id.clone());
+                }
             }
         }
         Ok(engine)

@@ -28,17 +28,27 @@ impl Engine {
         let (next, tx) = record.cosign(psbt, &self.secp)?;
         self.store
             .put_decision(&next.store_key(), &next, Durability::Durable)?;
+        self.finalized.insert(id.to_owned());
         Ok(tx)
     }
 
-    /// Finalized transactions not yet recorded as broadcast (after a restart too).
+    /// Finalized transactions not yet recorded as broadcast (after a restart too: the
+    /// set is rebuilt from the store when the engine opens).
     pub fn to_broadcast(&self) -> Result<Vec<(String, Transaction)>, EngineError> {
+        self.to_broadcast_except(|_| false)
+    }
+
+    /// [`Engine::to_broadcast`] without the loans `skip` names (e.g. those whose
+    /// broadcast is already under way), without reading their records.
+    pub fn to_broadcast_except(
+        &self,
+        skip: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Transaction)>, EngineError> {
         let mut out = Vec::new();
-        for loan in self.store.loans()? {
-            if let Some(record) = self.decision(&loan.id)? {
+        for id in self.finalized.iter().filter(|id| !skip(id)) {
+            if let Some(record) = self.decision(id)? {
                 if let Progress::Finalized { tx_hex, .. } = &record.progress {
-                    let tx = decode_tx(tx_hex)?;
-                    out.push((loan.id.clone(), tx));
+                    out.push((id.clone(), decode_tx(tx_hex)?));
                 }
             }
         }
@@ -66,16 +76,19 @@ impl Engine {
         if next == loan {
             self.store
                 .put_decision(&record.store_key(), &record, Durability::Durable)?;
-            return Ok(next);
+        } else {
+            self.store.apply_with_decision(
+                loan.version,
+                &next,
+                &events,
+                &record.store_key(),
+                &record,
+                Durability::Durable,
+            )?;
         }
-        self.store.apply_with_decision(
-            loan.version,
-            &next,
-            &events,
-            &record.store_key(),
-            &record,
-            Durability::Durable,
-        )?;
+        if !matches!(record.progress, Progress::Finalized { .. }) {
+            self.finalized.remove(id);
+        }
         Ok(next)
     }
 
@@ -132,6 +145,7 @@ impl Engine {
             let next = self.sign_record(decision)?;
             self.store
                 .put_decision(&next.store_key(), &next, Durability::Durable)?;
+            self.finalized.remove(&loan.id);
             tracing::info!(loan = %loan.id, attempt = next.decision.attempt, rate, "fee bumped");
             bumped.push(loan.id.clone());
         }

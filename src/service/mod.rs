@@ -16,7 +16,7 @@
 
 mod chain;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -87,7 +87,8 @@ pub struct Ctx {
     /// The tip at which broadcast transactions were last sent again.
     followed_at: Option<u32>,
     registered: BTreeSet<String>,
-    in_flight: BTreeSet<Txid>,
+    /// Broadcasts sent to the chain thread and not yet answered: loan → txid.
+    in_flight: BTreeMap<String, Txid>,
 }
 
 impl Ctx {
@@ -237,7 +238,7 @@ impl Service {
                 rebroadcast_after_blocks: settings.rebroadcast_after_blocks,
                 followed_at: None,
                 registered: BTreeSet::new(),
-                in_flight: BTreeSet::new(),
+                in_flight: BTreeMap::new(),
             };
             let tick = settings.tick_interval;
             std::thread::Builder::new()
@@ -344,7 +345,11 @@ fn engine_loop(ctx: &mut Ctx, rx: &Receiver<Msg>, chain: &Sender<ChainRequest>, 
         match msg {
             Some(Msg::Shutdown) => break,
             Some(Msg::Job(job)) => job(ctx),
-            Some(Msg::ChainRestarted) => ctx.registered.clear(),
+            Some(Msg::ChainRestarted) => {
+                // Registrations and unanswered broadcasts died with the thread: again.
+                ctx.registered.clear();
+                ctx.in_flight.clear();
+            }
             Some(Msg::Chain(report)) => on_chain(ctx, report, now),
             Some(Msg::Price(result)) => on_price(ctx, result, now),
             None => on_clock(ctx, now),
@@ -388,7 +393,9 @@ fn on_chain_report(ctx: &mut Ctx, report: ChainReport, now: u64) {
             tip,
             result,
         } => {
-            ctx.in_flight.remove(&txid);
+            if ctx.in_flight.get(&loan_id) == Some(&txid) {
+                ctx.in_flight.remove(&loan_id);
+            }
             match result {
                 Ok(()) => {
                     if let Err(e) = ctx.engine.broadcasted(&loan_id, txid, tip) {
@@ -447,17 +454,24 @@ fn on_clock(ctx: &mut Ctx, now: u64) {
 /// Carry out what the store says is pending: watch new escrows, broadcast finalized
 /// transactions (each once at a time; a refused one is tried again later).
 fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
-    for (id, escrow) in ctx.engine.escrows() {
-        if ctx.registered.insert(id.clone()) {
-            let _ = chain.send(ChainRequest::Register(id.clone(), Box::new(escrow.clone())));
+    // Escrows are only ever added: compare counts before walking them all.
+    if ctx.registered.len() < ctx.engine.escrows().len() {
+        for (id, escrow) in ctx.engine.escrows() {
+            if !ctx.registered.contains(id) {
+                ctx.registered.insert(id.clone());
+                let _ = chain.send(ChainRequest::Register(id.clone(), Box::new(escrow.clone())));
+            }
         }
     }
-    match ctx.engine.to_broadcast() {
+    let in_flight = &ctx.in_flight;
+    match ctx
+        .engine
+        .to_broadcast_except(|id| in_flight.contains_key(id))
+    {
         Ok(pending) => {
             for (id, tx) in pending {
-                if ctx.in_flight.insert(tx.compute_txid()) {
-                    let _ = chain.send(ChainRequest::Broadcast(id, tx));
-                }
+                ctx.in_flight.insert(id.clone(), tx.compute_txid());
+                let _ = chain.send(ChainRequest::Broadcast(id, tx));
             }
         }
         Err(e) => tracing::error!(error = %e, "listing transactions to broadcast"),
@@ -477,7 +491,8 @@ fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
     match ctx.engine.to_rebroadcast() {
         Ok(pending) => {
             for (id, tx) in pending {
-                if ctx.in_flight.insert(tx.compute_txid()) {
+                if !ctx.in_flight.contains_key(&id) {
+                    ctx.in_flight.insert(id.clone(), tx.compute_txid());
                     let _ = chain.send(ChainRequest::Broadcast(id, tx));
                 }
             }
