@@ -39,3 +39,46 @@ pub(super) fn lock_holder(file: &Path) -> String {
     }
     unknown()
 }
+
+/// Remove the snapshots sled was writing when its process died (`snap.*.generating`),
+/// if no process holds the database. Returns whether any was removed.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it, then renames it;
+/// but when it opens it takes the last `snap.*` file by name, `.generating` ones
+/// included, so a process killed while writing one leaves a database that refuses to
+/// open ("Read corrupted data at file offset None"). The partial file is only a cache
+/// of what the log holds (the previous snapshot is removed after the rename, not
+/// before), so removing it loses nothing: sled starts from the previous snapshot and
+/// replays the log.
+pub(super) fn remove_partial_snapshots(dir: &Path) -> bool {
+    use fs2::FileExt;
+    let Ok(db_file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("db"))
+    else {
+        return false;
+    };
+    // sled takes this same lock: held, another process runs on it; touch nothing.
+    if db_file.try_lock_exclusive().is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut removed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(file = %name, "removed a partial sled snapshot left by a crash");
+                    removed = true;
+                }
+                Err(e) => tracing::error!(file = %name, error = %e, "removing a partial snapshot"),
+            }
+        }
+    }
+    let _ = FileExt::unlock(&db_file);
+    removed
+}

@@ -154,9 +154,15 @@ impl Store {
     /// [`StoreError::Locked`] naming the holder.
     pub fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StoreError> {
         let started = Instant::now();
+        let mut cleaned = false;
         let db = loop {
             match sled::open(dir) {
                 Ok(db) => break db,
+                Err(sled::Error::Corruption { at: None, .. })
+                    if !cleaned && lock::remove_partial_snapshots(dir) =>
+                {
+                    cleaned = true;
+                }
                 Err(e) if is_lock_error(&e) => {
                     if started.elapsed() >= wait {
                         return Err(StoreError::Locked {

@@ -291,3 +291,31 @@ fn an_event_already_stored_is_never_overwritten() {
     );
     assert_eq!(store.loan("loan-1").unwrap().unwrap().version, 0);
 }
+
+/// A process killed while sled writes a snapshot leaves `snap.<lsn>.generating`, which
+/// sled 0.34 then takes for the latest snapshot and refuses as corrupt. The store
+/// removes it (nothing else holds the database) and opens with every record.
+#[test]
+fn a_partial_snapshot_left_by_a_crash_is_removed_and_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let offered = Loan::offered("loan-1", terms());
+        store
+            .insert_loan(&offered, &[], Durability::Durable)
+            .unwrap();
+        store.close().unwrap();
+    }
+    let partial = dir.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&partial, b"half a snapshot").unwrap();
+    assert!(
+        matches!(
+            sled::open(dir.path()),
+            Err(sled::Error::Corruption { at: None, .. })
+        ),
+        "sled alone refuses it"
+    );
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.loan("loan-1").unwrap().is_some());
+    assert!(!partial.exists());
+}
