@@ -150,6 +150,43 @@ fn the_whole_lifecycle_through_http_only() -> anyhow::Result<()> {
         seqs == (0..seqs.len() as u64).collect::<Vec<_>>(),
         "no gap: {seqs:?}"
     );
+
+    // The SSE stream shows the same events, in order, each with its global sequence;
+    // resumed after the third, it shows exactly the rest.
+    let n = events.len();
+    let streamed = m.api().sse(&m.borrower, None, |got| got.len() >= n)?;
+    ensure!(streamed.len() == n);
+    for ((id, name, data), listed) in streamed.iter().zip(events) {
+        ensure!(
+            Some(*id) == listed["global_seq"].as_u64(),
+            "{id} vs {listed}"
+        );
+        ensure!(data == listed, "{data} vs {listed}");
+        ensure!(
+            name == listed["event"]["event"].as_str().unwrap_or(""),
+            "{name}"
+        );
+    }
+    let third = streamed[2].0;
+    let rest = m
+        .api()
+        .sse(&m.borrower, Some(third), |got| got.len() >= n - 3)?;
+    let ids: Vec<u64> = rest.iter().map(|(i, _, _)| *i).collect();
+    let want: Vec<u64> = streamed[3..].iter().map(|(i, _, _)| *i).collect();
+    ensure!(ids == want, "resumed: {ids:?} vs {want:?}");
+
+    // The metrics count it.
+    let (status, metrics) = m.api().root_text("/metrics")?;
+    ensure!(status == 200, "{metrics}");
+    for line in [
+        "btc_escrow_loans{state=\"liquidated\"} 1",
+        "btc_escrow_broadcasts 1",
+        "btc_escrow_chain_connected 1",
+        "btc_escrow_cosign_latency_seconds_count 1",
+        "btc_escrow_http_requests_total{route=\"/v1/loans/{id}/psbt\",method=\"POST\",status=\"200\"} 2",
+    ] {
+        ensure!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     let Liquidating { m, .. } = l;
     m.serve.stop()
 }

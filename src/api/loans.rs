@@ -342,30 +342,40 @@ pub async fn cosign(
         .map_err(|e| Problem::invalid("psbt", format!("not a base64 PSBT: {e}")))?;
     let role = caller.role;
     let loan_id = id.clone();
-    let txid = state
-        .engine(move |ctx| -> Result<bitcoin::Txid, Problem> {
-            let record = ctx
-                .engine
-                .decision(&loan_id)?
-                .ok_or_else(|| Problem::not_found(&format!("loan {loan_id}: pending PSBT")))?;
-            let liquidation = matches!(record.decision.kind, DecisionKind::Liquidation { .. });
-            if liquidation && role != Role::Lender {
-                return Err(Problem::forbidden(
-                    "a liquidation is co-signed by the lender",
-                ));
-            }
-            // The same co-signature posted again: answer as the first time.
-            if let Progress::Finalized { txid, .. } | Progress::Broadcast { txid, .. } =
-                record.progress
-            {
-                if psbt.unsigned_tx.compute_txid() == txid {
-                    return Ok(txid);
+    let (txid, waited) = state
+        .engine(
+            move |ctx| -> Result<(bitcoin::Txid, Option<u64>), Problem> {
+                let record = ctx
+                    .engine
+                    .decision(&loan_id)?
+                    .ok_or_else(|| Problem::not_found(&format!("loan {loan_id}: pending PSBT")))?;
+                let liquidation = matches!(record.decision.kind, DecisionKind::Liquidation { .. });
+                if liquidation && role != Role::Lender {
+                    return Err(Problem::forbidden(
+                        "a liquidation is co-signed by the lender",
+                    ));
                 }
-            }
-            Ok(ctx.engine.cosign(&loan_id, &psbt)?.compute_txid())
-        })
+                // The same co-signature posted again: answer as the first time.
+                if let Progress::Finalized { txid, .. } | Progress::Broadcast { txid, .. } =
+                    record.progress
+                {
+                    if psbt.unsigned_tx.compute_txid() == txid {
+                        return Ok((txid, None));
+                    }
+                }
+                let txid = ctx.engine.cosign(&loan_id, &psbt)?.compute_txid();
+                // From the arbiter's signature to the co-signature (records written before
+                // the time was kept have none).
+                let waited =
+                    (record.signed_at > 0).then(|| unix_now().saturating_sub(record.signed_at));
+                Ok((txid, waited))
+            },
+        )
         .await??;
-    tracing::info!(loan = %id, %txid, "co-signed");
+    if let Some(secs) = waited {
+        state.cosigned(secs);
+    }
+    tracing::info!(loan = %id, %txid, waited_secs = ?waited, "co-signed");
     if respond_async {
         return Ok((
             StatusCode::ACCEPTED,

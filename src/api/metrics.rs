@@ -45,6 +45,20 @@ pub async fn count(State(state): State<ApiState>, request: Request, next: Next) 
     response
 }
 
+/// Co-signature latencies: how many, their sum and the largest, in seconds.
+#[derive(Clone, Default)]
+pub struct Cosign(Arc<Mutex<(u64, u64, u64)>>);
+
+impl Cosign {
+    pub fn record(&self, secs: u64) {
+        if let Ok(mut c) = self.0.lock() {
+            c.0 += 1;
+            c.1 += secs;
+            c.2 = c.2.max(secs);
+        }
+    }
+}
+
 fn state_name(s: LoanState) -> String {
     serde_json::to_value(s)
         .ok()
@@ -150,6 +164,17 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, Problem>
         "Transactions broadcast for the loans' current decisions.",
         "gauge",
         broadcasts.to_string(),
+    );
+    let (count, sum, max) = state.cosign.0.lock().map(|c| *c).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP btc_escrow_cosign_latency_seconds From the arbiter's signature to the co-signature.\n\
+         # TYPE btc_escrow_cosign_latency_seconds summary\n\
+         btc_escrow_cosign_latency_seconds_sum {sum}\n\
+         btc_escrow_cosign_latency_seconds_count {count}\n\
+         # HELP btc_escrow_cosign_latency_seconds_max The longest since start.\n\
+         # TYPE btc_escrow_cosign_latency_seconds_max gauge\n\
+         btc_escrow_cosign_latency_seconds_max {max}"
     );
     let _ = writeln!(
         out,

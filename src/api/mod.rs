@@ -69,6 +69,8 @@ pub struct ApiState {
     in_flight: idempotency::InFlight,
     /// HTTP request counters for `/metrics`.
     http: metrics::Http,
+    /// Co-signature latencies for `/metrics`.
+    cosign: metrics::Cosign,
     /// Set when the server stops: event streams end.
     stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -90,8 +92,14 @@ impl ApiState {
             parties: Default::default(),
             in_flight: Default::default(),
             http: Default::default(),
+            cosign: Default::default(),
             stop: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         }
+    }
+
+    /// Count a co-signature that came `secs` after the arbiter's signature.
+    pub fn cosigned(&self, secs: u64) {
+        self.cosign.record(secs);
     }
 
     /// A receiver that changes to true when the server stops.

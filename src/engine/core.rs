@@ -508,13 +508,16 @@ impl Engine {
     /// The decision signed by the arbiter, as a record awaiting its co-signature.
     pub(super) fn sign_record(&self, decision: Decision) -> Result<DecisionRecord, EngineError> {
         let escrow = self.escrow_of(&decision.loan_id)?;
-        Ok(DecisionRecord::sign(
-            decision,
-            escrow,
-            self.arbiter.signing_key(),
-            &self.config.fee_cap,
-            &self.secp,
-        )?)
+        Ok(DecisionRecord {
+            signed_at: crate::util::unix_now(),
+            ..DecisionRecord::sign(
+                decision,
+                escrow,
+                self.arbiter.signing_key(),
+                &self.config.fee_cap,
+                &self.secp,
+            )?
+        })
     }
 
     /// Sign the decision as the arbiter and store it with the transition.

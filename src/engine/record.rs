@@ -67,6 +67,10 @@ pub struct DecisionRecord {
     pub decision: Decision,
     pub psbt: String,
     pub progress: Progress,
+    /// When the arbiter signed this attempt (unix seconds; 0 in records written before
+    /// it was kept): the co-signature latency is measured from it.
+    #[serde(default)]
+    pub signed_at: u64,
 }
 
 impl DecisionRecord {
@@ -99,6 +103,7 @@ impl DecisionRecord {
             decision,
             psbt: psbt.to_string(),
             progress: Progress::AwaitingCosignature,
+            signed_at: 0,
         })
     }
 
@@ -126,6 +131,7 @@ impl DecisionRecord {
         let tx = tx::finalize(&merged, secp).map_err(|e| RecordError::Finalize(Box::new(e)))?;
         let next = Self {
             decision: self.decision.clone(),
+            signed_at: self.signed_at,
             psbt: merged.to_string(),
             progress: Progress::Finalized {
                 txid: tx.compute_txid(),
