@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bitcoin::absolute::LockTime;
+use bitcoin::consensus::encode::VarInt;
 use miniscript::descriptor::{DescriptorPublicKey, WshInner};
 use miniscript::miniscript::satisfy::{Placeholder, Witness};
 use miniscript::plan::AssetProvider;
@@ -88,7 +89,7 @@ pub(super) fn witness_size(
     let Witness::Stack(items) = ms.build_template(&assets).stack else {
         return Err(unplannable("its signers cannot satisfy it"));
     };
-    let mut size = varint_len(items.len());
+    let mut size = VarInt::from(items.len()).size();
     for item in &items {
         size += match item {
             Placeholder::Pubkey(_, n) | Placeholder::PubkeyHash(_, n) => *n,
@@ -107,13 +108,4 @@ pub(super) fn witness_size(
         };
     }
     Ok(size)
-}
-
-fn varint_len(n: usize) -> usize {
-    match n {
-        0..=0xfc => 1,
-        0xfd..=0xffff => 3,
-        0x10000..=0xffff_ffff => 5,
-        _ => 9,
-    }
 }

@@ -14,6 +14,7 @@ pub use sign::{sign, sign_decision, FeeCap, SpendDecision};
 use std::collections::BTreeSet;
 
 use bitcoin::absolute::LockTime;
+use bitcoin::consensus::encode::VarInt;
 use bitcoin::psbt::{Psbt, PsbtSighashType};
 use bitcoin::secp256k1::{Secp256k1, Verification};
 use bitcoin::sighash::EcdsaSighashType;
@@ -215,7 +216,7 @@ pub fn build(escrow: &EscrowDescriptor, req: &SpendRequest) -> Result<BuiltSpend
     let witness_script_len = escrow.witness_script().len();
     // Per input: the planned witness items (with their count) plus the witness script
     // pushed last; the witness-item count is the same varint size with one more item.
-    let witness_per_input = planned + varint_len(witness_script_len) + witness_script_len;
+    let witness_per_input = planned + VarInt::from(witness_script_len).size() + witness_script_len;
 
     let mut outputs: Vec<TxOut> = req
         .payments
@@ -291,15 +292,6 @@ pub fn build(escrow: &EscrowDescriptor, req: &SpendRequest) -> Result<BuiltSpend
         max_weight,
         rest,
     })
-}
-
-fn varint_len(n: usize) -> usize {
-    match n {
-        0..=0xfc => 1,
-        0xfd..=0xffff => 3,
-        0x10000..=0xffff_ffff => 5,
-        _ => 9,
-    }
 }
 
 /// Check what a signer must check before signing any input: SIGHASH_ALL only, the full
