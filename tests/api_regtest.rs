@@ -317,7 +317,10 @@ fn a_repaid_loan_is_released_to_the_borrower_over_http() -> anyhow::Result<()> {
         vout["scriptPubKey"]["address"] == m.borrower_return.to_string().as_str(),
         "{tx}"
     );
-    let paid = (vout["value"].as_f64().context("value")? * 1e8).round() as u64;
+    // bitcoind writes BTC as a JSON number; bitcoin's parser reads it exactly.
+    let paid =
+        bitcoin::Amount::from_str_in(&vout["value"].to_string(), bitcoin::Denomination::Bitcoin)?
+            .to_sat();
     ensure!(
         paid + pending["fee_sat"].as_u64().context("fee")? == 20_000_000,
         "{tx}"

@@ -253,6 +253,90 @@ fn the_authorization_matrix() -> anyhow::Result<()> {
 #[test]
 fn bad_input_is_named_and_changes_nothing() -> anyhow::Result<()> {
     let mut m = Market::open()?;
+
+    // Parties: each bad field named; a key already registered (the lender's) or the
+    // arbiter's refused; the lender's key stays its own.
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let fresh = m
+        .parties
+        .account(&common::escrow::random_key()?)?
+        .to_string();
+    let mainnet = {
+        let master = bitcoin::bip32::Xpriv::new_master(bitcoin::Network::Bitcoin, &[9u8; 32])?;
+        btc_escrow::keys::AccountKey::from_master(
+            &master,
+            &btc_escrow::keys::account_path(bitcoin::Network::Bitcoin, 0)?,
+            &secp,
+        )?
+        .to_string()
+    };
+    let lenders_key = m.parties.account(&m.parties.lender)?.to_string();
+    let party_cases: Vec<(Value, u16, &str)> = vec![
+        (
+            json!({"name": "", "role": "borrower", "account_key": fresh}),
+            422,
+            "name",
+        ),
+        (
+            json!({"name": "P", "role": "admin", "account_key": fresh}),
+            422,
+            "role",
+        ),
+        (
+            json!({"name": "P", "role": "borrower", "account_key": "xpub-nonsense"}),
+            422,
+            "account_key",
+        ),
+        (
+            json!({"name": "P", "role": "borrower", "account_key": mainnet}),
+            422,
+            "account_key",
+        ),
+        (
+            json!({"name": "P", "role": "borrower", "account_key": lenders_key}),
+            409,
+            "account_key",
+        ),
+        (
+            json!({"name": "P", "role": "borrower", "account_key": m.data.arbiter_account_key}),
+            422,
+            "account_key",
+        ),
+        (json!({"name": "P", "role": "borrower"}), 422, "account_key"),
+    ];
+    for (body, want, field) in &party_cases {
+        let (status, answer) =
+            m.api()
+                .call(Method::POST, "/parties", Some(&m.admin), Some(body), &[])?;
+        ensure!(status == *want, "{body}: {status} {answer}");
+        problem_ok(&answer, status)?;
+        ensure!(answer["field"] == *field, "{body}: {answer}");
+    }
+    let me = m.api().get("/parties/me", &m.lender)?;
+    ensure!(me["account_key"] == lenders_key.as_str(), "{me}");
+    // The manual price and the stream position.
+    let (status, answer) = m.api().call(
+        Method::PUT,
+        "/oracle/manual",
+        Some(&m.admin),
+        Some(&json!({"price_minor": 0})),
+        &[],
+    )?;
+    ensure!(
+        status == 422 && answer["field"] == "price_minor",
+        "{answer}"
+    );
+    let (status, answer) = m.api().call(
+        Method::GET,
+        "/events/stream",
+        Some(&m.lender),
+        None,
+        &[("Last-Event-ID", "yesterday")],
+    )?;
+    ensure!(
+        status == 422 && answer["field"] == "Last-Event-ID",
+        "{answer}"
+    );
     let past = btc_escrow::util::unix_now() - 10;
     let cases: Vec<(&str, Value, &str)> = vec![
         ("principal_minor", json!(0), "principal_minor"),

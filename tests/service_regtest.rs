@@ -78,15 +78,7 @@ fn running_active_loan() -> anyhow::Result<Running> {
         listen: None,
         manual_oracle: true,
     })?;
-    // One-second oracle and engine ticks for the test.
-    let config = data.join("btc-escrow.toml");
-    let text = std::fs::read_to_string(&config)?
-        .replace(
-            "[oracle]\nquorum = 1",
-            "[oracle]\nquorum = 1\ninterval_secs = 1",
-        )
-        .replace("tick_secs = 5", "tick_secs = 1");
-    std::fs::write(&config, text)?;
+    common::serve::one_second_ticks(&data)?;
     let settings = Settings::load(&data, &Overrides::default())?;
     ensure!(settings.oracle.interval() == Duration::from_secs(1));
 

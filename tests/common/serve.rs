@@ -24,6 +24,26 @@ fn command() -> Command {
     cmd
 }
 
+/// Make the oracle and the engine of a data directory made by `init --manual-oracle`
+/// tick every second (the configuration file's defaults are slower).
+pub fn one_second_ticks(data: &Path) -> anyhow::Result<()> {
+    let config = data.join("btc-escrow.toml");
+    let text = std::fs::read_to_string(&config)?;
+    let fast = text
+        .replace(
+            "[oracle]\nquorum = 1",
+            "[oracle]\nquorum = 1\ninterval_secs = 1",
+        )
+        .replace("tick_secs = 5", "tick_secs = 1");
+    ensure!(
+        fast != text,
+        "{}: not the file init writes",
+        config.display()
+    );
+    std::fs::write(&config, fast)?;
+    Ok(())
+}
+
 /// A data directory made by `btc-escrow init` (regtest, the manual oracle) with
 /// one-second oracle and engine ticks.
 pub struct DataDir {
@@ -49,14 +69,7 @@ impl DataDir {
             String::from_utf8_lossy(&out.stderr)
         );
         let done: Value = serde_json::from_slice(&out.stdout)?;
-        let config = path.join("btc-escrow.toml");
-        let text = std::fs::read_to_string(&config)?
-            .replace(
-                "[oracle]\nquorum = 1",
-                "[oracle]\nquorum = 1\ninterval_secs = 1",
-            )
-            .replace("tick_secs = 5", "tick_secs = 1");
-        std::fs::write(&config, text)?;
+        one_second_ticks(&path)?;
         Ok(Self {
             _parent: parent,
             path,
