@@ -157,9 +157,12 @@ async fn handle(
         body: String::from_utf8_lossy(&body).into_owned(),
         at: unix_now(),
     };
+    // Durable before it is answered, through the engine thread's shared flush (one
+    // fsync for a burst of keyed requests).
     state
         .store
-        .put_idempotent(&record_key, &stored, Durability::Durable)?;
+        .put_idempotent(&record_key, &stored, Durability::Buffered)?;
+    state.engine_durable(|_| ()).await?;
     Ok(Response::from_parts(parts, Body::from(body)))
 }
 

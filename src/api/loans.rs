@@ -14,11 +14,12 @@ use super::parties::account_key;
 use super::problem::ProblemDoc;
 use super::view::{pending, LoanView, PendingPsbt};
 use super::{ApiState, Json, Problem};
-use crate::engine::{Acceptance, DecisionKind, Progress};
+use crate::engine::{latest_decision, Acceptance, DecisionKind, EngineError, Progress};
 use crate::init::random_hex;
 use crate::keys::{check_distinct, AccountKey};
 use crate::loan::{Bps, Currency, Fiat, Loan, LoanState, TermsInput};
 use crate::service::Ctx;
+use crate::store::Durability;
 use crate::util::unix_now;
 
 type JsonOut<T> = axum::Json<T>;
@@ -55,18 +56,45 @@ const DEFAULT_HYSTERESIS_BPS: u32 = 200;
 /// from after it.
 async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Problem> {
     let network = state.network;
-    state
-        .engine(move |ctx| {
-            let now = unix_now();
-            loans
-                .iter()
-                .map(|l| {
-                    let loan = ctx.engine.loan(&l.id)?;
-                    LoanView::build(ctx, &loan, now, network)
-                })
-                .collect()
-        })
-        .await?
+    let ids: Vec<String> = loans.into_iter().map(|l| l.id).collect();
+    // Only what the engine thread alone holds is taken there (cloned): the rest is
+    // read from the store and built on the blocking pool.
+    let (price, escrows) = {
+        let ids = ids.clone();
+        state
+            .engine(move |ctx| {
+                let price = ctx.fresh_price(unix_now()).cloned();
+                let escrows: Vec<_> = ids
+                    .iter()
+                    .map(|id| ctx.engine.escrows().get(id).cloned())
+                    .collect();
+                (price, escrows)
+            })
+            .await?
+    };
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let now = unix_now();
+        ids.iter()
+            .zip(&escrows)
+            .map(|(id, escrow)| {
+                let loan = store
+                    .loan(id)?
+                    .ok_or_else(|| Problem::not_found(&format!("loan {id}")))?;
+                let record = latest_decision(&store, id)?;
+                LoanView::build(
+                    &loan,
+                    escrow.as_ref(),
+                    price.as_ref(),
+                    record.as_ref(),
+                    now,
+                    network,
+                )
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Problem::internal(format!("building views: {e}")))?
 }
 
 async fn view(state: &ApiState, loan: Loan) -> Result<JsonOut<LoanView>, Problem> {
@@ -340,38 +368,45 @@ pub async fn cosign(
     }
     let psbt = Psbt::from_str(body.psbt.trim())
         .map_err(|e| Problem::invalid("psbt", format!("not a base64 PSBT: {e}")))?;
-    let role = caller.role;
-    let loan_id = id.clone();
-    let (txid, waited) = state
-        .engine(
-            move |ctx| -> Result<(bitcoin::Txid, Option<u64>), Problem> {
-                let record = ctx
-                    .engine
-                    .decision(&loan_id)?
-                    .ok_or_else(|| Problem::not_found(&format!("loan {loan_id}: pending PSBT")))?;
-                let liquidation = matches!(record.decision.kind, DecisionKind::Liquidation { .. });
-                if liquidation && role != Role::Lender {
-                    return Err(Problem::forbidden(
-                        "a liquidation is co-signed by the lender",
-                    ));
-                }
-                // The same co-signature posted again: answer as the first time.
-                if let Progress::Finalized { txid, .. } | Progress::Broadcast { txid, .. } =
-                    record.progress
-                {
-                    if psbt.unsigned_tx.compute_txid() == txid {
-                        return Ok((txid, None));
-                    }
-                }
-                let txid = ctx.engine.cosign(&loan_id, &psbt)?.compute_txid();
-                // From the arbiter's signature to the co-signature (records written before
-                // the time was kept have none).
-                let waited =
-                    (record.signed_at > 0).then(|| unix_now().saturating_sub(record.signed_at));
-                Ok((txid, waited))
-            },
-        )
-        .await??;
+    // Read, checked, verified and merged off the engine thread (the CPU-bound part,
+    // on the blocking pool); stored by the engine thread only if the pending decision
+    // is still the one merged with, and acknowledged once flushed.
+    let record = latest_decision(&state.store, &id)?
+        .ok_or_else(|| Problem::not_found(&format!("loan {id}: pending PSBT")))?;
+    if matches!(record.decision.kind, DecisionKind::Liquidation { .. })
+        && caller.role != Role::Lender
+    {
+        return Err(Problem::forbidden(
+            "a liquidation is co-signed by the lender",
+        ));
+    }
+    let (txid, waited) = match record.progress.txid() {
+        // The same co-signature posted again: answer as the first time.
+        Some(txid) if psbt.unsigned_tx.compute_txid() == txid => (txid, None),
+        Some(_) => {
+            return Err(EngineError::NothingToCosign { id: id.clone() }.into());
+        }
+        None => {
+            let secp = state.secp.clone();
+            let before = record.clone();
+            let (next, tx) = tokio::task::spawn_blocking(move || before.cosign(&psbt, &secp))
+                .await
+                .map_err(|e| Problem::internal(format!("co-signing: {e}")))?
+                .map_err(EngineError::from)?;
+            let loan_id = id.clone();
+            let signed_at = record.signed_at;
+            state
+                .engine_durable(move |ctx| {
+                    ctx.engine
+                        .store_cosigned(&loan_id, &record, &next, Durability::Buffered)
+                })
+                .await??;
+            // From the arbiter's signature to the co-signature (records written before
+            // the time was kept have none).
+            let waited = (signed_at > 0).then(|| unix_now().saturating_sub(signed_at));
+            (tx.compute_txid(), waited)
+        }
+    };
     if let Some(secs) = waited {
         state.cosigned(secs);
     }

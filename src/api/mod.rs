@@ -73,6 +73,8 @@ pub struct ApiState {
     cosign: metrics::Cosign,
     /// Set when the server stops: event streams end.
     stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// For verifying co-signatures off the engine thread.
+    pub secp: std::sync::Arc<bitcoin::secp256k1::Secp256k1<bitcoin::secp256k1::All>>,
 }
 
 impl ApiState {
@@ -94,6 +96,7 @@ impl ApiState {
             http: Default::default(),
             cosign: Default::default(),
             stop: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            secp: Default::default(),
         }
     }
 
@@ -107,16 +110,21 @@ impl ApiState {
         self.stop.subscribe()
     }
 
-    /// Run `f` on the engine thread, from a blocking task.
+    /// Run `f` on the engine thread and await its answer.
     pub async fn engine<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Ctx) -> R + Send + 'static,
     ) -> Result<R, Problem> {
-        let handle = self.handle.clone();
-        tokio::task::spawn_blocking(move || handle.call(f))
-            .await
-            .map_err(|e| Problem::internal(format!("engine call: {e}")))?
-            .map_err(Problem::from)
+        self.handle.ask(f).await.map_err(Problem::from)
+    }
+
+    /// [`ApiState::engine`] answered once what `f` wrote is durable (one flush shared
+    /// by every such command the engine thread takes in the same batch).
+    pub async fn engine_durable<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx) -> R + Send + 'static,
+    ) -> Result<R, Problem> {
+        self.handle.ask_durable(f).await.map_err(Problem::from)
     }
 }
 

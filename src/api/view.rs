@@ -6,9 +6,9 @@ use serde::Serialize;
 
 use super::Problem;
 use crate::engine::{DecisionKind, DecisionRecord, Progress};
+use crate::loan::PriceEvidence;
 use crate::loan::{calc, Loan, LoanState, TermsInput};
 use crate::policy::EscrowDescriptor;
-use crate::service::Ctx;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoanView {
@@ -202,14 +202,23 @@ pub fn pending(
 }
 
 impl LoanView {
-    /// The view of `loan` as the engine sees it at `now` (on the engine thread).
-    pub fn build(ctx: &Ctx, loan: &Loan, now: u64, network: Network) -> Result<Self, Problem> {
+    /// The view of `loan` at `now`, from what the engine thread handed out (its
+    /// escrow, the fresh price) and the store (the loan's decision): built on any
+    /// thread, so views do not queue behind the engine.
+    pub fn build(
+        loan: &Loan,
+        escrow: Option<&EscrowDescriptor>,
+        price: Option<&PriceEvidence>,
+        record: Option<&DecisionRecord>,
+        now: u64,
+        network: Network,
+    ) -> Result<Self, Problem> {
         let t = loan.terms.get();
         let owed = loan
             .owed(now)
             .map_err(|e| Problem::internal(e.to_string()))?;
         let locked = loan.collateral > bitcoin::Amount::ZERO;
-        let ltv_bps = match (ctx.fresh_price(now), locked) {
+        let ltv_bps = match (price, locked) {
             (Some(p), true) => loan.ltv(now, p.price).ok().map(|b| b.0),
             _ => None,
         };
@@ -220,8 +229,8 @@ impl LoanView {
                 None
             }
         };
-        let pending_psbt = match ctx.engine.decision(&loan.id)? {
-            Some(record) => pending(&record, loan, network)?,
+        let pending_psbt = match record {
+            Some(record) => pending(record, loan, network)?,
             None => None,
         };
         Ok(Self {
@@ -230,7 +239,7 @@ impl LoanView {
             lender_id: loan.lender_id.clone(),
             borrower_id: loan.borrower_id.clone(),
             terms: t.into(),
-            escrow: ctx.engine.escrows().get(&loan.id).map(EscrowView::from),
+            escrow: escrow.map(EscrowView::from),
             required_collateral_sat: loan.required_collateral.to_sat(),
             collateral_sat: loan.collateral.to_sat(),
             owed_minor: owed.minor,

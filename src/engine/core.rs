@@ -543,13 +543,18 @@ impl Engine {
 
     /// The loan's latest decision record.
     pub fn decision(&self, id: &str) -> Result<Option<DecisionRecord>, EngineError> {
-        let prefix = format!("{id}/");
-        Ok(self
-            .store
-            .decisions::<DecisionRecord>(&prefix)?
-            .pop()
-            .map(|(_, r)| r))
+        latest_decision(&self.store, id)
     }
+}
+
+/// A loan's latest decision attempt, read from `store` by any thread (the engine
+/// thread stays the only writer).
+pub fn latest_decision(store: &Store, id: &str) -> Result<Option<DecisionRecord>, EngineError> {
+    let prefix = format!("{id}/");
+    Ok(store
+        .decisions::<DecisionRecord>(&prefix)?
+        .pop()
+        .map(|(_, r)| r))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use bitcoin::psbt::Psbt;
 use bitcoin::{Transaction, Txid};
 
 use super::core::{Engine, EngineError};
-use super::record::{Progress, RecordError};
+use super::record::{DecisionRecord, Progress, RecordError};
 use crate::loan::{apply, Input, Loan, LoanState, TxKind};
 use crate::store::Durability;
 
@@ -26,10 +26,34 @@ impl Engine {
             .filter(|r| r.progress == Progress::AwaitingCosignature)
             .ok_or_else(|| EngineError::NothingToCosign { id: id.to_owned() })?;
         let (next, tx) = record.cosign(psbt, &self.secp)?;
-        self.store
-            .put_decision(&next.store_key(), &next, Durability::Durable)?;
-        self.finalized.insert(id.to_owned());
+        self.store_cosigned(id, &record, &next, Durability::Durable)?;
         Ok(tx)
+    }
+
+    /// Store `next`, a co-signed record made from `before` off the engine thread (by
+    /// [`DecisionRecord::cosign`]), if the loan's pending decision is still `before`:
+    /// a decision bumped or carried out meanwhile is not overwritten. The same
+    /// co-signature stored already (a concurrent repeat) is not an error. With
+    /// [`Durability::Buffered`] the caller flushes before acknowledging it.
+    pub fn store_cosigned(
+        &mut self,
+        id: &str,
+        before: &DecisionRecord,
+        next: &DecisionRecord,
+        durability: Durability,
+    ) -> Result<(), EngineError> {
+        let now = self.decision(id)?;
+        match now {
+            Some(r) if r == *before => {}
+            Some(r) if r.progress.txid().is_some() && r.progress.txid() == next.progress.txid() => {
+                return Ok(())
+            }
+            _ => return Err(EngineError::NothingToCosign { id: id.to_owned() }),
+        }
+        self.store
+            .put_decision(&next.store_key(), next, durability)?;
+        self.finalized.insert(id.to_owned());
+        Ok(())
     }
 
     /// Finalized transactions not yet recorded as broadcast (after a restart too: the

@@ -17,7 +17,8 @@ pub mod record;
 mod tick;
 
 pub use self::core::{
-    Acceptance, ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord, EscrowView,
+    latest_decision, Acceptance, ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord,
+    EscrowView,
 };
 pub use clock::ClockOutcome;
 pub use decision::{Decision, DecisionError, DecisionKind};

@@ -52,6 +52,14 @@ pub enum Progress {
 }
 
 impl Progress {
+    /// The finalized transaction's id, once there is one.
+    pub fn txid(&self) -> Option<Txid> {
+        match self {
+            Progress::AwaitingCosignature => None,
+            Progress::Finalized { txid, .. } | Progress::Broadcast { txid, .. } => Some(*txid),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Progress::AwaitingCosignature => "awaiting its co-signature",

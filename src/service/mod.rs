@@ -15,10 +15,11 @@
 //! hand, flushes the store and joins every thread.
 
 mod chain;
+mod engine_thread;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub enum ServiceError {
     Start(#[source] std::io::Error),
     #[error("the engine is not running (shut down or stopped)")]
     Stopped,
+    #[error("the store could not be flushed; the command is not acknowledged: {0}")]
+    NotDurable(String),
 }
 
 /// The chain as the engine last saw it.
@@ -89,7 +92,12 @@ pub struct Ctx {
     registered: BTreeSet<String>,
     /// Broadcasts sent to the chain thread and not yet answered: loan → txid.
     in_flight: BTreeMap<String, Txid>,
+    /// Answers waiting for the batch's flush (see [`ServiceHandle::ask_durable`]).
+    after_flush: Vec<AfterFlush>,
 }
+
+/// An answer sent once the store was flushed (`Err`: the flush failed).
+type AfterFlush = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 impl Ctx {
     /// The latest aggregate if it is fresh (within the oracle's staleness limit).
@@ -139,6 +147,46 @@ impl ServiceHandle {
             .send(Msg::Job(job))
             .map_err(|_| ServiceError::Stopped)?;
         answer.recv().map_err(|_| ServiceError::Stopped)
+    }
+
+    /// [`ServiceHandle::call`] for async callers: awaits the answer without holding a
+    /// thread.
+    pub async fn ask<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx) -> R + Send + 'static,
+    ) -> Result<R, ServiceError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let _ = reply.send(f(ctx));
+        });
+        self.tx
+            .send(Msg::Job(job))
+            .map_err(|_| ServiceError::Stopped)?;
+        answer.await.map_err(|_| ServiceError::Stopped)
+    }
+
+    /// [`ServiceHandle::ask`] answered only once what `f` wrote (buffered) is durable:
+    /// after the engine thread's next flush, which every such command of the same batch
+    /// shares (group commit). Writes made before the call by any thread are durable
+    /// too, so an `ask_durable(|_| ())` is a durability barrier.
+    pub async fn ask_durable<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx) -> R + Send + 'static,
+    ) -> Result<R, ServiceError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            ctx.after_flush.push(Box::new(move |flushed| {
+                let _ = reply.send(flushed.map(|()| result));
+            }));
+        });
+        self.tx
+            .send(Msg::Job(job))
+            .map_err(|_| ServiceError::Stopped)?;
+        answer
+            .await
+            .map_err(|_| ServiceError::Stopped)?
+            .map_err(ServiceError::NotDurable)
     }
 }
 
@@ -239,11 +287,12 @@ impl Service {
                 followed_at: None,
                 registered: BTreeSet::new(),
                 in_flight: BTreeMap::new(),
+                after_flush: Vec::new(),
             };
             let tick = settings.tick_interval;
             std::thread::Builder::new()
                 .name("btc-escrow-engine".into())
-                .spawn(move || engine_loop(&mut ctx, &rx, &chain_tx, tick))
+                .spawn(move || engine_thread::run(&mut ctx, &rx, &chain_tx, tick))
                 .map_err(ServiceError::Start)?
         };
 
@@ -331,172 +380,5 @@ fn supervise_chain(
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(30));
         let _ = engine.send(Msg::ChainRestarted);
-    }
-}
-
-fn engine_loop(ctx: &mut Ctx, rx: &Receiver<Msg>, chain: &Sender<ChainRequest>, tick: Duration) {
-    loop {
-        let msg = match rx.recv_timeout(tick) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let now = unix_now();
-        match msg {
-            Some(Msg::Shutdown) => break,
-            Some(Msg::Job(job)) => job(ctx),
-            Some(Msg::ChainRestarted) => {
-                // Registrations and unanswered broadcasts died with the thread: again.
-                ctx.registered.clear();
-                ctx.in_flight.clear();
-            }
-            Some(Msg::Chain(report)) => on_chain(ctx, report, now),
-            Some(Msg::Price(result)) => on_price(ctx, result, now),
-            None => on_clock(ctx, now),
-        }
-        effects(ctx, chain);
-    }
-    if let Err(e) = ctx.engine.store().flush() {
-        tracing::error!(error = %e, "flushing the store at shutdown");
-    }
-}
-
-fn on_chain(ctx: &mut Ctx, report: ChainReport, now: u64) {
-    let was_connected = ctx.tip().is_some();
-    on_chain_report(ctx, report, now);
-    if ctx.tip().is_some() != was_connected {
-        ctx.chain_since = now;
-    }
-}
-
-fn on_chain_report(ctx: &mut Ctx, report: ChainReport, now: u64) {
-    match report {
-        ChainReport::Synced {
-            tip,
-            fee_sat_per_kvb,
-            views,
-        } => {
-            ctx.chain = ChainState::Connected { tip };
-            ctx.fee_sat_per_kvb = fee_sat_per_kvb;
-            for (id, view) in views {
-                if let Err(e) = ctx.engine.observe(&id, view, now) {
-                    tracing::error!(loan = %id, error = %e, "applying the chain view");
-                }
-            }
-        }
-        ChainReport::Disconnected { reason } => {
-            ctx.chain = ChainState::Disconnected { reason };
-        }
-        ChainReport::Broadcast {
-            loan_id,
-            txid,
-            tip,
-            result,
-        } => {
-            if ctx.in_flight.get(&loan_id) == Some(&txid) {
-                ctx.in_flight.remove(&loan_id);
-            }
-            match result {
-                Ok(()) => {
-                    if let Err(e) = ctx.engine.broadcasted(&loan_id, txid, tip) {
-                        tracing::error!(loan = %loan_id, error = %e, "recording a broadcast");
-                    }
-                }
-                Err(reason) => {
-                    tracing::warn!(loan = %loan_id, %txid, %reason, "broadcast refused; retried")
-                }
-            }
-        }
-    }
-}
-
-fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
-    ctx.ticks_seen += 1;
-    ctx.last_oracle = Some(result.clone());
-    match result.map(|p| (p.at, p.evidence())) {
-        Ok((at, Ok(evidence))) => {
-            ctx.price = Some((at, evidence.clone()));
-            ctx.no_price = None;
-            let Some(tip) = ctx.tip() else {
-                tracing::warn!("price tick not applied: no connected chain view");
-                return;
-            };
-            match ctx
-                .engine
-                .price_tick(evidence, now, tip, ctx.fee_sat_per_kvb)
-            {
-                Ok(outcome) if !outcome.waiting_for_chain.is_empty() => {
-                    tracing::warn!(loans = ?outcome.waiting_for_chain, "breach waits for the chain")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "applying a price tick"),
-            }
-        }
-        Ok((_, Err(e))) => ctx.no_price = Some(format!("the aggregate's currency: {e}")),
-        Err(no) => {
-            ctx.price = None;
-            ctx.no_price = Some(no.reason);
-        }
-    }
-}
-
-fn on_clock(ctx: &mut Ctx, now: u64) {
-    let Some(tip) = ctx.tip() else { return };
-    let price = ctx.fresh_price(now).cloned();
-    if let Err(e) = ctx
-        .engine
-        .clock(now, tip, ctx.fee_sat_per_kvb, price.as_ref())
-    {
-        tracing::error!(error = %e, "running the clock");
-    }
-}
-
-/// Carry out what the store says is pending: watch new escrows, broadcast finalized
-/// transactions (each once at a time; a refused one is tried again later).
-fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
-    // Escrows are only ever added: compare counts before walking them all.
-    if ctx.registered.len() < ctx.engine.escrows().len() {
-        for (id, escrow) in ctx.engine.escrows() {
-            if !ctx.registered.contains(id) {
-                ctx.registered.insert(id.clone());
-                let _ = chain.send(ChainRequest::Register(id.clone(), Box::new(escrow.clone())));
-            }
-        }
-    }
-    let in_flight = &ctx.in_flight;
-    match ctx
-        .engine
-        .to_broadcast_except(|id| in_flight.contains_key(id))
-    {
-        Ok(pending) => {
-            for (id, tx) in pending {
-                ctx.in_flight.insert(id.clone(), tx.compute_txid());
-                let _ = chain.send(ChainRequest::Broadcast(id, tx));
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "listing transactions to broadcast"),
-    }
-    // Once per new tip: bump what has waited too long, send the rest again.
-    let Some(tip) = ctx.tip() else { return };
-    if ctx.followed_at == Some(tip) {
-        return;
-    }
-    ctx.followed_at = Some(tip);
-    if let Err(e) = ctx
-        .engine
-        .bump_stale(tip, ctx.rebroadcast_after_blocks, ctx.fee_sat_per_kvb)
-    {
-        tracing::error!(error = %e, "bumping stale transactions");
-    }
-    match ctx.engine.to_rebroadcast() {
-        Ok(pending) => {
-            for (id, tx) in pending {
-                if !ctx.in_flight.contains_key(&id) {
-                    ctx.in_flight.insert(id.clone(), tx.compute_txid());
-                    let _ = chain.send(ChainRequest::Broadcast(id, tx));
-                }
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "listing transactions to send again"),
     }
 }

@@ -217,6 +217,47 @@ fn a_full_repayment_is_released_to_the_borrower() {
 }
 
 #[test]
+fn a_cosignature_merged_off_the_engine_is_stored_only_over_the_record_it_was_made_from() {
+    let w = World::new();
+    let mut e = w.engine();
+    funded(&w, &mut e);
+    let usd_c = Currency::new("USD").unwrap();
+    e.repay("l1", Fiat::new(10_000_000, usd_c), "r1", NOW, 300, RATE)
+        .unwrap();
+    let record = e.decision("l1").unwrap().unwrap();
+    let escrow = e.escrows()["l1"].clone();
+    let mut theirs = record.psbt().unwrap();
+    crate::tx::sign(
+        &mut theirs,
+        &w.borrower,
+        &escrow,
+        &FeeCap::default(),
+        &w.secp,
+    )
+    .unwrap();
+    let (next, tx) = record.cosign(&theirs, &w.secp).unwrap();
+    // Merged from a record that is no longer the pending one (e.g. bumped meanwhile):
+    // refused, the store unchanged.
+    let mut stale = record.clone();
+    stale.signed_at += 1;
+    assert!(matches!(
+        e.store_cosigned("l1", &stale, &next, Durability::Buffered),
+        Err(EngineError::NothingToCosign { .. })
+    ));
+    assert_eq!(e.decision("l1").unwrap().unwrap(), record);
+    assert!(e.to_broadcast().unwrap().is_empty());
+    // From the pending record: stored, and to be broadcast.
+    e.store_cosigned("l1", &record, &next, Durability::Buffered)
+        .unwrap();
+    assert_eq!(e.decision("l1").unwrap().unwrap(), next);
+    assert_eq!(e.to_broadcast().unwrap(), vec![("l1".to_owned(), tx)]);
+    // The same co-signature again (a concurrent repeat): not an error, nothing changes.
+    e.store_cosigned("l1", &record, &next, Durability::Buffered)
+        .unwrap();
+    assert_eq!(e.decision("l1").unwrap().unwrap(), next);
+}
+
+#[test]
 fn the_escrows_are_rebuilt_after_a_restart_and_a_stranger_spend_closes_on_chain() {
     let w = World::new();
     let mut e = w.engine();

@@ -1,0 +1,216 @@
+//! The engine thread's loop: messages taken in order, in batches, with one store
+//! flush per batch for every command that asked to be answered only once durable
+//! (group commit: a burst of co-signatures costs one fsync, not one each), then the
+//! effects the store says are pending (escrows to watch, transactions to broadcast).
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use super::{ChainReport, ChainRequest, ChainState, Ctx, Msg};
+use crate::oracle::OracleResult;
+use crate::util::unix_now;
+
+/// The most messages handled between two flushes (bounds a durable command's wait
+/// behind a flood).
+const BATCH: usize = 512;
+
+pub(super) fn run(ctx: &mut Ctx, rx: &Receiver<Msg>, chain: &Sender<ChainRequest>, tick: Duration) {
+    loop {
+        let first = match rx.recv_timeout(tick) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut go_on = handle(ctx, first);
+        let mut handled = 1;
+        while go_on && handled < BATCH {
+            match rx.try_recv() {
+                Ok(m) => go_on = handle(ctx, Some(m)),
+                Err(_) => break,
+            }
+            handled += 1;
+        }
+        commit(ctx);
+        if !go_on {
+            break;
+        }
+        effects(ctx, chain);
+    }
+    if let Err(e) = ctx.engine.store().flush() {
+        tracing::error!(error = %e, "flushing the store at shutdown");
+    }
+}
+
+/// One message (`None`: the clock). False when the loop must stop.
+fn handle(ctx: &mut Ctx, msg: Option<Msg>) -> bool {
+    let now = unix_now();
+    match msg {
+        Some(Msg::Shutdown) => return false,
+        Some(Msg::Job(job)) => job(ctx),
+        Some(Msg::ChainRestarted) => {
+            // Registrations and unanswered broadcasts died with the thread: again.
+            ctx.registered.clear();
+            ctx.in_flight.clear();
+        }
+        Some(Msg::Chain(report)) => on_chain(ctx, report, now),
+        Some(Msg::Price(result)) => on_price(ctx, result, now),
+        None => on_clock(ctx, now),
+    }
+    true
+}
+
+/// Flush once for every command of the batch waiting on durability, then answer
+/// them (with the error if the flush failed: nothing is acknowledged that a crash
+/// could lose).
+fn commit(ctx: &mut Ctx) {
+    if ctx.after_flush.is_empty() {
+        return;
+    }
+    let flushed = ctx.engine.store().flush().map_err(|e| {
+        tracing::error!(error = %e, "flushing the store");
+        e.to_string()
+    });
+    for answer in ctx.after_flush.drain(..) {
+        answer(flushed.clone());
+    }
+}
+
+fn on_chain(ctx: &mut Ctx, report: ChainReport, now: u64) {
+    let was_connected = ctx.tip().is_some();
+    on_chain_report(ctx, report, now);
+    if ctx.tip().is_some() != was_connected {
+        ctx.chain_since = now;
+    }
+}
+
+fn on_chain_report(ctx: &mut Ctx, report: ChainReport, now: u64) {
+    match report {
+        ChainReport::Synced {
+            tip,
+            fee_sat_per_kvb,
+            views,
+        } => {
+            ctx.chain = ChainState::Connected { tip };
+            ctx.fee_sat_per_kvb = fee_sat_per_kvb;
+            for (id, view) in views {
+                if let Err(e) = ctx.engine.observe(&id, view, now) {
+                    tracing::error!(loan = %id, error = %e, "applying the chain view");
+                }
+            }
+        }
+        ChainReport::Disconnected { reason } => {
+            ctx.chain = ChainState::Disconnected { reason };
+        }
+        ChainReport::Broadcast {
+            loan_id,
+            txid,
+            tip,
+            result,
+        } => {
+            if ctx.in_flight.get(&loan_id) == Some(&txid) {
+                ctx.in_flight.remove(&loan_id);
+            }
+            match result {
+                Ok(()) => {
+                    if let Err(e) = ctx.engine.broadcasted(&loan_id, txid, tip) {
+                        tracing::error!(loan = %loan_id, error = %e, "recording a broadcast");
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(loan = %loan_id, %txid, %reason, "broadcast refused; retried")
+                }
+            }
+        }
+    }
+}
+
+fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
+    ctx.ticks_seen += 1;
+    ctx.last_oracle = Some(result.clone());
+    match result.map(|p| (p.at, p.evidence())) {
+        Ok((at, Ok(evidence))) => {
+            ctx.price = Some((at, evidence.clone()));
+            ctx.no_price = None;
+            let Some(tip) = ctx.tip() else {
+                tracing::warn!("price tick not applied: no connected chain view");
+                return;
+            };
+            match ctx
+                .engine
+                .price_tick(evidence, now, tip, ctx.fee_sat_per_kvb)
+            {
+                Ok(outcome) if !outcome.waiting_for_chain.is_empty() => {
+                    tracing::warn!(loans = ?outcome.waiting_for_chain, "breach waits for the chain")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "applying a price tick"),
+            }
+        }
+        Ok((_, Err(e))) => ctx.no_price = Some(format!("the aggregate's currency: {e}")),
+        Err(no) => {
+            ctx.price = None;
+            ctx.no_price = Some(no.reason);
+        }
+    }
+}
+
+fn on_clock(ctx: &mut Ctx, now: u64) {
+    let Some(tip) = ctx.tip() else { return };
+    let price = ctx.fresh_price(now).cloned();
+    if let Err(e) = ctx
+        .engine
+        .clock(now, tip, ctx.fee_sat_per_kvb, price.as_ref())
+    {
+        tracing::error!(error = %e, "running the clock");
+    }
+}
+
+/// Carry out what the store says is pending: watch new escrows, broadcast finalized
+/// transactions (each once at a time; a refused one is tried again later).
+fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
+    // Escrows are only ever added: compare counts before walking them all.
+    if ctx.registered.len() < ctx.engine.escrows().len() {
+        for (id, escrow) in ctx.engine.escrows() {
+            if !ctx.registered.contains(id) {
+                ctx.registered.insert(id.clone());
+                let _ = chain.send(ChainRequest::Register(id.clone(), Box::new(escrow.clone())));
+            }
+        }
+    }
+    let in_flight = &ctx.in_flight;
+    match ctx
+        .engine
+        .to_broadcast_except(|id| in_flight.contains_key(id))
+    {
+        Ok(pending) => {
+            for (id, tx) in pending {
+                ctx.in_flight.insert(id.clone(), tx.compute_txid());
+                let _ = chain.send(ChainRequest::Broadcast(id, tx));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "listing transactions to broadcast"),
+    }
+    // Once per new tip: bump what has waited too long, send the rest again.
+    let Some(tip) = ctx.tip() else { return };
+    if ctx.followed_at == Some(tip) {
+        return;
+    }
+    ctx.followed_at = Some(tip);
+    if let Err(e) = ctx
+        .engine
+        .bump_stale(tip, ctx.rebroadcast_after_blocks, ctx.fee_sat_per_kvb)
+    {
+        tracing::error!(error = %e, "bumping stale transactions");
+    }
+    match ctx.engine.to_rebroadcast() {
+        Ok(pending) => {
+            for (id, tx) in pending {
+                if !ctx.in_flight.contains_key(&id) {
+                    ctx.in_flight.insert(id.clone(), tx.compute_txid());
+                    let _ = chain.send(ChainRequest::Broadcast(id, tx));
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "listing transactions to send again"),
+    }
+}
