@@ -67,6 +67,14 @@ fn the_authorization_matrix() -> anyhow::Result<()> {
     };
     let loan_path = format!("/loans/{id}");
     let open_path = format!("/loans/{open_id}");
+    let hook = json!({"url": "http://127.0.0.1:9/hook"});
+    let lenders_hook = m
+        .api()
+        .expect(201, Method::POST, "/webhooks", &m.lender, Some(&hook))?;
+    let deliveries = format!(
+        "/webhooks/{}/deliveries",
+        lenders_hook["id"].as_str().context("webhook id")?
+    );
     let rows: Vec<(Method, String, Option<Value>, [u16; 7])> = vec![
         (
             Method::POST,
@@ -141,6 +149,26 @@ fn the_authorization_matrix() -> anyhow::Result<()> {
             None,
             [401, 401, 200, 200, 200, 404, 404],
         ),
+        // Every party may follow its own loans' events and register a webhook; a
+        // webhook's deliveries are its owner's (and the admin's).
+        (
+            Method::GET,
+            "/events/stream".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/webhooks".into(),
+            Some(hook.clone()),
+            [401, 401, 201, 201, 201, 201, 201],
+        ),
+        (
+            Method::GET,
+            deliveries.clone(),
+            None,
+            [401, 401, 200, 200, 404, 404, 404],
+        ),
         (
             Method::GET,
             "/price".into(),
@@ -161,9 +189,18 @@ fn the_authorization_matrix() -> anyhow::Result<()> {
                 ("/parties", _) => Some(new_party()?),
                 (_, b) => b.clone(),
             };
-            let (status, answer) =
+            let (status, answer) = if path == "/events/stream" {
+                let status = m.api().status_only(path, *token)?;
+                // A refusal is a problem document like any other.
+                if status >= 400 {
+                    m.api().call(method.clone(), path, *token, None, &[])?
+                } else {
+                    (status, Value::Null)
+                }
+            } else {
                 m.api()
-                    .call(method.clone(), path, *token, body.as_ref(), &[])?;
+                    .call(method.clone(), path, *token, body.as_ref(), &[])?
+            };
             if status != *want {
                 wrong.push(format!(
                     "{method} {path} as {who}: {status}, want {want}: {answer}"

@@ -212,6 +212,15 @@ impl Api {
         Ok((status, json))
     }
 
+    /// The status of a `GET`, without reading the body (an event stream's never ends).
+    pub fn status_only(&self, path: &str, token: Option<&str>) -> anyhow::Result<u16> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Ok(req.send()?.status().as_u16())
+    }
+
     /// `GET` a path at the server's root (not under `/v1`), as text.
     pub fn root_text(&self, path: &str) -> anyhow::Result<(u16, String)> {
         let root = self.base.trim_end_matches("/v1");
