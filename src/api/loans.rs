@@ -51,9 +51,9 @@ pub struct Offer {
 /// The hysteresis when the offer gives none: 2 %.
 const DEFAULT_HYSTERESIS_BPS: u32 = 200;
 
-/// The views of `loans`, each read again on the engine thread with its escrow and
-/// decision: one consistent moment, never a loan from before a tick with a decision
-/// from after it.
+/// The views of `loans`, each read again with its decision as one consistent pair:
+/// never a loan from before a tick with a decision from after it (the loan is read
+/// again after the decision, and both again if its version moved).
 async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Problem> {
     let network = state.network;
     let ids: Vec<String> = loans.into_iter().map(|l| l.id).collect();
@@ -78,10 +78,20 @@ async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Prob
         ids.iter()
             .zip(&escrows)
             .map(|(id, escrow)| {
-                let loan = store
-                    .loan(id)?
-                    .ok_or_else(|| Problem::not_found(&format!("loan {id}")))?;
-                let record = latest_decision(&store, id)?;
+                let read = || {
+                    store
+                        .loan(id)?
+                        .ok_or_else(|| Problem::not_found(&format!("loan {id}")))
+                };
+                let mut loan = read()?;
+                let record = loop {
+                    let record = latest_decision(&store, id)?;
+                    let again = read()?;
+                    if again.version == loan.version {
+                        break record;
+                    }
+                    loan = again;
+                };
                 LoanView::build(
                     &loan,
                     escrow.as_ref(),
