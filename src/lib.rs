@@ -2,12 +2,16 @@
 //!
 //! The layout follows DESIGN.md §11: `loan/` and `policy/` are pure domain code,
 //! `store/` is the only module that touches sled, `chain/` the only one that talks to
-//! Electrum, `api/` the only one that knows HTTP.
+//! Electrum, `api/` the only one that serves HTTP (`client` is its other side, for the parties'
+//! tools; `oracle/` fetches the exchanges' prices).
 
 pub mod api;
 pub mod chain;
+pub mod client;
 pub mod config;
+pub mod cosigner;
 pub mod engine;
+pub mod exit;
 pub mod init;
 pub mod keys;
 pub mod loan;
@@ -17,3 +21,4 @@ pub mod service;
 pub mod store;
 pub mod tx;
 pub mod util;
+pub mod verify;

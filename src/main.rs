@@ -64,6 +64,20 @@ enum Command {
     /// The BTC price oracle.
     #[command(subcommand)]
     Oracle(cli::OracleCmd),
+    /// Parties, against a running server (admin).
+    #[command(subcommand)]
+    Party(cli::client::PartyCmd),
+    /// Loans, against a running server.
+    #[command(subcommand)]
+    Loan(cli::client::LoanCmd),
+    /// Check an escrow before funding it (or paying out the principal), from your own
+    /// key and the terms you agreed to: any mismatch is an error naming it.
+    VerifyEscrow(cli::tools::VerifyArgs),
+    /// The lender's co-signer daemon: signs pending PSBTs of its loans only after
+    /// checking them itself.
+    Cosign(cli::tools::CosignArgs),
+    /// Leave an escrow with no server: your timelocked path, or a cooperative PSBT.
+    Exit(cli::tools::ExitArgs),
 }
 
 #[derive(Subcommand)]
@@ -95,6 +109,13 @@ enum ChainCmd {
         #[arg(long, env = "BTC_ESCROW_ELECTRUM_INSECURE")]
         electrum_insecure: bool,
     },
+    /// Broadcast a raw transaction (hex on stdin) through your own Electrum server.
+    Broadcast {
+        #[arg(long, env = "BTC_ESCROW_ELECTRUM")]
+        electrum: String,
+        #[arg(long, env = "BTC_ESCROW_NETWORK", default_value = "regtest")]
+        network: bitcoin::Network,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,7 +131,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // A server's answer or an unreachable server: an exit code of its kind.
+            match err.downcast_ref::<btc_escrow::client::ClientError>() {
+                Some(e) => ExitCode::from(e.kind.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -228,5 +253,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => cli::policy(cmd),
         Command::Psbt(cmd) => cli::psbt(cmd),
         Command::Oracle(cmd) => cli::oracle(cmd),
+        Command::Party(cmd) => cli::client::party(cmd),
+        Command::Loan(cmd) => cli::client::loan(cmd),
+        Command::VerifyEscrow(args) => cli::tools::verify(args),
+        Command::Cosign(args) => cli::tools::cosign(args),
+        Command::Exit(args) => cli::tools::exit(args),
+        Command::Chain(ChainCmd::Broadcast { electrum, network }) => {
+            cli::tools::broadcast(&electrum, network)
+        }
     }
 }

@@ -139,6 +139,12 @@ pub struct PendingPsbt {
     pub outputs: Vec<OutputView>,
     /// 0 for the first transaction of the decision, +1 per fee bump.
     pub attempt: u32,
+    /// When the arbiter signed it (unix seconds).
+    pub signed_at: u64,
+    /// A liquidation's decision price (the aggregate it was decided at) and what was
+    /// owed then: what a co-signer checks the lender's output against.
+    pub price_minor: Option<u64>,
+    pub owed_minor: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -198,6 +204,15 @@ pub fn pending(
         fee_sat: record.decision.fee.to_sat(),
         outputs,
         attempt: record.decision.attempt,
+        signed_at: record.signed_at,
+        price_minor: match &record.decision.kind {
+            DecisionKind::Liquidation { evidence, .. } => Some(evidence.price.minor_per_btc),
+            _ => None,
+        },
+        owed_minor: match &record.decision.kind {
+            DecisionKind::Liquidation { owed, .. } => Some(owed.minor),
+            _ => None,
+        },
     }))
 }
 

@@ -3,6 +3,7 @@
 
 pub mod broadcast;
 pub mod fees;
+pub mod lookup;
 pub mod transport;
 pub mod watcher;
 

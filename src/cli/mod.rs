@@ -1,6 +1,9 @@
 //! The key, policy and psbt subcommands: parse arguments into domain types, call the
 //! library, print JSON (or base64 / hex) on stdout and human messages on stderr.
 
+pub mod client;
+pub mod tools;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -1,0 +1,694 @@
+//! `btc-escrow party …` and `btc-escrow loan …`: a party's commands against a running
+//! server. JSON on stdout with `--json`, a readable summary otherwise; a server error
+//! shows its problem `detail` and `field`, and the exit code says what kind it was
+//! (see `btc_escrow::client::ErrorKind`).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{bail, Context};
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::Secp256k1;
+use bitcoin::Network;
+use btc_escrow::client::{ApiClient, ClientError, ErrorKind};
+use btc_escrow::cosigner::review::{review, CosignPolicy, Review};
+use btc_escrow::keys::{account_path, AccountKey, SigningKey};
+use btc_escrow::policy::{Party, PolicyTemplate};
+use btc_escrow::verify::{multipath_address, verify_escrow, Expectation};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+
+/// Where the server is and who is asking.
+#[derive(Args, Clone)]
+pub struct ApiArgs {
+    /// The server, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "BTC_ESCROW_API", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// The party's token (`init` prints the admin's; `party create` the others').
+    #[arg(long, env = "BTC_ESCROW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// JSON on stdout instead of a readable summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ApiArgs {
+    pub fn client(&self) -> Result<ApiClient, ClientError> {
+        ApiClient::new(&self.api, self.token.clone())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PartyCmd {
+    /// Register a lender or a borrower (admin): prints its token, shown once.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        name: String,
+        /// lender or borrower.
+        #[arg(long)]
+        role: String,
+        /// [fingerprint/48'/coin'/account'/2']xpub (`btc-escrow key new` prints one).
+        #[arg(long)]
+        account_key: String,
+    },
+    /// Who this token is.
+    Me {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// An offer's terms: a file (TOML or JSON, the API's field names), each flag given
+/// overriding it.
+#[derive(Args)]
+pub struct OfferTerms {
+    /// TOML or JSON file of the terms.
+    #[arg(long)]
+    terms: Option<PathBuf>,
+    #[arg(long)]
+    principal_minor: Option<u64>,
+    #[arg(long)]
+    currency: Option<String>,
+    #[arg(long)]
+    apr_bps: Option<u32>,
+    #[arg(long)]
+    term_secs: Option<u64>,
+    #[arg(long)]
+    initial_ltv_bps: Option<u32>,
+    #[arg(long)]
+    margin_call_ltv_bps: Option<u32>,
+    #[arg(long)]
+    liquidation_ltv_bps: Option<u32>,
+    #[arg(long)]
+    hard_liquidation_ltv_bps: Option<u32>,
+    #[arg(long)]
+    liquidation_penalty_bps: Option<u32>,
+    #[arg(long)]
+    hysteresis_bps: Option<u32>,
+    #[arg(long)]
+    confirm_ticks: Option<u32>,
+    #[arg(long)]
+    grace_blocks: Option<u32>,
+    #[arg(long)]
+    recovery_delay_blocks: Option<u32>,
+    /// Unix seconds; `+SECS` is that many seconds from now.
+    #[arg(long)]
+    funding_deadline: Option<String>,
+    #[arg(long)]
+    lender_payout_address: Option<String>,
+    #[arg(long)]
+    min_confirmations: Option<u32>,
+}
+
+impl OfferTerms {
+    fn body(&self) -> anyhow::Result<Value> {
+        let mut map = match &self.terms {
+            Some(path) => read_terms(path)?,
+            None => Map::new(),
+        };
+        let mut set = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                map.insert(k.to_owned(), v);
+            }
+        };
+        set("principal_minor", self.principal_minor.map(Value::from));
+        set("currency", self.currency.clone().map(Value::from));
+        set("apr_bps", self.apr_bps.map(Value::from));
+        set("term_secs", self.term_secs.map(Value::from));
+        set("initial_ltv_bps", self.initial_ltv_bps.map(Value::from));
+        set(
+            "margin_call_ltv_bps",
+            self.margin_call_ltv_bps.map(Value::from),
+        );
+        set(
+            "liquidation_ltv_bps",
+            self.liquidation_ltv_bps.map(Value::from),
+        );
+        set(
+            "hard_liquidation_ltv_bps",
+            self.hard_liquidation_ltv_bps.map(Value::from),
+        );
+        set(
+            "liquidation_penalty_bps",
+            self.liquidation_penalty_bps.map(Value::from),
+        );
+        set("hysteresis_bps", self.hysteresis_bps.map(Value::from));
+        set("confirm_ticks", self.confirm_ticks.map(Value::from));
+        set("grace_blocks", self.grace_blocks.map(Value::from));
+        set(
+            "recovery_delay_blocks",
+            self.recovery_delay_blocks.map(Value::from),
+        );
+        set(
+            "lender_payout_address",
+            self.lender_payout_address.clone().map(Value::from),
+        );
+        set("min_confirmations", self.min_confirmations.map(Value::from));
+        if let Some(d) = &self.funding_deadline {
+            let at = match d.strip_prefix('+') {
+                Some(secs) => {
+                    btc_escrow::util::unix_now()
+                        + secs.parse::<u64>().context("--funding-deadline +SECS")?
+                }
+                None => d
+                    .parse()
+                    .context("--funding-deadline: unix seconds or +SECS")?,
+            };
+            map.insert("funding_deadline".into(), Value::from(at));
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+/// A terms file: TOML or JSON (by its first character), the API's field names.
+pub fn read_terms(path: &PathBuf) -> anyhow::Result<Map<String, Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(&text).with_context(|| format!("{}: JSON", path.display()))?
+    } else {
+        let t: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{}: TOML", path.display()))?;
+        serde_json::to_value(t)?
+    };
+    match value {
+        Value::Object(m) => Ok(m),
+        _ => bail!("{}: a table of terms", path.display()),
+    }
+}
+
+#[derive(Subcommand)]
+pub enum LoanCmd {
+    /// Offer a loan (lender).
+    Offer {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        terms: OfferTerms,
+    },
+    /// This party's loans (and, for a borrower, the open offers with --offers).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        offers: bool,
+    },
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// Accept an offer (borrower): the escrow is made for it.
+    Accept {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        #[arg(long)]
+        return_address: String,
+        /// Another account key than the party's own for this loan.
+        #[arg(long)]
+        account_key: Option<String>,
+    },
+    /// Record a repayment (lender); a full one starts the release.
+    Repay {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        #[arg(long)]
+        amount_minor: u64,
+        /// Makes a retried command count once (default: one per loan and amount).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// The pending PSBT with what it pays.
+    Psbt {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// Fetch the pending PSBT, check it from this party's own key and the loan's
+    /// terms, sign it locally and post it.
+    Sign {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        #[arg(long)]
+        key: PathBuf,
+        /// The BIP48 account of the key (its registered account key).
+        #[arg(long, default_value_t = 0)]
+        account: u32,
+        #[arg(long, env = "BTC_ESCROW_NETWORK", default_value = "regtest")]
+        network: Network,
+        /// The co-signer limits (as `cosign --policy`) for a lender's checks.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// The loan's events, in order; --follow keeps reading the stream.
+    Events {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// The escrow for another wallet: a BIP-388 wallet policy (hardware wallets), the
+    /// multipath descriptor with checksum (Bitcoin Core's importdescriptors), or a
+    /// BIP-129 descriptor record.
+    Export {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        #[arg(long, value_parser = ["bip388", "descriptor", "bsms"])]
+        format: String,
+        #[arg(long, env = "BTC_ESCROW_NETWORK", default_value = "regtest")]
+        network: Network,
+    },
+}
+
+fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        println!("{}", human(value));
+    }
+}
+
+fn sats(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), |s| {
+        format!("{}.{:08} BTC", s / 100_000_000, s % 100_000_000)
+    })
+}
+
+fn minor(v: &Value, currency: &Value) -> String {
+    v.as_u64().map_or("-".into(), |m| {
+        format!(
+            "{}.{:02} {}",
+            m / 100,
+            m % 100,
+            currency.as_str().unwrap_or("")
+        )
+    })
+}
+
+fn pct(v: &Value) -> String {
+    v.as_u64()
+        .map_or("-".into(), |b| format!("{}.{:02} %", b / 100, b % 100))
+}
+
+fn loan_row(l: &Value) -> String {
+    format!(
+        "{:<14} {:<20} {:>18} {:>18} {:>9}",
+        l["id"].as_str().unwrap_or(""),
+        l["state"].as_str().unwrap_or(""),
+        minor(&l["terms"]["principal_minor"], &l["terms"]["currency"]),
+        sats(&l["collateral_sat"]),
+        pct(&l["ltv_bps"]),
+    )
+}
+
+fn loan_text(l: &Value) -> String {
+    let t = &l["terms"];
+    let c = &t["currency"];
+    let mut out = vec![
+        format!("loan        {}", l["id"].as_str().unwrap_or("")),
+        format!("state       {}", l["state"].as_str().unwrap_or("")),
+        format!("principal   {}", minor(&t["principal_minor"], c)),
+        format!("owed        {}", minor(&l["owed_minor"], c)),
+        format!(
+            "collateral  {} of {} required",
+            sats(&l["collateral_sat"]),
+            sats(&l["required_collateral_sat"])
+        ),
+        format!("ltv         {}", pct(&l["ltv_bps"])),
+        format!(
+            "margin call below {}, liquidation below {} per BTC",
+            minor(&l["margin_call_price_minor"], c),
+            minor(&l["liquidation_price_minor"], c)
+        ),
+    ];
+    if let Some(e) = l["escrow"].as_object() {
+        out.push(format!(
+            "escrow      {} (index {}, default at {}, recovery at {})",
+            e["address"].as_str().unwrap_or(""),
+            e["index"],
+            e["default_height"],
+            e["recovery_height"]
+        ));
+    }
+    if !l["pending_psbt"].is_null() {
+        out.push(psbt_text(&l["pending_psbt"]));
+    }
+    out.join("\n")
+}
+
+fn psbt_text(p: &Value) -> String {
+    let mut out = vec![format!(
+        "pending {} (attempt {}), fee {}",
+        p["kind"].as_str().unwrap_or(""),
+        p["attempt"],
+        sats(&p["fee_sat"])
+    )];
+    for o in p["outputs"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "  pays {:>18} to {} ({})",
+            sats(&o["amount_sat"]),
+            o["address"].as_str().unwrap_or("?"),
+            o["role"].as_str().unwrap_or("")
+        ));
+    }
+    out.join("\n")
+}
+
+pub fn party(cmd: PartyCmd) -> anyhow::Result<()> {
+    match cmd {
+        PartyCmd::Create {
+            api,
+            name,
+            role,
+            account_key,
+        } => {
+            let body = json!({"name": name, "role": role, "account_key": account_key});
+            let key = format!("party-{}", account_key);
+            let created = api.client()?.post("/parties", &body, Some(&key))?;
+            print(api.json, &created, |p| {
+                format!(
+                    "{} {} ({})\ntoken {}\nkeep the token: it is shown once",
+                    p["role"].as_str().unwrap_or(""),
+                    p["id"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    p["token"].as_str().unwrap_or("")
+                )
+            });
+        }
+        PartyCmd::Me { api } => {
+            let me = api.client()?.get("/parties/me")?;
+            print(api.json, &me, |p| {
+                format!(
+                    "{} {} ({}) {}",
+                    p["role"].as_str().unwrap_or(""),
+                    p["id"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    p["account_key"].as_str().unwrap_or("")
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
+    match cmd {
+        LoanCmd::Offer { api, terms } => {
+            let loan = api.client()?.post("/loans", &terms.body()?, None)?;
+            print(api.json, &loan, loan_text);
+        }
+        LoanCmd::List { api, offers } => {
+            let path = if offers { "/offers" } else { "/loans" };
+            let loans = api.client()?.get(path)?;
+            print(api.json, &loans, |ls| {
+                let mut rows = vec![format!(
+                    "{:<14} {:<20} {:>18} {:>18} {:>9}",
+                    "ID", "STATE", "PRINCIPAL", "COLLATERAL", "LTV"
+                )];
+                rows.extend(ls.as_array().into_iter().flatten().map(loan_row));
+                rows.join("\n")
+            });
+        }
+        LoanCmd::Show { api, id } => {
+            let loan = api.client()?.get(&format!("/loans/{id}"))?;
+            print(api.json, &loan, loan_text);
+        }
+        LoanCmd::Accept {
+            api,
+            id,
+            return_address,
+            account_key,
+        } => {
+            let mut body = json!({"borrower_return_address": return_address});
+            if let Some(k) = account_key {
+                body["account_key"] = Value::from(k);
+            }
+            let key = format!("accept-{id}");
+            let loan = api
+                .client()?
+                .post(&format!("/loans/{id}/accept"), &body, Some(&key))?;
+            print(api.json, &loan, |l| {
+                format!(
+                    "{}\nverify the escrow before sending: btc-escrow verify-escrow --loan {id} …",
+                    loan_text(l)
+                )
+            });
+        }
+        LoanCmd::Repay {
+            api,
+            id,
+            amount_minor,
+            idempotency_key,
+        } => {
+            let key = idempotency_key.unwrap_or_else(|| format!("repay-{id}-{amount_minor}"));
+            let loan = api.client()?.post(
+                &format!("/loans/{id}/repayments"),
+                &json!({ "amount_minor": amount_minor }),
+                Some(&key),
+            )?;
+            print(api.json, &loan, loan_text);
+        }
+        LoanCmd::Psbt { api, id } => {
+            let p = api.client()?.get(&format!("/loans/{id}/psbt"))?;
+            print(api.json, &p, psbt_text);
+        }
+        LoanCmd::Sign {
+            api,
+            id,
+            key,
+            account,
+            network,
+            policy,
+        } => sign(&api, &id, &key, account, network, policy.as_ref())?,
+        LoanCmd::Events { api, id, follow } => events(&api, &id, follow)?,
+        LoanCmd::Export {
+            api,
+            id,
+            format,
+            network,
+        } => {
+            let loan = api.client()?.get(&format!("/loans/{id}"))?;
+            println!("{}", export(&loan, &format, network)?);
+        }
+    }
+    Ok(())
+}
+
+/// The account key of `key` at BIP48 account `account`.
+pub fn own_account(key: &SigningKey, account: u32, network: Network) -> anyhow::Result<AccountKey> {
+    let secp = Secp256k1::new();
+    Ok(AccountKey::from_master(
+        key.master(),
+        &account_path(network, account)?,
+        &secp,
+    )?)
+}
+
+fn sign(
+    api: &ApiArgs,
+    id: &str,
+    key_file: &std::path::Path,
+    account: u32,
+    network: Network,
+    policy: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let client = api.client()?;
+    let key = SigningKey::from_file(key_file, network)?;
+    let own = own_account(&key, account, network)?;
+    let me = client.get("/parties/me")?;
+    let loan = client.get(&format!("/loans/{id}"))?;
+    if loan["pending_psbt"].is_null() {
+        return Err(
+            ClientError::new(ErrorKind::NotFound, format!("loan {id}: no pending PSBT")).into(),
+        );
+    }
+    let party = match me["role"].as_str() {
+        Some("lender") => Party::Lender,
+        Some("borrower") => Party::Borrower,
+        other => bail!("a {other:?} does not co-sign"),
+    };
+    let secp = Secp256k1::new();
+    let policy = match policy {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p)?)
+            .with_context(|| format!("{}", p.display()))?,
+        None => CosignPolicy::default(),
+    };
+    let expectation = Expectation {
+        network,
+        party,
+        own,
+        arbiter: None,
+        counterparty: None,
+        agreed_terms: None,
+        tip: None,
+        now: btc_escrow::util::unix_now(),
+        max_extra_blocks: 0,
+        template: PolicyTemplate::default(),
+    };
+    let pending = &loan["pending_psbt"];
+    let signed = match party {
+        Party::Lender => {
+            let events = client.get(&format!("/loans/{id}/events"))?;
+            let events = events.as_array().cloned().unwrap_or_default();
+            review(
+                &Review {
+                    loan: &loan,
+                    events: &events,
+                    own_party_id: me["id"].as_str().unwrap_or_default(),
+                    expectation: &expectation,
+                    reference_price: None,
+                    chain: None,
+                    policy: &policy,
+                    now: btc_escrow::util::unix_now(),
+                },
+                &key,
+                &secp,
+            )
+            .map_err(|r| anyhow::anyhow!("refused: {r}"))?
+            .psbt
+        }
+        _ => {
+            // A borrower signs a release or a refund to its own return address only.
+            let verified = verify_escrow(&loan, &expectation)?;
+            let kind = pending["kind"].as_str().unwrap_or_default();
+            if kind == "liquidation" {
+                bail!("refused: a liquidation is the lender's to co-sign");
+            }
+            let mut psbt = Psbt::from_str(pending["psbt"].as_str().unwrap_or_default())?;
+            let to = loan["terms"]["borrower_return_address"]
+                .as_str()
+                .context("the loan has no return address")?;
+            let spk = bitcoin::Address::from_str(to)?
+                .require_network(network)?
+                .script_pubkey();
+            if psbt
+                .unsigned_tx
+                .output
+                .iter()
+                .any(|o| o.script_pubkey != spk)
+            {
+                bail!("refused: the {kind} pays someone other than your return address {to}");
+            }
+            btc_escrow::tx::sign(&mut psbt, &key, &verified.escrow, &policy.fee_cap(), &secp)?;
+            psbt
+        }
+    };
+    eprintln!("{}", psbt_text(pending));
+    let sent = client.post(
+        &format!("/loans/{id}/psbt"),
+        &json!({ "psbt": signed.to_string() }),
+        Some(&format!("sign-{id}-{}", pending["attempt"])),
+    )?;
+    print(api.json, &sent, |s| {
+        format!(
+            "co-signed: {} ({})",
+            s["txid"].as_str().unwrap_or(""),
+            if s["broadcast"].as_bool() == Some(true) {
+                "broadcast"
+            } else {
+                "the service broadcasts it"
+            }
+        )
+    });
+    Ok(())
+}
+
+fn event_text(e: &Value) -> String {
+    let inner = &e["event"];
+    let mut fields: Vec<String> = inner
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "event")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    fields.truncate(6);
+    format!(
+        "{:>6} {:<14} {:<22} {}",
+        e["global_seq"],
+        e["loan_id"].as_str().unwrap_or(""),
+        inner["event"].as_str().unwrap_or(""),
+        fields.join(" ")
+    )
+}
+
+fn events(api: &ApiArgs, id: &str, follow: bool) -> anyhow::Result<()> {
+    let client = api.client()?;
+    let list = client.get(&format!("/loans/{id}/events"))?;
+    let mut last = None;
+    for e in list.as_array().into_iter().flatten() {
+        last = e["global_seq"].as_u64().or(last);
+        if api.json {
+            println!("{e}");
+        } else {
+            println!("{}", event_text(e));
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let result = client.follow(last, |seq, e| {
+            last = Some(seq);
+            if e["loan_id"].as_str() == Some(id) {
+                if api.json {
+                    println!("{e}");
+                } else {
+                    println!("{}", event_text(&e));
+                }
+            }
+            true
+        });
+        match result {
+            Err(e) if e.kind == ErrorKind::Network => {
+                eprintln!("stream interrupted ({e}); resuming");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// The loan's escrow in `format`: `bip388`, `descriptor` or `bsms`.
+pub fn export(loan: &Value, format: &str, network: Network) -> anyhow::Result<String> {
+    let escrow = loan["escrow"]
+        .as_object()
+        .context("the loan has no escrow yet (not accepted)")?;
+    let multipath = escrow["multipath_descriptor"]
+        .as_str()
+        .context("escrow.multipath_descriptor")?;
+    let index = escrow["index"].as_u64().context("escrow.index")? as u32;
+    Ok(match format {
+        "bip388" => serde_json::to_string_pretty(&json!({
+            "name": format!("escrow {}", loan["id"].as_str().unwrap_or("")),
+            "template": escrow["wallet_policy"]["template"],
+            "keys": escrow["wallet_policy"]["keys"],
+            "receive_index": index,
+            "address": escrow["address"],
+        }))?,
+        "descriptor" => serde_json::to_string_pretty(&json!([{
+            "desc": multipath,
+            "active": false,
+            "range": [index, index],
+            "timestamp": "now",
+            "label": format!("escrow {}", loan["id"].as_str().unwrap_or("")),
+        }]))?,
+        "bsms" => {
+            // BIP-129's descriptor record: version, descriptor, path restrictions (the
+            // multipath steps are in the descriptor), the first address.
+            let first = multipath_address(multipath, 0, network).map_err(anyhow::Error::msg)?;
+            format!("BSMS 1.0\n{multipath}\nNo path restrictions\n{first}")
+        }
+        other => bail!("--format {other}: bip388, descriptor or bsms"),
+    })
+}

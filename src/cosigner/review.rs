@@ -1,0 +1,304 @@
+//! What the co-signer checks before signing a pending PSBT, from its own knowledge:
+//! the escrow re-derived from its own key (`verify`), the terms it first saw, its own
+//! price reading and its own view of the escrow's outputs. Pure: any failed check is a
+//! [`Refusal`] with the reason, and nothing is signed.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use bitcoin::psbt::Psbt;
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{Address, Amount, Network, OutPoint, Txid};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::chain::lookup::ScriptView;
+use crate::keys::SigningKey;
+use crate::loan::calc::{self, Accrual};
+use crate::loan::{Bps, Currency, Fiat, Price};
+use crate::tx::{self, FeeCap};
+use crate::verify::{verify_escrow, Expectation};
+
+/// The co-signer's limits (`--policy FILE`, TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CosignPolicy {
+    /// The most fee a transaction it signs may pay, in sats…
+    #[serde(default = "default_max_fee_sat")]
+    pub max_fee_sat: u64,
+    /// …and in basis points of the escrow's value (both apply).
+    #[serde(default = "default_max_fee_bps")]
+    pub max_fee_bps: u32,
+    /// How far the decision's price may be from its own reference price, in basis
+    /// points (both ways: a liquidation at a price too high pays the lender too few
+    /// sats, one at a price too low was not justified).
+    #[serde(default = "default_tolerance")]
+    pub price_tolerance_bps: u32,
+    /// Seconds between two polls when the event stream is down (and between sweeps).
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+}
+
+fn default_max_fee_sat() -> u64 {
+    100_000
+}
+fn default_max_fee_bps() -> u32 {
+    200
+}
+fn default_tolerance() -> u32 {
+    300
+}
+fn default_poll() -> u64 {
+    5
+}
+
+impl Default for CosignPolicy {
+    fn default() -> Self {
+        toml::from_str("").expect("every field has a default")
+    }
+}
+
+impl CosignPolicy {
+    pub fn fee_cap(&self) -> FeeCap {
+        FeeCap {
+            max_fee: Amount::from_sat(self.max_fee_sat),
+            max_fee_bps: self.max_fee_bps,
+        }
+    }
+}
+
+/// Why the co-signer did not sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+fn refuse<T>(reason: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal(reason.into()))
+}
+
+/// Everything one review looks at.
+pub struct Review<'a> {
+    pub loan: &'a Value,
+    /// The loan's events (`GET /v1/loans/{id}/events`).
+    pub events: &'a [Value],
+    pub own_party_id: &'a str,
+    /// The escrow expectation: this lender's account key, the terms it first saw.
+    pub expectation: &'a Expectation,
+    /// Its own oracle's price, minor units per BTC (`None`: the decision's price is the
+    /// reference, checked only for consistency).
+    pub reference_price: Option<u64>,
+    /// Its own view of the escrow's outputs (`None`: inputs checked from the PSBT).
+    pub chain: Option<&'a ScriptView>,
+    pub policy: &'a CosignPolicy,
+    pub now: u64,
+}
+
+/// A PSBT the co-signer signed.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub attempt: u32,
+    pub kind: String,
+    pub txid: Txid,
+    pub psbt: Psbt,
+}
+
+fn get_u64(v: &Value, k: &str) -> Result<u64, Refusal> {
+    v.get(k)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Refusal(format!("the loan has no `{k}`")))
+}
+
+/// Check the loan's pending PSBT and sign it with `key`, or say why not.
+pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Signed, Refusal> {
+    let loan = r.loan;
+    let id = loan["id"].as_str().unwrap_or("?");
+    if loan["lender_id"].as_str() != Some(r.own_party_id) {
+        return refuse(format!(
+            "loan {id} is not this lender's (its lender is {})",
+            loan["lender_id"]
+        ));
+    }
+    let pending = &loan["pending_psbt"];
+    if pending.is_null() {
+        return refuse("nothing to co-sign");
+    }
+    let kind = pending["kind"].as_str().unwrap_or_default().to_owned();
+    let attempt = u32::try_from(get_u64(pending, "attempt")?).unwrap_or(u32::MAX);
+    let verified = verify_escrow(loan, r.expectation)
+        .map_err(|e| Refusal(format!("the escrow does not check: {e}")))?;
+    let escrow = &verified.escrow;
+    let network = r.expectation.network;
+    let psbt = Psbt::from_str(pending["psbt"].as_str().unwrap_or_default())
+        .map_err(|e| Refusal(format!("the pending PSBT does not parse: {e}")))?;
+    tx::check_inputs(&psbt).map_err(|e| Refusal(format!("the PSBT's inputs: {e}")))?;
+
+    // Inputs: the escrow's outputs, and (with its own chain view) exactly those.
+    let spk = escrow.script_pubkey();
+    let mut inputs = Amount::ZERO;
+    for (i, input) in psbt.inputs.iter().enumerate() {
+        let utxo = input.witness_utxo.as_ref();
+        if utxo.map(|u| &u.script_pubkey) != Some(&spk) {
+            return refuse(format!("input {i} does not spend the escrow"));
+        }
+        inputs += utxo.map_or(Amount::ZERO, |u| u.value);
+    }
+    if let Some(view) = r.chain {
+        let spent: BTreeSet<OutPoint> = psbt
+            .unsigned_tx
+            .input
+            .iter()
+            .map(|i| i.previous_output)
+            .collect();
+        let held: BTreeSet<OutPoint> = view
+            .not_spent_on_chain()
+            .iter()
+            .map(|i| i.outpoint)
+            .collect();
+        if spent != held {
+            return refuse(format!(
+                "the inputs are not the escrow's outputs this co-signer sees: spends {spent:?}, the escrow holds {held:?}"
+            ));
+        }
+    }
+    let outputs: Amount = psbt.unsigned_tx.output.iter().map(|o| o.value).sum();
+    let fee = inputs
+        .checked_sub(outputs)
+        .ok_or_else(|| Refusal("the outputs exceed the inputs".into()))?;
+    let cap = r.policy.fee_cap().cap(inputs);
+    if fee > cap {
+        return refuse(format!("the fee {fee} is above this co-signer's cap {cap}"));
+    }
+
+    // Outputs: only to the addresses of the terms.
+    let terms = &loan["terms"];
+    let address = |k: &str| -> Result<Option<bitcoin::ScriptBuf>, Refusal> {
+        match terms[k].as_str() {
+            None => Ok(None),
+            Some(a) => Address::from_str(a)
+                .ok()
+                .and_then(|a| a.require_network(network).ok())
+                .map(|a| Some(a.script_pubkey()))
+                .ok_or_else(|| Refusal(format!("terms.{k} is not a {network} address"))),
+        }
+    };
+    let lender_spk = address("lender_payout_address")?;
+    let borrower_spk = address("borrower_return_address")?;
+    let paid_to = |spk: &Option<bitcoin::ScriptBuf>| -> Amount {
+        psbt.unsigned_tx
+            .output
+            .iter()
+            .filter(|o| Some(&o.script_pubkey) == spk.as_ref())
+            .map(|o| o.value)
+            .sum()
+    };
+    for (i, o) in psbt.unsigned_tx.output.iter().enumerate() {
+        let known = Some(&o.script_pubkey) == lender_spk.as_ref()
+            || Some(&o.script_pubkey) == borrower_spk.as_ref();
+        if !known {
+            return refuse(format!(
+                "output {i} pays neither the lender's payout address nor the borrower's return address of the terms"
+            ));
+        }
+    }
+    let to_lender = paid_to(&lender_spk);
+
+    let repaid: u64 = r
+        .events
+        .iter()
+        .filter(|e| e["event"]["event"] == "repayment_recorded")
+        .filter_map(|e| e["event"]["amount"]["minor"].as_u64())
+        .sum();
+    let fully_repaid = r.events.iter().any(|e| e["event"]["event"] == "repaid");
+    match kind.as_str() {
+        "liquidation" => {
+            let currency = Currency::new(terms["currency"].as_str().unwrap_or_default())
+                .map_err(|e| Refusal(format!("terms.currency: {e}")))?;
+            let decision_price = get_u64(pending, "price_minor")?;
+            let reference = r.reference_price.unwrap_or(decision_price);
+            let tol = u128::from(r.policy.price_tolerance_bps);
+            let scaled =
+                |bps: u128| u64::try_from(u128::from(reference) * bps / 10_000).unwrap_or(u64::MAX);
+            let (low, high) = (scaled(10_000 - tol.min(10_000)), scaled(10_000 + tol));
+            if decision_price < low || decision_price > high {
+                return refuse(format!(
+                    "the decision price {decision_price} is outside {low}..={high} (this co-signer's reference {reference} ± {tol} bps)"
+                ));
+            }
+            // What is owed, at least: the principal less every repayment, with its
+            // interest from activation to the arbiter's signature (a lower bound of the
+            // true debt whatever the repayments paid first).
+            let principal = get_u64(terms, "principal_minor")?.saturating_sub(repaid);
+            let apr = u32::try_from(get_u64(terms, "apr_bps")?).unwrap_or(u32::MAX);
+            let activated = get_u64(loan, "activated_at")?;
+            let signed_at = get_u64(pending, "signed_at")?.max(activated);
+            let owed = Accrual::new(Fiat::new(principal, currency), Bps(apr), activated)
+                .owed(signed_at)
+                .map_err(|e| Refusal(format!("computing what is owed: {e}")))?;
+            let penalty =
+                u32::try_from(get_u64(terms, "liquidation_penalty_bps")?).unwrap_or(u32::MAX);
+            // At the highest price within tolerance: the fewest sats it accepts.
+            let split = calc::liquidation_split(
+                owed,
+                Bps(penalty),
+                Price::new(high.max(1), currency),
+                inputs,
+                fee,
+                Amount::ZERO,
+            )
+            .map_err(|e| Refusal(format!("computing the lender's share: {e}")))?;
+            if to_lender < split.lender {
+                return refuse(format!(
+                    "the lender's output {to_lender} is below owed × (1 + penalty) = {} at {high} per BTC ({} minor owed)",
+                    split.lender, owed.minor
+                ));
+            }
+            // Justified: a breach at the lowest price within tolerance, or a default.
+            let reason = loan["liquidation_reason"].as_str().unwrap_or_default();
+            if reason == "default" {
+                let due = activated.saturating_add(get_u64(terms, "term_secs")?);
+                if r.now < due {
+                    return refuse(format!("a default liquidation before maturity ({due})"));
+                }
+            } else {
+                let ltv = calc::ltv(owed, inputs, Price::new(low.max(1), currency))
+                    .map_err(|e| Refusal(format!("computing the LTV: {e}")))?;
+                let line = u32::try_from(get_u64(terms, "liquidation_ltv_bps")?).unwrap_or(0);
+                if ltv.0 < line {
+                    return refuse(format!(
+                        "no breach: the LTV at {low} per BTC is {} bps, under the liquidation line {line}",
+                        ltv.0
+                    ));
+                }
+            }
+        }
+        "release" | "refund" => {
+            if kind == "release" && !fully_repaid {
+                return refuse("a release before this lender recorded the full repayment");
+            }
+            if kind == "refund" && loan["state"] != "expired" {
+                return refuse(format!("a refund of a loan in state {}", loan["state"]));
+            }
+            if to_lender != Amount::ZERO || paid_to(&borrower_spk) != outputs {
+                return refuse(format!(
+                    "a {kind} pays someone other than the borrower's return address"
+                ));
+            }
+        }
+        other => return refuse(format!("an unknown kind of PSBT: {other:?}")),
+    }
+
+    let mut signed = psbt;
+    tx::sign(&mut signed, key, escrow, &r.policy.fee_cap(), secp)
+        .map_err(|e| Refusal(format!("signing: {e}")))?;
+    Ok(Signed {
+        attempt,
+        kind,
+        txid: signed.unsigned_tx.compute_txid(),
+        psbt: signed,
+    })
+}
+
+/// The network's address of a script, for messages.
+pub fn show(spk: &bitcoin::Script, network: Network) -> String {
+    Address::from_script(spk, network).map_or_else(|_| spk.to_hex_string(), |a| a.to_string())
+}
