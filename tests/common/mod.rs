@@ -8,6 +8,7 @@
 
 pub mod escrow;
 pub mod serve;
+pub mod tools;
 pub mod wallet;
 
 use std::io::{Read, Write};
