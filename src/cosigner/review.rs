@@ -225,22 +225,26 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
                 ));
             }
             // What is owed, at least: the principal less every repayment, with its
-            // interest from activation to the arbiter's signature (a lower bound of the
-            // true debt whatever the repayments paid first).
+            // interest from activation to a minute before the arbiter's signature (a
+            // lower bound of the true debt whatever the repayments paid first; the
+            // minute covers the decision being taken a little before it was signed).
             let principal = get_u64(terms, "principal_minor")?.saturating_sub(repaid);
             let apr = u32::try_from(get_u64(terms, "apr_bps")?).unwrap_or(u32::MAX);
             let activated = get_u64(loan, "activated_at")?;
-            let signed_at = get_u64(pending, "signed_at")?.max(activated);
+            let signed_at = get_u64(pending, "signed_at")?
+                .saturating_sub(60)
+                .max(activated);
             let owed = Accrual::new(Fiat::new(principal, currency), Bps(apr), activated)
                 .owed(signed_at)
                 .map_err(|e| Refusal(format!("computing what is owed: {e}")))?;
             let penalty =
                 u32::try_from(get_u64(terms, "liquidation_penalty_bps")?).unwrap_or(u32::MAX);
-            // At the highest price within tolerance: the fewest sats it accepts.
+            // At the decision's price (within tolerance of its own, checked above),
+            // rounded up as the engine does: the lender is made whole.
             let split = calc::liquidation_split(
                 owed,
                 Bps(penalty),
-                Price::new(high.max(1), currency),
+                Price::new(decision_price.max(1), currency),
                 inputs,
                 fee,
                 Amount::ZERO,
@@ -248,7 +252,7 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             .map_err(|e| Refusal(format!("computing the lender's share: {e}")))?;
             if to_lender < split.lender {
                 return refuse(format!(
-                    "the lender's output {to_lender} is below owed × (1 + penalty) = {} at {high} per BTC ({} minor owed)",
+                    "the lender's output {to_lender} is below owed × (1 + penalty) = {} at {decision_price} per BTC ({} minor owed)",
                     split.lender, owed.minor
                 ));
             }
