@@ -62,8 +62,8 @@ pub fn party_role(
 /// Build, sign and finalize the spend of every output in `inputs` to `to` through the
 /// solo path of `key`'s party: the lender's default claim or the borrower's recovery.
 /// The transaction's nLockTime is the path's height: it is final (Bitcoin Core takes
-/// it) once the chain's next block is at that height, so it can be kept and broadcast
-/// later.
+/// it) once the chain's tip is at that height (nLockTime below the next block's
+/// height), so it can be kept and broadcast later.
 pub fn solo(
     escrow: &EscrowDescriptor,
     key: &SigningKey,

@@ -456,15 +456,15 @@ pub fn exit(a: ExitArgs) -> anyhow::Result<()> {
             "tx_hex": hex,
         })
     };
-    // Final once the next block is at the lock height.
-    if view.tip + 1 < exit.final_at {
+    // Final once the tip is at the lock height (nLockTime below the next block's).
+    if view.tip < exit.final_at {
         println!("{}", serde_json::to_string_pretty(&report(false))?);
         bail!(
             "not final yet: the {} path opens at height {} (tip {}, {} blocks to wait); the signed transaction is above{}",
             exit.path,
             exit.final_at,
             view.tip,
-            exit.final_at - view.tip - 1,
+            exit.final_at - view.tip,
             a.write
                 .as_ref()
                 .map_or(String::new(), |p| format!(" and in {}", p.display()))
