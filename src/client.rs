@@ -227,24 +227,29 @@ impl ApiClient {
             let text = resp.text().unwrap_or_default();
             return Err(ClientError::from_answer(status, &text));
         }
+        // The SSE rules: `data:` lines joined with newlines, the last event id kept
+        // until another is sent, an event dispatched at a blank line.
         let mut id: Option<u64> = None;
-        let mut data = String::new();
+        let mut data: Vec<String> = Vec::new();
         for line in BufReader::new(resp).lines() {
             let line = line.map_err(|e| ClientError::new(ErrorKind::Network, e.to_string()))?;
             if line.is_empty() {
-                if let (Some(seq), false) = (id.take(), data.is_empty()) {
-                    let event = serde_json::from_str(&data).map_err(|e| {
-                        ClientError::new(ErrorKind::Server, format!("an event is not JSON: {e}"))
-                    })?;
-                    if !on_event(seq, event) {
-                        return Ok(());
+                if let (Some(seq), false) = (id, data.is_empty()) {
+                    match serde_json::from_str(&data.join("\n")) {
+                        Ok(event) => {
+                            if !on_event(seq, event) {
+                                return Ok(());
+                            }
+                        }
+                        // Skipped, not fatal: resuming would meet it again.
+                        Err(e) => tracing::warn!(seq, error = %e, "an event that is not JSON"),
                     }
                 }
                 data.clear();
             } else if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse().ok();
+                id = v.trim().parse().ok().or(id);
             } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
             }
         }
         Err(ClientError::new(

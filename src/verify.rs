@@ -285,12 +285,26 @@ pub fn verify_escrow(loan: &Value, exp: &Expectation) -> Result<Verified, Verify
         h.recovery_height.to_string(),
         shown.recovery_height.to_string(),
     )?;
+    // What a wallet imports (the exports) must be this escrow's, to the character.
     if let Ok(multipath) = text(loan, "escrow.multipath_descriptor") {
         mismatch(
-            "escrow.multipath_descriptor at the escrow's index",
-            escrow.address().to_string(),
-            multipath_address(multipath, escrow.index(), exp.network)
-                .unwrap_or_else(|e| format!("nothing ({e})")),
+            "escrow.multipath_descriptor",
+            escrow.multipath_descriptor(),
+            multipath.to_owned(),
+        )?;
+    }
+    if let Ok(template) = text(loan, "escrow.wallet_policy.template") {
+        let policy = escrow.wallet_policy();
+        mismatch(
+            "escrow.wallet_policy.template",
+            policy.template.clone(),
+            template.to_owned(),
+        )?;
+        let shown: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        mismatch(
+            "escrow.wallet_policy.keys",
+            policy.keys.join(", "),
+            shown.join(", "),
         )?;
     }
     // DESIGN.md §2 again, said plainly: no single key spends without a timelock.

@@ -311,6 +311,7 @@ fn the_daemon_cosigns_a_release_and_after_a_kill_the_liquidation_it_missed() -> 
     let dir = tempfile::tempdir()?;
     let lender_key = key_file(dir.path(), "lender.key", &m.parties.lender)?;
     let state = dir.path().join("cosigner");
+    let ledger = dir.path().join("repayments.jsonl");
     let (base, token, electrum) = (
         m.api().base.clone(),
         m.lender.clone(),
@@ -324,6 +325,8 @@ fn the_daemon_cosigns_a_release_and_after_a_kill_the_liquidation_it_missed() -> 
             .arg("--state-dir")
             .arg(&state)
             .args(["--electrum", &electrum])
+            .arg("--ledger")
+            .arg(&ledger)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?)
@@ -340,13 +343,21 @@ fn the_daemon_cosigns_a_release_and_after_a_kill_the_liquidation_it_missed() -> 
         if owed == 0 {
             break;
         }
-        m.api().expect(
-            200,
-            reqwest::Method::POST,
-            &format!("{path}/repayments"),
-            &m.lender,
-            Some(&json!({ "amount_minor": owed })),
-        )?;
+        // Recorded with the lender's own ledger, which the co-signer counts.
+        run(&[
+            "loan",
+            "repay",
+            &released,
+            "--amount-minor",
+            &owed.to_string(),
+            "--ledger",
+            ledger.to_str().context("ledger")?,
+            "--api",
+            &base,
+            "--token",
+            &token,
+        ])?
+        .ok()?;
     }
     let sent = m.api().wait(&path, &m.lender, "release broadcast", |v| {
         v["state"] == "releasing" && v["txids"].as_array().is_some_and(|t| !t.is_empty())

@@ -374,12 +374,30 @@ fn verify_escrow_accepts_the_honest_escrow_and_names_each_tampering() -> anyhow:
             .at_derivation_index(0)?
             .address(Network::Regtest)?
             .to_string());
+        // (What a wallet imports would not match either: left out, the heights
+        // are what is checked here.)
         tampered["escrow"]["multipath_descriptor"] = Value::Null;
+        tampered["escrow"]["wallet_policy"]["template"] = Value::Null;
         refused(&tampered, &[words])?;
     }
     let mut shown = loan.clone();
     shown["escrow"]["default_height"] = json!(d + 1);
     refused(&shown, &["escrow.default_height"])?;
+    // An export that is not this escrow's: the multipath descriptor of another
+    // index's range (the change branch swapped) is refused.
+    let mut export = loan.clone();
+    let multipath = loan["escrow"]["multipath_descriptor"]
+        .as_str()
+        .context("mp")?;
+    let swapped = Descriptor::<DescriptorPublicKey>::from_str(
+        &multipath
+            .split('#')
+            .next()
+            .unwrap_or(multipath)
+            .replace("<0;1>", "<1;0>"),
+    )?;
+    export["escrow"]["multipath_descriptor"] = json!(swapped.to_string());
+    refused(&export, &["escrow.multipath_descriptor"])?;
 
     // Terms other than agreed.
     let mut richer = terms.clone();

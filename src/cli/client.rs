@@ -218,9 +218,14 @@ pub enum LoanCmd {
         id: String,
         #[arg(long)]
         amount_minor: u64,
-        /// Makes a retried command count once (default: one per loan and amount).
+        /// Makes a retried command count once: give the key a failed attempt printed
+        /// (default: a new random key each time).
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// The lender's own ledger of repayments (JSON lines), appended once the
+        /// server accepted it: what `cosign --ledger` counts.
+        #[arg(long)]
+        ledger: Option<PathBuf>,
     },
     /// The pending PSBT with what it pays.
     Psbt {
@@ -244,6 +249,13 @@ pub enum LoanCmd {
         /// The co-signer limits (as `cosign --policy`) for a lender's checks.
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// The terms agreed (an offer file): the loan's must be these, addresses
+        /// included.
+        #[arg(long)]
+        terms: Option<PathBuf>,
+        /// The service's arbiter account key, pinned.
+        #[arg(long)]
+        arbiter: Option<String>,
     },
     /// The loan's events, in order; --follow keeps reading the stream.
     Events {
@@ -449,13 +461,32 @@ pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
             id,
             amount_minor,
             idempotency_key,
+            ledger,
         } => {
-            let key = idempotency_key.unwrap_or_else(|| format!("repay-{id}-{amount_minor}"));
+            let key = idempotency_key
+                .unwrap_or_else(|| format!("repay-{}", btc_escrow::init::random_hex(16)));
+            eprintln!("idempotency key {key} (give it with --idempotency-key to retry)");
             let loan = api.client()?.post(
                 &format!("/loans/{id}/repayments"),
                 &json!({ "amount_minor": amount_minor }),
                 Some(&key),
             )?;
+            if let Some(path) = ledger {
+                btc_escrow::cosigner::ledger::append(
+                    &path,
+                    &btc_escrow::cosigner::ledger::Entry {
+                        loan: id.clone(),
+                        amount_minor,
+                        at: btc_escrow::util::unix_now(),
+                    },
+                )
+                .with_context(|| {
+                    format!(
+                        "the repayment was recorded; appending it to {}",
+                        path.display()
+                    )
+                })?;
+            }
             print(api.json, &loan, loan_text);
         }
         LoanCmd::Psbt { api, id } => {
@@ -469,7 +500,20 @@ pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
             account,
             network,
             policy,
-        } => sign(&api, &id, &key, account, network, policy.as_ref())?,
+            terms,
+            arbiter,
+        } => sign(
+            &api,
+            &id,
+            &key,
+            SignChecks {
+                account,
+                network,
+                policy,
+                terms,
+                arbiter,
+            },
+        )?,
         LoanCmd::Events { api, id, follow } => events(&api, &id, follow)?,
         LoanCmd::Export {
             api,
@@ -494,14 +538,28 @@ pub fn own_account(key: &SigningKey, account: u32, network: Network) -> anyhow::
     )?)
 }
 
+/// What `loan sign` checks against.
+struct SignChecks {
+    account: u32,
+    network: Network,
+    policy: Option<PathBuf>,
+    terms: Option<PathBuf>,
+    arbiter: Option<String>,
+}
+
 fn sign(
     api: &ApiArgs,
     id: &str,
     key_file: &std::path::Path,
-    account: u32,
-    network: Network,
-    policy: Option<&PathBuf>,
+    checks: SignChecks,
 ) -> anyhow::Result<()> {
+    let SignChecks {
+        account,
+        network,
+        policy,
+        terms,
+        arbiter,
+    } = checks;
     let client = api.client()?;
     let key = SigningKey::from_file(key_file, network)?;
     let own = own_account(&key, account, network)?;
@@ -518,7 +576,7 @@ fn sign(
         other => bail!("a {other:?} does not co-sign"),
     };
     let secp = Secp256k1::new();
-    let policy = match policy {
+    let policy = match &policy {
         Some(p) => toml::from_str(&std::fs::read_to_string(p)?)
             .with_context(|| format!("{}", p.display()))?,
         None => CosignPolicy::default(),
@@ -527,9 +585,12 @@ fn sign(
         network,
         party,
         own,
-        arbiter: None,
+        arbiter: arbiter
+            .as_deref()
+            .map(|k| AccountKey::parse("--arbiter", k, network))
+            .transpose()?,
         counterparty: None,
-        agreed_terms: None,
+        agreed_terms: terms.as_ref().map(read_terms).transpose()?,
         tip: None,
         now: btc_escrow::util::unix_now(),
         max_extra_blocks: 0,
@@ -550,6 +611,9 @@ fn sign(
                     chain: None,
                     policy: &policy,
                     now: btc_escrow::util::unix_now(),
+                    activated_at: None,
+                    was_active: true,
+                    ledger_repaid: None,
                 },
                 &key,
                 &secp,

@@ -160,7 +160,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         }
         if let Some(s) = report["required_collateral_sat"].as_u64() {
             println!(
-                "send {s} sats to {}",
+                "the server asks for {s} sats at {} (its figure: check it against the terms and the price)",
                 report["address"].as_str().unwrap_or("")
             );
         }
@@ -200,6 +200,10 @@ pub struct CosignArgs {
     /// One sweep of the pending PSBTs, then exit (cron; tests).
     #[arg(long)]
     once: bool,
+    /// Its own ledger of repayments (`loan repay --ledger`), counted instead of the
+    /// server's events.
+    #[arg(long)]
+    ledger: Option<PathBuf>,
 }
 
 pub fn cosign(a: CosignArgs) -> anyhow::Result<()> {
@@ -234,6 +238,7 @@ pub fn cosign(a: CosignArgs) -> anyhow::Result<()> {
         electrum: a.electrum.map(|u| (u, TlsConfig::default())),
         oracle,
         arbiter,
+        ledger: a.ledger.clone(),
     })?;
     if a.once {
         cosigner.sweep_and_record();

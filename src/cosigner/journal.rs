@@ -30,6 +30,12 @@ pub struct Journal {
     pub terms: BTreeMap<String, Value>,
     /// The last event sequence read from the stream.
     pub last_seq: Option<u64>,
+    /// Loan → its activation time when first seen.
+    #[serde(default)]
+    pub activated_at: BTreeMap<String, u64>,
+    /// Loans seen active (or past it): never refunded.
+    #[serde(default)]
+    pub was_active: std::collections::BTreeSet<String>,
 }
 
 /// A refusal, as the status shows it.

@@ -7,6 +7,7 @@
 //! delivered).
 
 pub mod journal;
+pub mod ledger;
 pub mod review;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ pub enum CosignerError {
     NotALender { role: String },
     #[error("the key file's account key {derived} is not this party's ({registered})")]
     WrongKey { derived: String, registered: String },
+    #[error("another co-signer runs on {dir} (its lock is held)")]
+    Locked { dir: PathBuf },
+    #[error("{0}")]
+    Loans(String),
 }
 
 /// How to run.
@@ -60,6 +65,9 @@ pub struct Options {
     pub oracle: Option<OracleConfig>,
     /// The service's arbiter account key, pinned.
     pub arbiter: Option<AccountKey>,
+    /// The lender's own record of repayments (`loan repay --ledger`), instead of the
+    /// server's events.
+    pub ledger: Option<PathBuf>,
 }
 
 pub struct Cosigner {
@@ -68,6 +76,8 @@ pub struct Cosigner {
     journal: Journal,
     status: Status,
     secp: Secp256k1<All>,
+    /// Held while it runs (an exclusive lock on `STATE_DIR/lock`).
+    _lock: std::fs::File,
 }
 
 impl Cosigner {
@@ -91,6 +101,11 @@ impl Cosigner {
             source,
         };
         std::fs::create_dir_all(&opts.state_dir).map_err(state)?;
+        // One co-signer per state directory: two would each sign from their own copy.
+        let lock = std::fs::File::create(opts.state_dir.join("lock")).map_err(state)?;
+        fs2::FileExt::try_lock_exclusive(&lock).map_err(|_| CosignerError::Locked {
+            dir: opts.state_dir.clone(),
+        })?;
         let journal = Journal::load(&opts.state_dir).map_err(state)?;
         let party_id = me["id"].as_str().unwrap_or_default().to_owned();
         let status = Status {
@@ -106,6 +121,7 @@ impl Cosigner {
             journal,
             status,
             secp: Secp256k1::new(),
+            _lock: lock,
         })
     }
 
@@ -128,10 +144,15 @@ impl Cosigner {
                     let mut backoff = Duration::from_millis(500);
                     while !stop.load(Ordering::SeqCst) {
                         let _ = mode_tx.send("stream");
+                        let mut heard = false;
                         let result = api.follow(after, |seq, _event| {
                             after = Some(seq);
+                            heard = true;
                             wake.send(Some(seq)).is_ok() && !stop.load(Ordering::SeqCst)
                         });
+                        if heard {
+                            backoff = Duration::from_millis(500);
+                        }
                         if stop.load(Ordering::SeqCst) {
                             break;
                         }
@@ -151,9 +172,11 @@ impl Cosigner {
         let poll = Duration::from_secs(self.opts.policy.poll_secs.max(1));
         while !stop.load(Ordering::SeqCst) {
             self.sweep_and_record();
-            let first = woken.recv_timeout(poll);
-            if let Ok(Some(seq)) = first {
-                self.journal.last_seq = Some(seq);
+            match woken.recv_timeout(poll) {
+                Ok(Some(seq)) => self.journal.last_seq = Some(seq),
+                // The stream thread is gone: poll.
+                Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll),
+                _ => {}
             }
             while let Ok(Some(seq)) = woken.try_recv() {
                 self.journal.last_seq = Some(seq);
@@ -187,6 +210,7 @@ impl Cosigner {
         let loans = self.opts.api.get("/loans")?;
         let loans = loans.as_array().cloned().unwrap_or_default();
         let mut pending_loans = Vec::new();
+        let mut failures = Vec::new();
         for loan in &loans {
             let Some(id) = loan["id"].as_str() else {
                 continue;
@@ -194,23 +218,33 @@ impl Cosigner {
             if loan["lender_id"].as_str() != Some(&self.party_id) {
                 continue;
             }
-            self.remember_terms(id, loan)?;
+            self.remember(id, loan)?;
             if !loan["pending_psbt"].is_null() {
                 pending_loans.push(id.to_owned());
-                self.handle(id, loan)?;
+                // One loan's failure (a post refused, the server down for it) holds no
+                // other back.
+                if let Err(e) = self.handle(id, loan) {
+                    tracing::warn!(loan = %id, error = %e, "co-signing");
+                    failures.push(format!("loan {id}: {e}"));
+                }
             }
         }
         self.status
             .refused
             .retain(|id, _| pending_loans.contains(id));
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(CosignerError::Loans(failures.join("; ")))
+        }
     }
 
-    /// Keep the terms first seen; the borrower's return address is added once, when
-    /// the loan is accepted.
-    fn remember_terms(&mut self, id: &str, loan: &Value) -> Result<(), CosignerError> {
+    /// Keep the terms first seen (the borrower's return address is added once, when
+    /// the loan is accepted), the activation time first seen, and whether the loan was
+    /// ever seen active (no refund then).
+    fn remember(&mut self, id: &str, loan: &Value) -> Result<(), CosignerError> {
         let terms = &loan["terms"];
-        let changed = match self.journal.terms.get(id) {
+        let mut changed = match self.journal.terms.get(id) {
             None => true,
             Some(first) => {
                 first["borrower_return_address"].is_null()
@@ -220,6 +254,26 @@ impl Cosigner {
         };
         if changed {
             self.journal.terms.insert(id.to_owned(), terms.clone());
+        }
+        if let Some(at) = loan["activated_at"].as_u64() {
+            if !self.journal.activated_at.contains_key(id) {
+                self.journal.activated_at.insert(id.to_owned(), at);
+                changed = true;
+            }
+        }
+        let live = [
+            "active",
+            "margin_call",
+            "liquidating",
+            "releasing",
+            "liquidated",
+            "closed",
+        ];
+        if live.iter().any(|s| loan["state"] == *s) && self.journal.was_active.insert(id.to_owned())
+        {
+            changed = true;
+        }
+        if changed {
             self.save()?;
         }
         Ok(())
@@ -278,6 +332,17 @@ impl Cosigner {
             // Signed before (a restart, or the post was lost): deliver it again.
             return self.post(id, &key, &entry.psbt);
         }
+        // A later attempt is a fee bump of the one signed before: same inputs, same
+        // output scripts, the lender's amount not lower.
+        if let Some(prev) = attempt
+            .checked_sub(1)
+            .and_then(|a| self.journal.signed.get(&journal::key(id, a)))
+        {
+            if let Err(reason) = is_bump_of(&prev.psbt, pending["psbt"].as_str().unwrap_or("")) {
+                self.refuse(id, attempt, reason);
+                return Ok(());
+            }
+        }
         let first_terms = self.journal.terms.get(id).cloned().unwrap_or(Value::Null);
         if without_return_address(&first_terms) != without_return_address(&loan["terms"])
             || (!first_terms["borrower_return_address"].is_null()
@@ -301,8 +366,16 @@ impl Cosigner {
                     posted: false,
                 };
                 tracing::info!(loan = %id, attempt, kind = %signed.kind, txid = %signed.txid, "signed");
-                self.journal.signed.insert(key.clone(), entry.clone());
-                self.save()?;
+                // On disk before it is kept in memory or posted: a failed write posts
+                // nothing, and a restart never signs a second transaction for it.
+                let mut next = self.journal.clone();
+                next.signed.insert(key.clone(), entry.clone());
+                next.save(&self.opts.state_dir)
+                    .map_err(|source| CosignerError::State {
+                        dir: self.opts.state_dir.clone(),
+                        source,
+                    })?;
+                self.journal = next;
                 self.status.refused.remove(id);
                 self.post(id, &key, &entry.psbt)
             }
@@ -371,6 +444,15 @@ impl Cosigner {
                 chain: chain.as_ref(),
                 policy: &self.opts.policy,
                 now: unix_now(),
+                activated_at: self.journal.activated_at.get(id).copied(),
+                was_active: self.journal.was_active.contains(id),
+                ledger_repaid: match &self.opts.ledger {
+                    Some(path) => Some(
+                        ledger::repaid(path, id)
+                            .map_err(|e| Refusal(format!("its ledger {}: {e}", path.display())))?,
+                    ),
+                    None => None,
+                },
             },
             &self.opts.key,
             &self.secp,
@@ -428,4 +510,84 @@ fn own_price(config: &OracleConfig) -> Result<u64, String> {
         ))
         .map(|p| p.price_minor)
         .map_err(|n| format!("its own oracle has no price: {}", n.reason))
+}
+
+/// Whether `next` (base64) is a fee bump of `prev`: the same inputs, the same output
+/// scripts in the same order, and no output to the lender's script lower (the fee comes
+/// from the borrower's share).
+fn is_bump_of(prev: &str, next: &str) -> Result<(), String> {
+    let parse = |t: &str| {
+        bitcoin::psbt::Psbt::from_str(t).map_err(|e| format!("a PSBT that does not parse: {e}"))
+    };
+    let (prev, next) = (parse(prev)?.unsigned_tx, parse(next)?.unsigned_tx);
+    let inputs = |t: &bitcoin::Transaction| {
+        let mut v: Vec<_> = t.input.iter().map(|i| i.previous_output).collect();
+        v.sort();
+        v
+    };
+    if inputs(&prev) != inputs(&next) {
+        return Err("a later attempt spends other inputs than the one signed before".into());
+    }
+    let scripts = |t: &bitcoin::Transaction| -> Vec<_> {
+        t.output.iter().map(|o| o.script_pubkey.clone()).collect()
+    };
+    if scripts(&prev) != scripts(&next) {
+        return Err("a later attempt pays other scripts than the one signed before".into());
+    }
+    // The first output of a liquidation is the lender's; a release pays one output.
+    if prev.output.len() > 1 && next.output[0].value < prev.output[0].value {
+        return Err(format!(
+            "a later attempt pays the lender {} instead of {}",
+            next.output[0].value, prev.output[0].value
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_bump_of;
+    use bitcoin::{absolute::LockTime, transaction::Version, Amount, OutPoint, ScriptBuf};
+    use bitcoin::{Transaction, TxIn, TxOut, Txid};
+
+    fn psbt(inputs: &[u8], outputs: &[(u8, u64)]) -> String {
+        use bitcoin::hashes::Hash;
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: inputs
+                .iter()
+                .map(|i| TxIn {
+                    previous_output: OutPoint::new(Txid::from_byte_array([*i; 32]), 0),
+                    ..TxIn::default()
+                })
+                .collect(),
+            output: outputs
+                .iter()
+                .map(|(s, v)| TxOut {
+                    value: Amount::from_sat(*v),
+                    script_pubkey: ScriptBuf::from_bytes(vec![0x51, *s]),
+                })
+                .collect(),
+        };
+        bitcoin::psbt::Psbt::from_unsigned_tx(tx)
+            .expect("unsigned")
+            .to_string()
+    }
+
+    #[test]
+    fn a_later_attempt_must_be_a_fee_bump_of_the_one_signed() {
+        let first = psbt(&[1, 2], &[(7, 1_000), (8, 5_000)]);
+        // The fee from the borrower's share, inputs in another order: a bump.
+        assert!(is_bump_of(&first, &psbt(&[2, 1], &[(7, 1_000), (8, 4_000)])).is_ok());
+        // Less for the lender, another input, another script: not a bump.
+        for (next, why) in [
+            (psbt(&[1, 2], &[(7, 900), (8, 5_000)]), "pays the lender"),
+            (psbt(&[1, 3], &[(7, 1_000), (8, 4_000)]), "other inputs"),
+            (psbt(&[1, 2], &[(7, 1_000), (9, 4_000)]), "other scripts"),
+        ] {
+            let e = is_bump_of(&first, &next).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
 }

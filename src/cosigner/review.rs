@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{All, Secp256k1};
-use bitcoin::{Address, Amount, Network, OutPoint, Txid};
+use bitcoin::{Address, Amount, OutPoint, Txid};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -37,6 +37,10 @@ pub struct CosignPolicy {
     /// Seconds between two polls when the event stream is down (and between sweeps).
     #[serde(default = "default_poll")]
     pub poll_secs: u64,
+    /// The lender's own payout addresses: when given, a loan paying elsewhere is
+    /// refused (the address is not taken from the server).
+    #[serde(default)]
+    pub lender_payout_addresses: Vec<String>,
 }
 
 fn default_max_fee_sat() -> u64 {
@@ -91,6 +95,12 @@ pub struct Review<'a> {
     pub chain: Option<&'a ScriptView>,
     pub policy: &'a CosignPolicy,
     pub now: u64,
+    /// The activation time it first saw (the server's later word is not taken).
+    pub activated_at: Option<u64>,
+    /// Whether it ever saw the loan active: such a loan is never refunded.
+    pub was_active: bool,
+    /// What its own ledger says was repaid (`None`: the server's events are counted).
+    pub ledger_repaid: Option<u64>,
 }
 
 /// A PSBT the co-signer signed.
@@ -140,7 +150,9 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
         if utxo.map(|u| &u.script_pubkey) != Some(&spk) {
             return refuse(format!("input {i} does not spend the escrow"));
         }
-        inputs += utxo.map_or(Amount::ZERO, |u| u.value);
+        inputs = inputs
+            .checked_add(utxo.map_or(Amount::ZERO, |u| u.value))
+            .ok_or_else(|| Refusal("the inputs' amounts overflow".into()))?;
     }
     if let Some(view) = r.chain {
         let spent: BTreeSet<OutPoint> = psbt
@@ -160,7 +172,12 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             ));
         }
     }
-    let outputs: Amount = psbt.unsigned_tx.output.iter().map(|o| o.value).sum();
+    let outputs = psbt
+        .unsigned_tx
+        .output
+        .iter()
+        .try_fold(Amount::ZERO, |a, o| a.checked_add(o.value))
+        .ok_or_else(|| Refusal("the outputs' amounts overflow".into()))?;
     let fee = inputs
         .checked_sub(outputs)
         .ok_or_else(|| Refusal("the outputs exceed the inputs".into()))?;
@@ -182,6 +199,14 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
         }
     };
     let lender_spk = address("lender_payout_address")?;
+    let payout = terms["lender_payout_address"].as_str().unwrap_or_default();
+    if !r.policy.lender_payout_addresses.is_empty()
+        && !r.policy.lender_payout_addresses.iter().any(|a| a == payout)
+    {
+        return refuse(format!(
+            "the lender's payout address {payout} is not one of this co-signer's"
+        ));
+    }
     let borrower_spk = address("borrower_return_address")?;
     let paid_to = |spk: &Option<bitcoin::ScriptBuf>| -> Amount {
         psbt.unsigned_tx
@@ -202,13 +227,20 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
     }
     let to_lender = paid_to(&lender_spk);
 
-    let repaid: u64 = r
-        .events
-        .iter()
-        .filter(|e| e["event"]["event"] == "repayment_recorded")
-        .filter_map(|e| e["event"]["amount"]["minor"].as_u64())
-        .sum();
-    let fully_repaid = r.events.iter().any(|e| e["event"]["event"] == "repaid");
+    let repaid: u64 = match r.ledger_repaid {
+        Some(own) => own,
+        None => r
+            .events
+            .iter()
+            .filter(|e| e["event"]["event"] == "repayment_recorded")
+            .filter_map(|e| e["event"]["amount"]["minor"].as_u64())
+            .fold(0u64, u64::saturating_add),
+    };
+    // Fully repaid: the server says so, and (with its own ledger) at least the
+    // principal came back.
+    let fully_repaid = r.events.iter().any(|e| e["event"]["event"] == "repaid")
+        && r.ledger_repaid
+            .is_none_or(|own| terms["principal_minor"].as_u64().is_some_and(|p| own >= p));
     match kind.as_str() {
         "liquidation" => {
             let currency = Currency::new(terms["currency"].as_str().unwrap_or_default())
@@ -230,7 +262,16 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             // minute covers the decision being taken a little before it was signed).
             let principal = get_u64(terms, "principal_minor")?.saturating_sub(repaid);
             let apr = u32::try_from(get_u64(terms, "apr_bps")?).unwrap_or(u32::MAX);
-            let activated = get_u64(loan, "activated_at")?;
+            let activated = match r.activated_at {
+                Some(first) if loan["activated_at"].as_u64() != Some(first) => {
+                    return refuse(format!(
+                        "the loan's activation time changed (first seen {first}, now {})",
+                        loan["activated_at"]
+                    ))
+                }
+                Some(first) => first,
+                None => get_u64(loan, "activated_at")?,
+            };
             let signed_at = get_u64(pending, "signed_at")?
                 .saturating_sub(60)
                 .max(activated);
@@ -279,8 +320,17 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             if kind == "release" && !fully_repaid {
                 return refuse("a release before this lender recorded the full repayment");
             }
-            if kind == "refund" && loan["state"] != "expired" {
-                return refuse(format!("a refund of a loan in state {}", loan["state"]));
+            if kind == "refund" {
+                if r.was_active {
+                    return refuse("a refund of a loan this co-signer saw active");
+                }
+                let deadline = get_u64(terms, "funding_deadline")?;
+                if loan["state"] != "expired" || r.now < deadline {
+                    return refuse(format!(
+                        "a refund before the funding deadline {deadline} (state {})",
+                        loan["state"]
+                    ));
+                }
             }
             if to_lender != Amount::ZERO || paid_to(&borrower_spk) != outputs {
                 return refuse(format!(
@@ -300,9 +350,4 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
         txid: signed.unsigned_tx.compute_txid(),
         psbt: signed,
     })
-}
-
-/// The network's address of a script, for messages.
-pub fn show(spk: &bitcoin::Script, network: Network) -> String {
-    Address::from_script(spk, network).map_or_else(|_| spk.to_hex_string(), |a| a.to_string())
 }
