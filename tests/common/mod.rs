@@ -40,6 +40,19 @@ fn cache_dir() -> PathBuf {
     base.join("btc-escrow").join("regtest")
 }
 
+/// The `btc-escrow` binary: cargo's path for integration tests; for an example (the
+/// demo), the one beside it (`target/<profile>/examples/demo` → `target/<profile>/`).
+pub fn bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_btc-escrow") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the running program's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("btc-escrow"))
+        .expect("an example runs from target/<profile>/examples")
+}
+
 /// Where a binary is: the environment variable if set, else the regtest cache (only a
 /// completed build counts). Missing → an error that says how to build it.
 pub fn find_exe(var: &str, dir: &str, name: &str) -> anyhow::Result<PathBuf> {

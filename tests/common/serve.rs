@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::Regtest;
 
 fn command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_btc-escrow"));
+    let mut cmd = Command::new(super::bin());
     // Only what the test sets: a developer's own BTC_ESCROW_* must not leak in.
     for (k, _) in std::env::vars() {
         if k.starts_with("BTC_ESCROW_") {

@@ -41,7 +41,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<Ran> {
 
 pub fn run_in(args: &[&str], stdin: Option<&str>) -> anyhow::Result<Ran> {
     use std::io::Write;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_btc-escrow"));
+    let mut cmd = Command::new(super::bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("BTC_ESCROW_") {
             cmd.env_remove(k);
