@@ -82,6 +82,14 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
+        // The web page's session cookie stands for the token on reads only (a
+        // browser's EventSource cannot send a header); writes need the header.
+        if parts.headers.get(AUTHORIZATION).is_none() && parts.method == axum::http::Method::GET {
+            if let Some(token) = super::web::cookie_token(&parts.headers) {
+                return super::web::caller_of(state, &token)?
+                    .ok_or_else(|| Problem::unauthorized("unknown session"));
+            }
+        }
         let header = parts
             .headers
             .get(AUTHORIZATION)

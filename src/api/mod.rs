@@ -24,6 +24,7 @@ mod parties;
 mod problem;
 mod system;
 mod view;
+mod web;
 mod webhooks;
 
 use std::future::Future;
@@ -148,6 +149,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/health", get(system::health))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/openapi.json", get(openapi::document))
+        .merge(web::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count,

@@ -129,6 +129,11 @@ fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
     ctx.last_oracle = Some(result.clone());
     match result.map(|p| (p.at, p.evidence())) {
         Ok((at, Ok(evidence))) => {
+            if ctx.price_history.len() >= super::PRICE_HISTORY {
+                ctx.price_history.pop_front();
+            }
+            ctx.price_history
+                .push_back((at, evidence.price.minor_per_btc));
             ctx.price = Some((at, evidence.clone()));
             ctx.no_price = None;
             let Some(tip) = ctx.tip() else {

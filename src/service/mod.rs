@@ -94,7 +94,13 @@ pub struct Ctx {
     in_flight: BTreeMap<String, Txid>,
     /// Answers waiting for the batch's flush (see [`ServiceHandle::ask_durable`]).
     after_flush: Vec<AfterFlush>,
+    /// The latest aggregated prices, `(unix secs, minor units per BTC)`, oldest first
+    /// (the web page's chart).
+    pub price_history: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// How many aggregated prices the chart keeps.
+pub const PRICE_HISTORY: usize = 720;
 
 /// An answer sent once the store was flushed (`Err`: the flush failed).
 type AfterFlush = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -288,6 +294,7 @@ impl Service {
                 registered: BTreeSet::new(),
                 in_flight: BTreeMap::new(),
                 after_flush: Vec::new(),
+                price_history: Default::default(),
             };
             let tick = settings.tick_interval;
             std::thread::Builder::new()

@@ -1,0 +1,263 @@
+//! The web page of `serve`, through a real socket against real bitcoind + electrs (the
+//! HTML as a browser receives it; the browser-driven tests come with Chromium):
+//! - sign-in: the sign-in form without a session, a bad token refused, a good one
+//!   exchanged for an HttpOnly, SameSite=Strict cookie that also opens the event
+//!   stream (reads only);
+//! - a lender's offer form refuses an invalid field beside it, then takes a valid one;
+//! - a borrower sees the offer in plain words, accepts it, and sees the escrow address
+//!   with its QR code and the amount to send;
+//! - funded, the loan page shows the LTV gauge and the price chart, and its live part
+//!   follows the price into a margin call;
+//! - the lender records the full repayment in a form; the borrower downloads the
+//!   release PSBT, signs it with its own key outside, uploads it: broadcast, mined,
+//!   closed; the page carries the exit kit.
+
+mod common;
+
+use std::str::FromStr;
+
+use anyhow::{ensure, Context};
+use bitcoin::psbt::Psbt;
+use common::serve::Market;
+
+struct Browser {
+    root: String,
+    http: reqwest::blocking::Client,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(m: &Market) -> Self {
+        Self {
+            root: m.api().base.trim_end_matches("/v1").to_owned(),
+            http: reqwest::blocking::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            cookie: None,
+        }
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut r = self.http.get(format!("{}{path}", self.root));
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        let resp = r.send()?;
+        Ok((resp.status().as_u16(), resp.text()?))
+    }
+
+    /// POST a form: the status, the Location if any, and the body.
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<(u16, String, String)> {
+        let mut r = self.http.post(format!("{}{path}", self.root)).form(form);
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        let resp = r.send()?;
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Ok((status, location, resp.text()?))
+    }
+
+    fn sign_in(&mut self, token: &str) -> anyhow::Result<String> {
+        let resp = self
+            .http
+            .post(format!("{}/signin", self.root))
+            .form(&[("token", token)])
+            .send()?;
+        ensure!(resp.status().as_u16() == 303, "sign-in: {}", resp.status());
+        let set = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .context("a session cookie")?
+            .to_owned();
+        ensure!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        self.cookie = Some(set.split(';').next().unwrap_or("").to_owned());
+        Ok(set)
+    }
+}
+
+#[test]
+fn a_loan_lived_through_the_web_page() -> anyhow::Result<()> {
+    let mut m = Market::open()?;
+    let mut lender = Browser::new(&m);
+    let (status, page) = lender.get("/")?;
+    ensure!(status == 200 && page.contains("Sign in"), "{page}");
+    let (status, _, _) = lender.post("/signin", &[("token", "not-a-token")])?;
+    ensure!(status == 401);
+    lender.sign_in(&m.lender)?;
+
+    // The offer form: an invalid field is shown beside it, then a valid offer.
+    m.set_price(10_000_000)?;
+    m.api()
+        .wait("/health", &m.admin, "fit to decide", |h| h["ok"] == true)?;
+    let terms = m.offer_terms();
+    let field = |k: &str| terms[k].to_string().trim_matches('"').to_owned();
+    let keys = [
+        "principal_minor",
+        "currency",
+        "apr_bps",
+        "term_secs",
+        "initial_ltv_bps",
+        "margin_call_ltv_bps",
+        "liquidation_ltv_bps",
+        "liquidation_penalty_bps",
+        "confirm_ticks",
+        "grace_blocks",
+        "recovery_delay_blocks",
+        "funding_deadline",
+        "lender_payout_address",
+        "min_confirmations",
+    ];
+    let values: Vec<(String, String)> = keys.iter().map(|k| (k.to_string(), field(k))).collect();
+    let mut bad: Vec<(&str, &str)> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for kv in bad.iter_mut() {
+        if kv.0 == "initial_ltv_bps" {
+            kv.1 = "9000";
+        }
+    }
+    let (status, _, page) = lender.post("/offers", &bad)?;
+    ensure!(
+        status == 200 && page.contains(r#"data-field="initial_ltv_bps""#),
+        "the invalid field is not shown: {status} {page}"
+    );
+    let good: Vec<(&str, &str)> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let (status, location, _) = lender.post("/offers", &good)?;
+    ensure!(
+        status == 303 && location.starts_with("/loans/"),
+        "{status} {location}"
+    );
+    let id = location.trim_start_matches("/loans/").to_owned();
+
+    // The borrower: the offer in plain words, accepted; the escrow and its QR code.
+    let mut borrower = Browser::new(&m);
+    borrower.sign_in(&m.borrower)?;
+    let (_, home) = borrower.get("/")?;
+    ensure!(
+        home.contains(&id) && home.contains("You get") && home.contains("10,000.00 USD"),
+        "{home}"
+    );
+    ensure!(home.contains("liquidated below about"), "{home}");
+    let ret = m.borrower_return.to_string();
+    let (status, location, _) = borrower.post(
+        &format!("/loans/{id}/accept"),
+        &[("borrower_return_address", &ret)],
+    )?;
+    ensure!(
+        status == 303 && location == format!("/loans/{id}"),
+        "{status} {location}"
+    );
+    let (_, page) = borrower.get(&location)?;
+    let loan = m.api().get(&format!("/loans/{id}"), &m.borrower)?;
+    let address = loan["escrow"]["address"].as_str().context("address")?;
+    ensure!(
+        page.contains(address) && page.contains("<svg"),
+        "no escrow or QR code"
+    );
+    ensure!(page.contains("0.20000000 BTC"), "no amount to send");
+    ensure!(page.contains("btc-escrow exit --loan-file"), "no exit kit");
+
+    // The event stream opens with the session cookie alone.
+    let (status, _) = {
+        let mut r = borrower
+            .http
+            .get(format!("{}/v1/events/stream", borrower.root));
+        r = r.header("cookie", borrower.cookie.clone().unwrap_or_default());
+        let resp = r.send()?;
+        (resp.status().as_u16(), ())
+    };
+    ensure!(status == 200, "the stream with the cookie: {status}");
+
+    // Funded: the gauge and the chart; the live part follows the price.
+    let escrow = m.escrow_of(&loan)?;
+    let tx = m.wallet.send(
+        &escrow.address(),
+        bitcoin::Amount::from_sat(loan["required_collateral_sat"].as_u64().context("sat")?),
+        bitcoin::FeeRate::from_sat_per_vb(2).context("rate")?,
+    )?;
+    m.env
+        .wait_for_tx(&escrow.address().script_pubkey(), tx.compute_txid())?;
+    m.env.mine(1)?;
+    m.api()
+        .wait(&format!("/loans/{id}"), &m.borrower, "active", |v| {
+            v["state"] == "active"
+        })?;
+    let (_, page) = borrower.get(&format!("/loans/{id}"))?;
+    ensure!(page.contains("class=\"gauge\"") && page.contains("class=\"chart\""));
+    m.set_price(7_000_000)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, live) = borrower.get(&format!("/loans/{id}/live"))?;
+        if live.contains(r#"data-state="margin_call""#) && live.contains("LTV 71.") {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no margin call: {live}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    m.set_price(10_000_000)?;
+
+    // The lender records the full repayment in the form.
+    let owed = m.api().get(&format!("/loans/{id}"), &m.lender)?["owed_minor"]
+        .as_u64()
+        .context("owed")?;
+    let (status, _, _) = lender.post(
+        &format!("/loans/{id}/repay"),
+        &[("amount_minor", &owed.to_string())],
+    )?;
+    ensure!(status == 303, "repay: {status}");
+    m.api()
+        .wait(&format!("/loans/{id}"), &m.borrower, "releasing", |v| {
+            v["state"] == "releasing" && v["pending_psbt"].is_object()
+        })?;
+
+    // The borrower downloads the release, signs it outside, uploads it.
+    let (status, text) = borrower.get(&format!("/loans/{id}/pending.psbt"))?;
+    ensure!(status == 200);
+    let mut psbt = Psbt::from_str(text.trim())?;
+    btc_escrow::tx::sign(
+        &mut psbt,
+        &m.parties.borrower,
+        &escrow,
+        &btc_escrow::tx::FeeCap::default(),
+        &m.parties.secp,
+    )?;
+    let signed = psbt.to_string();
+    let (status, location, page) =
+        borrower.post(&format!("/loans/{id}/psbt"), &[("psbt", &signed)])?;
+    ensure!(status == 303, "upload: {status} {page}");
+    ensure!(location == format!("/loans/{id}"));
+    let sent = m
+        .api()
+        .wait(&format!("/loans/{id}"), &m.borrower, "broadcast", |v| {
+            v["txids"].as_array().is_some_and(|t| !t.is_empty())
+        })?;
+    let txid = bitcoin::Txid::from_str(sent["txids"][0].as_str().context("txid")?)?;
+    m.env
+        .wait_for_tx(&m.borrower_return.script_pubkey(), txid)?;
+    m.env.mine(1)?;
+    m.api()
+        .wait(&format!("/loans/{id}"), &m.borrower, "closed", |v| {
+            v["state"] == "closed"
+        })?;
+    let (_, page) = borrower.get(&format!("/loans/{id}"))?;
+    ensure!(page.contains(r#"data-state="closed""#), "{page}");
+    Ok(())
+}
