@@ -247,7 +247,7 @@ pub fn loan_live(v: &LoanPage) -> Markup {
     let l = v.loan;
     let t = &l.terms;
     html! {
-        p { "State: " strong.state data-state=(state_name(l)) { (state_name(l)) }
+        p { "State: " strong.state data-state=(state_name(l)) { (state_name(l).replace('_', " ")) }
             @if l.breach_ticks > 0 { " · breach " (l.breach_ticks) "/" (t.confirm_ticks) } }
         (PreEscaped(svg::ltv_gauge(l.ltv_bps, t.margin_call_ltv_bps, t.liquidation_ltv_bps)))
         (PreEscaped(svg::price_chart(v.history, l.liquidation_price_minor)))
@@ -285,7 +285,6 @@ pub fn loan(v: &LoanPage) -> Markup {
                 " · margin call at " (pct(t.margin_call_ltv_bps)) " · liquidation at " (pct(t.liquidation_ltv_bps))
                 " · penalty " (pct(t.liquidation_penalty_bps)) }
             @if let Some(e) = v.error { p.error role="alert" data-field=(e.field.clone().unwrap_or_default()) { (e.detail) } }
-            div #live data-loan=(l.id) { (loan_live(v)) }
             @if let Some(e) = &l.escrow {
                 @if state == "awaiting_collateral" && !is_lender {
                     section.fund {
@@ -297,6 +296,7 @@ pub fn loan(v: &LoanPage) -> Markup {
                     }
                 }
             }
+            div #live data-loan=(l.id) { (loan_live(v)) }
             @if l.pending_psbt.is_some() {
                 section.psbt {
                     h2 { "Co-sign" }
