@@ -572,6 +572,8 @@ fn demo(exit_after: bool) -> anyhow::Result<()> {
     drop(cosigner);
 
     println!("summary: loan 1 {id1} liquidated by {txid1} (confirmed); loan 2 {id2} closed by {txid2} (confirmed)");
+    let root = d.api().base.trim_end_matches("/v1").to_owned();
+    println!("web page: {root}/  (sign in with a token below; the loan planner at {root}/planner)");
     println!(
         "api: {}  (openapi: {}/openapi.json)",
         d.api().base,

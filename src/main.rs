@@ -78,6 +78,9 @@ enum Command {
     Cosign(cli::tools::CosignArgs),
     /// Leave an escrow with no server: your timelocked path, or a cooperative PSBT.
     Exit(cli::tools::ExitArgs),
+    /// Plan a loan: principal, interest, margin-call and liquidation prices, a stress
+    /// table, and for a miner the days of mining that repay it (JSON).
+    Plan(cli::plan::PlanArgs),
 }
 
 #[derive(Subcommand)]
@@ -258,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VerifyEscrow(args) => cli::tools::verify(args),
         Command::Cosign(args) => cli::tools::cosign(args),
         Command::Exit(args) => cli::tools::exit(args),
+        Command::Plan(args) => cli::plan::run(args),
         Command::Chain(ChainCmd::Broadcast { electrum, network }) => {
             cli::tools::broadcast(&electrum, network)
         }

@@ -50,6 +50,19 @@ pub fn parse_address(field: &str, text: &str, network: Network) -> Result<Addres
         })
 }
 
+/// Minor units as a grouped decimal: `123456789` → `1,234,567.89` (display only).
+pub fn grouped_minor(minor: u64) -> String {
+    let whole = (minor / 100).to_string();
+    let mut out = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{out}.{:02}", minor % 100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,9 @@
 //!   follows the price into a margin call;
 //! - the lender records the full repayment in a form; the borrower downloads the
 //!   release PSBT, signs it with its own key outside, uploads it: broadcast, mined,
-//!   closed; the page carries the exit kit.
+//!   closed; the page carries the exit kit;
+//! - the planner (no sign-in) shows the library's own numbers for three cases, a
+//!   stress row and a miner's days to repay among them, and names a bad field.
 
 mod common;
 
@@ -259,5 +261,97 @@ fn a_loan_lived_through_the_web_page() -> anyhow::Result<()> {
         })?;
     let (_, page) = borrower.get(&format!("/loans/{id}"))?;
     ensure!(page.contains(r#"data-state="closed""#), "{page}");
+    Ok(())
+}
+
+#[test]
+fn the_planner_shows_the_librarys_numbers() -> anyhow::Result<()> {
+    use btc_escrow::loan::plan::{plan, MinerInput, PlanInput};
+    use btc_escrow::util::grouped_minor as money;
+    let m = Market::open()?;
+    let page = Browser::new(&m);
+    let base = PlanInput {
+        collateral_sat: 20_000_000,
+        price_minor: 10_000_000,
+        currency: "USD".into(),
+        ltv_bps: 5_000,
+        apr_bps: 1_000,
+        term_secs: 90 * 86_400,
+        margin_call_ltv_bps: 7_000,
+        liquidation_ltv_bps: 8_000,
+        liquidation_penalty_bps: 500,
+        liquidation_fee_sat: 1_000,
+        miner: None,
+    };
+    let mut big = base.clone();
+    big.collateral_sat = 150_000_000;
+    big.price_minor = 6_543_210;
+    big.ltv_bps = 3_000;
+    big.apr_bps = 1_250;
+    let mut miner = base.clone();
+    miner.miner = Some(MinerInput {
+        asic_cost_minor: 800_000,
+        mined_sat_per_day: 12_345,
+        power_cost_minor_per_day: 450,
+    });
+    for input in [base, big, miner] {
+        let want = plan(&input)?;
+        let mut query = format!(
+            "collateral_sat={}&price_minor={}&currency=USD&ltv_bps={}&apr_bps={}&term_secs={}",
+            input.collateral_sat, input.price_minor, input.ltv_bps, input.apr_bps, input.term_secs
+        );
+        if let Some(mi) = &input.miner {
+            query.push_str(&format!(
+                "&asic_cost_minor={}&mined_sat_per_day={}&power_cost_minor_per_day={}",
+                mi.asic_cost_minor, mi.mined_sat_per_day, mi.power_cost_minor_per_day
+            ));
+        }
+        let (status, html) = page.get(&format!("/planner?{query}"))?;
+        ensure!(status == 200, "{status}");
+        let shown = |id: &str| -> String {
+            html.split(&format!("id=\"{id}\">"))
+                .nth(1)
+                .and_then(|r| r.split('<').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        ensure!(
+            shown("principal") == format!("{} USD", money(want.principal_minor)),
+            "{html}"
+        );
+        ensure!(shown("interest") == format!("{} USD", money(want.interest_minor)));
+        let liq = want
+            .liquidation_price_minor
+            .context("a liquidation price")?;
+        ensure!(shown("liquidation") == format!("{} USD", money(liq)));
+        // The -40 % row, as the library computes it.
+        let row = &want.stress[3];
+        let tr = html
+            .split("data-fall=\"40\"")
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .context("the -40 % row")?;
+        let lender = format!(
+            "{}.{:08} BTC",
+            row.lender_sat / 100_000_000,
+            row.lender_sat % 100_000_000
+        );
+        ensure!(
+            tr.contains(&money(row.price_minor))
+                && tr.contains(row.state.replace('_', " ").as_str())
+                && tr.contains(&lender),
+            "{tr}"
+        );
+        if let Some(mp) = &want.miner {
+            let days = mp.days_to_repay.context("days")?;
+            ensure!(shown("days-to-repay") == days.to_string(), "{html}");
+        }
+    }
+    // A bad field is named beside it.
+    let (status, html) = page.get("/planner?ltv_bps=lots")?;
+    ensure!(
+        status == 200 && html.contains("data-field=\"ltv_bps\""),
+        "{html}"
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 pub mod calc;
 pub mod index;
 pub mod money;
+pub mod plan;
 pub mod state;
 pub mod terms;
 mod transition;

@@ -341,3 +341,89 @@ pub fn loan(v: &LoanPage) -> Markup {
         },
     )
 }
+
+const PLANNER_FIELDS: [(&str, &str); 13] = [
+    ("collateral_sat", "Collateral (sats)"),
+    ("price_minor", "BTC price (cents)"),
+    ("currency", "Currency"),
+    ("ltv_bps", "LTV (bps)"),
+    ("apr_bps", "APR (bps)"),
+    ("term_secs", "Term (seconds)"),
+    ("margin_call_ltv_bps", "Margin call LTV (bps)"),
+    ("liquidation_ltv_bps", "Liquidation LTV (bps)"),
+    ("liquidation_penalty_bps", "Penalty (bps)"),
+    ("liquidation_fee_sat", "Liquidation fee (sats)"),
+    ("asic_cost_minor", "Miner: ASIC cost (cents)"),
+    ("mined_sat_per_day", "Miner: sats mined per day"),
+    ("power_cost_minor_per_day", "Miner: power per day (cents)"),
+];
+
+/// The loan planner: the form, and the plan (or the field at fault).
+pub fn planner(
+    fields: &BTreeMap<String, String>,
+    result: Result<&crate::loan::plan::Plan, &FormError>,
+) -> Markup {
+    let c = fields.get("currency").cloned().unwrap_or_default();
+    let m = |minor: u64| format!("{} {c}", money(minor));
+    layout(
+        "Loan planner",
+        None,
+        html! {
+            h1 { "Loan planner" }
+            p.muted { "What a loan on your bitcoin would look like: the same arithmetic the service decides with." }
+            form #offer method="get" action="/planner" {
+                @for (name, label) in PLANNER_FIELDS {
+                    div.field {
+                        label for=(name) { (label) }
+                        input id=(name) name=(name) value=(fields.get(name).cloned().unwrap_or_default());
+                        (field_error(result.err(), name))
+                    }
+                }
+                button type="submit" { "Plan" }
+            }
+            @match result {
+                Err(e) => { @if e.field.is_none() { p.error role="alert" { (e.detail) } } }
+                Ok(p) => {
+                    section.plan {
+                        h2 { "The loan" }
+                        dl {
+                            dt { "Principal" } dd #principal { (m(p.principal_minor)) }
+                            dt { "Interest over the term" } dd #interest { (m(p.interest_minor)) }
+                            dt { "Owed at the end" } dd { (m(p.owed_at_term_minor)) }
+                            dt { "Margin call at or below" } dd #margin-call { (p.margin_call_price_minor.map_or("–".to_owned(), m)) }
+                            dt { "Liquidation at or below" } dd #liquidation { (p.liquidation_price_minor.map_or("–".to_owned(), m)) }
+                        }
+                        h2 { "If the price falls" }
+                        table #stress {
+                            thead { tr { th { "Fall" } th { "Price" } th { "LTV" } th { "State" } th { "Liquidation pays lender / you" } } }
+                            tbody {
+                                @for r in &p.stress {
+                                    tr data-fall=(r.fall_pct) {
+                                        td { "−" (r.fall_pct) " %" }
+                                        td { (m(r.price_minor)) }
+                                        td.ltv { (pct(r.ltv_bps)) }
+                                        td.state { (r.state.replace('_', " ")) }
+                                        td { (btc(r.lender_sat)) " / " (btc(r.borrower_sat)) }
+                                    }
+                                }
+                            }
+                        }
+                        @if let Some(mp) = &p.miner {
+                            h2 { "Mining it back" }
+                            p { "Net mining income " (m(mp.net_minor_per_day)) " a day: "
+                                @match mp.days_to_repay {
+                                    Some(d) => { strong #days-to-repay { (d) } " days repay the loan." }
+                                    None => { "mining does not cover the power; it never repays the loan." }
+                                }
+                                @if !mp.principal_covers_asics { " The principal does not cover the ASICs." } }
+                            table {
+                                thead { tr { th { "Day" } th { "Owed" } th { "LTV at today's price" } } }
+                                tbody { @for d in &mp.path { tr { td { (d.day) } td { (m(d.owed_minor)) } td { (pct(d.ltv_bps)) } } } }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}

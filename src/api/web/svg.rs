@@ -82,15 +82,7 @@ pub fn price_chart(history: &[(u64, u64)], liquidation_minor: Option<u64>) -> St
 
 /// `12345678` minor units → `123,456.78`.
 pub fn money(minor: u64) -> String {
-    let whole = (minor / 100).to_string();
-    let mut out = String::new();
-    for (i, c) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    format!("{out}.{:02}", minor % 100)
+    crate::util::grouped_minor(minor)
 }
 
 /// The BIP-21 URI of `address` for `sats`, as a QR code (SVG).
