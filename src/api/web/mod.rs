@@ -335,6 +335,10 @@ async fn accept(
 #[derive(serde::Deserialize)]
 struct RepayForm {
     amount_minor: String,
+    /// Drawn when the form was rendered: the same form sent twice (a double click, a
+    /// resubmission) records one repayment.
+    #[serde(default)]
+    key: String,
 }
 
 async fn repay(
@@ -349,8 +353,14 @@ async fn repay(
         })?;
         let b: loans::Repayment = body(serde_json::json!({ "amount_minor": amount }))?;
         let mut headers = HeaderMap::new();
-        // One repayment per submitted form: a key of its own.
-        if let Ok(v) = HeaderValue::from_str(&format!("web-{}", crate::init::random_hex(16))) {
+        // One repayment per rendered form.
+        let key = match f.key.trim() {
+            k if !k.is_empty() && k.len() <= 64 && k.chars().all(|c| c.is_ascii_hexdigit()) => {
+                k.to_owned()
+            }
+            _ => crate::init::random_hex(16),
+        };
+        if let Ok(v) = HeaderValue::from_str(&format!("web-{key}")) {
             headers.insert("idempotency-key", v);
         }
         let _loan = loans::repay(

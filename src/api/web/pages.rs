@@ -312,6 +312,7 @@ pub fn loan(v: &LoanPage) -> Markup {
                 section {
                     h2 { "Record a repayment" }
                     form method="post" action={ "/loans/" (l.id) "/repay" } {
+                        input type="hidden" name="key" value=(crate::init::random_hex(16));
                         label { "Amount received (cents)" input name="amount_minor" inputmode="numeric" required; }
                         button type="submit" { "Record" }
                     }
