@@ -380,5 +380,11 @@ fn the_planner_shows_the_librarys_numbers() -> anyhow::Result<()> {
         status == 200 && html.contains("data-field=\"ltv_bps\""),
         "{html}"
     );
+    // Out of range, not only unparsable: named too.
+    let (status, html) = page.get("/planner?ltv_bps=9000")?;
+    ensure!(
+        status == 200 && html.contains("data-field=\"ltv_bps\""),
+        "{html}"
+    );
     Ok(())
 }

@@ -95,6 +95,61 @@ pub struct MinerPlan {
     pub path: Vec<MinerDay>,
 }
 
+/// Why the planner cannot plan: the field at fault and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Calc(#[from] CalcError),
+}
+
+impl PlanError {
+    /// The input field at fault, if one is.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            PlanError::Invalid { field, .. } => Some(field),
+            PlanError::Calc(_) => None,
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> PlanError {
+    PlanError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The input checked as an offer's terms are: a positive collateral and price, and
+/// `0 < ltv < margin call < liquidation < 100 %`.
+fn check(input: &PlanInput) -> Result<Currency, PlanError> {
+    let currency =
+        Currency::new(&input.currency).map_err(|e| invalid("currency", e.to_string()))?;
+    if input.collateral_sat == 0 || input.collateral_sat > 21_000_000 * 100_000_000 {
+        return Err(invalid(
+            "collateral_sat",
+            "above zero and at most 21 million BTC",
+        ));
+    }
+    if input.price_minor == 0 {
+        return Err(invalid("price_minor", "above zero"));
+    }
+    if input.ltv_bps == 0 || input.ltv_bps >= input.margin_call_ltv_bps {
+        return Err(invalid(
+            "ltv_bps",
+            "above zero and below margin_call_ltv_bps",
+        ));
+    }
+    if input.margin_call_ltv_bps >= input.liquidation_ltv_bps {
+        return Err(invalid("margin_call_ltv_bps", "below liquidation_ltv_bps"));
+    }
+    if input.liquidation_ltv_bps >= 10_000 {
+        return Err(invalid("liquidation_ltv_bps", "below 10000 bps"));
+    }
+    Ok(currency)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub principal_minor: u64,
@@ -112,8 +167,9 @@ pub struct Plan {
 /// The price falls of the stress table, in per cent.
 pub const FALLS: [u32; 6] = [10, 20, 30, 40, 50, 60];
 
-pub fn plan(input: &PlanInput) -> Result<Plan, CalcError> {
-    let currency = Currency::new(&input.currency).map_err(CalcError::from)?;
+/// Plan `input`; bad input is refused naming its field.
+pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
+    let currency = check(input)?;
     let price = Price::new(input.price_minor, currency);
     let collateral = Amount::from_sat(input.collateral_sat);
     // The principal: the LTV of the collateral's value, rounded down (the loan is never
@@ -125,7 +181,9 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CalcError> {
         .owed(input.term_secs)?;
     let mut stress = Vec::new();
     for fall in FALLS {
-        let p = input.price_minor * u64::from(100 - fall) / 100;
+        // The fallen price, rounded down (u128: no overflow for any u64 price).
+        let p = u64::try_from(u128::from(input.price_minor) * u128::from(100 - fall) / 100)
+            .map_err(|_| CalcError::Overflow)?;
         let at = Price::new(p, currency);
         let ltv = calc::ltv(Fiat::new(principal, currency), collateral, at)?;
         let state = if ltv.0 >= input.liquidation_ltv_bps {
@@ -159,7 +217,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, CalcError> {
         .transpose()?;
     Ok(Plan {
         principal_minor: principal,
-        interest_minor: owed_at_term.minor - principal,
+        interest_minor: owed_at_term.minor.saturating_sub(principal),
         owed_at_term_minor: owed_at_term.minor,
         margin_call_price_minor: calc::liquidation_price(
             principal,
@@ -257,6 +315,28 @@ mod tests {
         assert_eq!(row.borrower_sat, 20_000_000 - 17_500_000 - 1_000);
         assert_eq!(p.stress[0].state, "active");
         assert_eq!(p.stress[2].state, "margin_call");
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_its_field() {
+        type Spoil = fn(&mut PlanInput);
+        let cases: [(Spoil, &str); 6] = [
+            (|i| i.collateral_sat = 0, "collateral_sat"),
+            (|i| i.price_minor = 0, "price_minor"),
+            (|i| i.ltv_bps = 7_500, "ltv_bps"),
+            (|i| i.margin_call_ltv_bps = 9_000, "margin_call_ltv_bps"),
+            (|i| i.liquidation_ltv_bps = 10_000, "liquidation_ltv_bps"),
+            (|i| i.currency = "usd".into(), "currency"),
+        ];
+        for (spoil, field) in cases {
+            let mut i = input();
+            spoil(&mut i);
+            assert_eq!(plan(&i).unwrap_err().field(), Some(field));
+        }
+        // The largest price plans (or overflows cleanly), never panics.
+        let mut huge = input();
+        huge.price_minor = u64::MAX;
+        let _ = plan(&huge);
     }
 
     #[test]

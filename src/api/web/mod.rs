@@ -509,8 +509,8 @@ async fn planner(
             })
             .and_then(|i| {
                 crate::loan::plan::plan(&i).map_err(|e| FormError {
+                    field: e.field().map(str::to_owned),
                     detail: e.to_string(),
-                    field: None,
                 })
             });
     html(pages::planner(&fields, result.as_ref()))
