@@ -39,24 +39,10 @@ impl Drop for Daemon {
 }
 
 fn usd(minor: u64) -> String {
-    let s = format!("{}", minor / 100);
-    let mut grouped = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    format!("{grouped}.{:02} USD", minor % 100)
+    format!("{} USD", btc_escrow::util::grouped_minor(minor))
 }
 
-fn btc(sat: u64) -> String {
-    format!("{}.{:08} BTC", sat / 100_000_000, sat % 100_000_000)
-}
-
-fn pct(bps: u64) -> String {
-    format!("{}.{} %", bps / 100, (bps % 100) / 10)
-}
+use btc_escrow::util::{btc, percent as pct};
 
 /// Name the step a failure happened in.
 fn step<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {

@@ -194,14 +194,6 @@ impl ApiClient {
         self.send(req)
     }
 
-    pub fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send(
-            self.request(reqwest::Method::PUT, path)
-                .header("content-type", "application/json")
-                .body(body.to_string()),
-        )
-    }
-
     /// Follow `GET /v1/events/stream` from after `after`, calling `on_event(seq, loan
     /// event JSON)` for each event until it returns false (then `Ok(last seq)`) or the
     /// stream ends or fails (`Err`, with the last sequence seen in the error's detail

@@ -50,6 +50,17 @@ pub fn parse_address(field: &str, text: &str, network: Network) -> Result<Addres
         })
 }
 
+/// Sats as BTC with all eight decimals: `20000000` → `0.20000000 BTC` (exact).
+pub fn btc(sats: u64) -> String {
+    format!("{}.{:08} BTC", sats / 100_000_000, sats % 100_000_000)
+}
+
+/// Basis points as a percentage with both decimals: `7141` → `71.41 %` (exact: an LTV
+/// is never shown lower than it is).
+pub fn percent(bps: u64) -> String {
+    format!("{}.{:02} %", bps / 100, bps % 100)
+}
+
 /// Minor units as a grouped decimal: `123456789` → `1,234,567.89` (display only).
 pub fn grouped_minor(minor: u64) -> String {
     let whole = (minor / 100).to_string();

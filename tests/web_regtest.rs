@@ -154,7 +154,20 @@ fn a_loan_lived_through_the_web_page() -> anyhow::Result<()> {
         home.contains(&id) && home.contains("You get") && home.contains("10,000.00 USD"),
         "{home}"
     );
-    ensure!(home.contains("liquidated below about"), "{home}");
+    // The breach price in plain words is the library's: 0.2 BTC locked at 100,000.00.
+    let liq = btc_escrow::loan::calc::liquidation_price(
+        1_000_000,
+        bitcoin::Amount::from_sat(20_000_000),
+        btc_escrow::loan::Bps(8_000),
+    )
+    .context("a liquidation price")?;
+    ensure!(
+        home.contains(&format!(
+            "liquidated at <strong>{} USD",
+            btc_escrow::util::grouped_minor(liq)
+        )) && home.contains("you lock <strong>0.20000000 BTC"),
+        "{home}"
+    );
     let ret = m.borrower_return.to_string();
     let (status, location, _) = borrower.post(
         &format!("/loans/{id}/accept"),

@@ -86,7 +86,7 @@ impl FromRequestParts<ApiState> for Caller {
         // browser's EventSource cannot send a header); writes need the header.
         if parts.headers.get(AUTHORIZATION).is_none() && parts.method == axum::http::Method::GET {
             if let Some(token) = super::web::cookie_token(&parts.headers) {
-                return super::web::caller_of(state, &token)?
+                return caller_of(state, &token)?
                     .ok_or_else(|| Problem::unauthorized("unknown session"));
             }
         }
@@ -101,17 +101,22 @@ impl FromRequestParts<ApiState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Problem::unauthorized("Authorization must be Bearer <token>"))?;
-        let record: TokenRecord = state
-            .store
-            .token(&token_hash(token))?
-            .ok_or_else(|| Problem::unauthorized("unknown token"))?;
-        let role = Role::parse(&record.role)
-            .ok_or_else(|| Problem::internal(format!("stored role {:?}", record.role)))?;
-        Ok(Caller {
-            party_id: record.party_id,
-            role,
-        })
+        caller_of(state, token)?.ok_or_else(|| Problem::unauthorized("unknown token"))
     }
+}
+
+/// The party `token` was issued to (`None`: no such token), for the API's header and
+/// the web page's cookie alike.
+pub fn caller_of(state: &ApiState, token: &str) -> Result<Option<Caller>, Problem> {
+    let Some(record) = state.store.token::<TokenRecord>(&token_hash(token))? else {
+        return Ok(None);
+    };
+    let role = Role::parse(&record.role)
+        .ok_or_else(|| Problem::internal(format!("stored role {:?}", record.role)))?;
+    Ok(Some(Caller {
+        party_id: record.party_id,
+        role,
+    }))
 }
 
 /// The loan `id` if the caller may see it; 404 otherwise (ids do not leak).

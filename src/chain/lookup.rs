@@ -54,27 +54,7 @@ fn connect(
 ) -> Result<super::ElectrumClient, ChainError> {
     let connector = Connector::new(url, tls)?;
     let client = connector.connect(std::time::Duration::from_secs(10))?;
-    let err = |source| ChainError::Electrum {
-        url: url.to_owned(),
-        source,
-    };
-    let features = client.server_features().map_err(err)?;
-    let genesis: String = features
-        .genesis_hash
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    if genesis
-        != bitcoin::constants::genesis_block(network)
-            .block_hash()
-            .to_string()
-    {
-        return Err(ChainError::WrongNetwork {
-            url: url.to_owned(),
-            genesis,
-            network,
-        });
-    }
+    super::check_network(&client, url, network)?;
     Ok(client)
 }
 

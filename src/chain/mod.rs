@@ -94,16 +94,21 @@ impl ChainError {
     }
 }
 
-fn status_once(connector: &Connector, network: Network) -> Result<ChainStatus, ChainError> {
-    let url = connector.url();
-    let err = |source| ChainError::Electrum {
-        url: url.to_owned(),
-        source,
-    };
-    let client = connector.connect(std::time::Duration::from_secs(10))?;
-    let version = client.server_features().map_err(err)?;
+/// Ask the server for its features and refuse it unless it serves `network`'s chain
+/// (its genesis block).
+pub(crate) fn check_network(
+    client: &ElectrumClient,
+    url: &str,
+    network: Network,
+) -> Result<electrum_client::ServerFeaturesRes, ChainError> {
+    let features = client
+        .server_features()
+        .map_err(|source| ChainError::Electrum {
+            url: url.to_owned(),
+            source,
+        })?;
     // The server sends the genesis hash as hex in display (reversed) byte order.
-    let genesis: String = version
+    let genesis: String = features
         .genesis_hash
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -116,6 +121,17 @@ fn status_once(connector: &Connector, network: Network) -> Result<ChainStatus, C
             network,
         });
     }
+    Ok(features)
+}
+
+fn status_once(connector: &Connector, network: Network) -> Result<ChainStatus, ChainError> {
+    let url = connector.url();
+    let err = |source| ChainError::Electrum {
+        url: url.to_owned(),
+        source,
+    };
+    let client = connector.connect(std::time::Duration::from_secs(10))?;
+    let version = check_network(&client, url, network)?;
     let tip = client.block_headers_subscribe().map_err(err)?;
     let estimate = client.estimate_fee(6, None).map_err(err)?;
     let relay = client.relay_fee().map_err(err)?;

@@ -291,9 +291,7 @@ fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
 }
 
 fn sats(v: &Value) -> String {
-    v.as_u64().map_or("-".into(), |s| {
-        format!("{}.{:08} BTC", s / 100_000_000, s % 100_000_000)
-    })
+    v.as_u64().map_or("-".into(), btc_escrow::util::btc)
 }
 
 fn minor(v: &Value, currency: &Value) -> String {
@@ -308,8 +306,7 @@ fn minor(v: &Value, currency: &Value) -> String {
 }
 
 fn pct(v: &Value) -> String {
-    v.as_u64()
-        .map_or("-".into(), |b| format!("{}.{:02} %", b / 100, b % 100))
+    v.as_u64().map_or("-".into(), btc_escrow::util::percent)
 }
 
 fn loan_row(l: &Value) -> String {

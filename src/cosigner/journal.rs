@@ -93,11 +93,6 @@ pub fn save_status(dir: &Path, status: &Status) -> std::io::Result<()> {
     )
 }
 
-pub fn load_status(dir: &Path) -> std::io::Result<Status> {
-    let bytes = std::fs::read(dir.join("status.json"))?;
-    serde_json::from_slice(&bytes).map_err(|e| std::io::Error::other(e.to_string()))
-}
-
 fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {

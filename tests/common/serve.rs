@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use super::Regtest;
 
-fn command() -> Command {
+/// `btc-escrow` with only the BTC_ESCROW_* variables the caller sets.
+pub fn command() -> Command {
     let mut cmd = Command::new(super::bin());
     // Only what the test sets: a developer's own BTC_ESCROW_* must not leak in.
     for (k, _) in std::env::vars() {

@@ -1,7 +1,6 @@
 //! The `btc-escrow` binary run as a party would: a command, its exit code, its output.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::Context;
 use btc_escrow::keys::SigningKey;
@@ -41,12 +40,7 @@ pub fn run(args: &[&str]) -> anyhow::Result<Ran> {
 
 pub fn run_in(args: &[&str], stdin: Option<&str>) -> anyhow::Result<Ran> {
     use std::io::Write;
-    let mut cmd = Command::new(super::bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BTC_ESCROW_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = super::serve::command();
     cmd.args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -17,10 +17,9 @@ use axum::{Json, Router};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-use super::auth::{visible_loan, Caller, Role};
+use super::auth::{caller_of, visible_loan, Caller, Role};
 use super::loans;
 use super::{ApiState, Json as Body, Problem};
-use crate::init::{token_hash, TokenRecord};
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "btc_escrow_session";
@@ -54,17 +53,6 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .find(|(k, _)| *k == COOKIE_NAME)
         .map(|(_, v)| v.to_owned())
         .filter(|v| !v.is_empty())
-}
-
-/// The party a token is (`None`: unknown).
-pub fn caller_of(state: &ApiState, token: &str) -> Result<Option<Caller>, Problem> {
-    let record: Option<TokenRecord> = state.store.token(&token_hash(token))?;
-    Ok(record.and_then(|r| {
-        Role::parse(&r.role).map(|role| Caller {
-            party_id: r.party_id,
-            role,
-        })
-    }))
 }
 
 /// A signed-in visitor; anyone else is sent to the sign-in page.

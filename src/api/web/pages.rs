@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use super::svg::{self, money};
+use super::svg;
 use super::FormError;
 use crate::api::auth::{Caller, Role};
 use crate::api::view::LoanView;
-use crate::loan::calc::Accrual;
-use crate::loan::{Bps, Currency, Fiat};
+use crate::loan::calc::{self, Accrual};
+use crate::loan::{Bps, Currency, Fiat, Price};
 use crate::store::StoredEvent;
+use crate::util::grouped_minor as money;
 
 fn layout(title: &str, caller: Option<&Caller>, body: Markup) -> Markup {
     html! {
@@ -65,12 +66,10 @@ fn state_name(loan: &LoanView) -> String {
         .unwrap_or_default()
 }
 
-fn btc(sat: u64) -> String {
-    format!("{}.{:08} BTC", sat / 100_000_000, sat % 100_000_000)
-}
+use crate::util::btc;
 
 fn pct(bps: u32) -> String {
-    format!("{}.{} %", bps / 100, (bps % 100) / 10)
+    crate::util::percent(u64::from(bps))
 }
 
 fn cur(minor: u64, loan: &LoanView) -> String {
@@ -90,16 +89,21 @@ fn offer_words(loan: &LoanView, price: Option<u64>) -> Markup {
         p { "You get " strong { (cur(t.principal_minor, loan)) } " for " (days) " days at "
             (pct(t.apr_bps)) " a year"
             @if let Some(o) = at_maturity { ": " (cur(o.minor, loan)) " to repay at maturity" } "." }
-        @if let Some(p) = price {
-            @let lock = u128::from(t.principal_minor) * 100_000_000 * 10_000
-                / (u128::from(t.initial_ltv_bps).max(1) * u128::from(p).max(1));
-            p { "At today's " (cur(p, loan)) " per BTC you lock about " strong { (btc(lock as u64)) }
+        // What the engine would compute at acceptance (the same functions): the
+        // collateral required at this price, and the prices at which it breaches.
+        @if let Some((p, lock, call, liq)) = price.and_then(|p| {
+            let c = Currency::new(&t.currency).ok()?;
+            let lock = calc::required_collateral(Fiat::new(t.principal_minor, c), Bps(t.initial_ltv_bps), Price::new(p, c)).ok()?;
+            let at = |bps| calc::liquidation_price(t.principal_minor, lock, Bps(bps));
+            Some((p, lock, at(t.margin_call_ltv_bps)?, at(t.liquidation_ltv_bps)?))
+        }) {
+            p { "At today's " (cur(p, loan)) " per BTC you lock " strong { (btc(lock.to_sat())) }
                 " (" (pct(t.initial_ltv_bps)) " loan-to-value)." }
-            p { "You are margin-called if BTC falls below about "
-                strong { (cur(p * u64::from(t.initial_ltv_bps) / u64::from(t.margin_call_ltv_bps).max(1), loan)) }
-                " and liquidated below about "
-                strong { (cur(p * u64::from(t.initial_ltv_bps) / u64::from(t.liquidation_ltv_bps).max(1), loan)) }
-                " (" (t.confirm_ticks) " price readings in a row), paying the lender what is owed plus "
+            p { "You are margin-called if BTC falls to "
+                strong { (cur(call, loan)) }
+                " and liquidated at "
+                strong { (cur(liq, loan)) }
+                " or below (" (t.confirm_ticks) " price readings in a row; interest raises both a little over time), paying the lender what is owed plus "
                 (pct(t.liquidation_penalty_bps)) "; the rest comes back to you." }
         }
         p.muted { "If the service disappears: the lender can claim alone " (t.grace_blocks)

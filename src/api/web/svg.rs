@@ -13,7 +13,7 @@ pub fn ltv_gauge(ltv_bps: Option<u32>, margin_call_bps: u32, liquidation_bps: u3
         None => (0, "#999"),
     };
     let label = ltv_bps.map_or("LTV: no fresh price".to_owned(), |l| {
-        format!("LTV {}.{} %", l / 100, (l % 100) / 10)
+        format!("LTV {}", crate::util::percent(u64::from(l)))
     });
     format!(
         r##"<svg class="gauge" viewBox="0 0 {W} 56" role="img" aria-label="{label}" xmlns="http://www.w3.org/2000/svg">
@@ -65,7 +65,7 @@ pub fn price_chart(history: &[(u64, u64)], liquidation_minor: Option<u64>) -> St
             r##"<line x1="0" y1="{v}" x2="{W}" y2="{v}" stroke="#c0392b" stroke-dasharray="6 4"/><text x="4" y="{t}" font-size="12" fill="#c0392b">liquidation {p}</text>"##,
             v = y(l),
             t = y(l).saturating_sub(4).max(12),
-            p = money(l)
+            p = crate::util::grouped_minor(l)
         )
     });
     format!(
@@ -76,13 +76,8 @@ pub fn price_chart(history: &[(u64, u64)], liquidation_minor: Option<u64>) -> St
 <text x="{W}" y="14" font-size="12" text-anchor="end">{last_t}</text>
 </svg>"##,
         pts = points.join(" "),
-        last_t = money(last),
+        last_t = crate::util::grouped_minor(last),
     )
-}
-
-/// `12345678` minor units → `123,456.78`.
-pub fn money(minor: u64) -> String {
-    crate::util::grouped_minor(minor)
 }
 
 /// The BIP-21 URI of `address` for `sats`, as a QR code (SVG).
@@ -109,7 +104,7 @@ mod tests {
     #[test]
     fn the_gauge_marks_its_lines_and_colours_the_band() {
         let g = ltv_gauge(Some(7_140), 7_000, 8_000);
-        assert!(g.contains("LTV 71.4 %") && g.contains("#e67e22"));
+        assert!(g.contains("LTV 71.40 %") && g.contains("#e67e22"));
         assert!(g.contains(r#"x1="420""#) && g.contains(r#"x1="480""#));
         assert!(ltv_gauge(None, 7_000, 8_000).contains("no fresh price"));
     }
@@ -122,7 +117,7 @@ mod tests {
         );
         assert!(c.contains("polyline") && c.contains("liquidation 62,500.00"));
         assert!(c.contains("62,000.00"));
-        assert_eq!(money(123_456_789), "1,234,567.89");
+        assert_eq!(crate::util::grouped_minor(123_456_789), "1,234,567.89");
     }
 
     #[test]
