@@ -4,17 +4,12 @@
 //! (see `btc_escrow::client::ErrorKind`).
 
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use anyhow::{bail, Context};
-use bitcoin::psbt::Psbt;
-use bitcoin::secp256k1::Secp256k1;
 use bitcoin::Network;
-use btc_escrow::client::{ApiClient, ClientError, ErrorKind};
-use btc_escrow::cosigner::review::{review, CosignPolicy, Review};
-use btc_escrow::keys::{account_path, AccountKey, SigningKey};
-use btc_escrow::policy::{Party, PolicyTemplate};
-use btc_escrow::verify::{multipath_address, verify_escrow, Expectation};
+use btc_escrow::client::{ApiClient, ClientError};
+
+use super::loan_ops;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
@@ -279,7 +274,7 @@ pub enum LoanCmd {
     },
 }
 
-fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
+pub(super) fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
     if json_out {
         println!(
             "{}",
@@ -355,7 +350,7 @@ fn loan_text(l: &Value) -> String {
     out.join("\n")
 }
 
-fn psbt_text(p: &Value) -> String {
+pub(super) fn psbt_text(p: &Value) -> String {
     let mut out = vec![format!(
         "pending {} (attempt {}), fee {}",
         p["kind"].as_str().unwrap_or(""),
@@ -499,11 +494,11 @@ pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
             policy,
             terms,
             arbiter,
-        } => sign(
+        } => loan_ops::sign(
             &api,
             &id,
             &key,
-            SignChecks {
+            loan_ops::SignChecks {
                 account,
                 network,
                 policy,
@@ -511,7 +506,7 @@ pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
                 arbiter,
             },
         )?,
-        LoanCmd::Events { api, id, follow } => events(&api, &id, follow)?,
+        LoanCmd::Events { api, id, follow } => loan_ops::events(&api, &id, follow)?,
         LoanCmd::Export {
             api,
             id,
@@ -519,237 +514,8 @@ pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
             network,
         } => {
             let loan = api.client()?.get(&format!("/loans/{id}"))?;
-            println!("{}", export(&loan, &format, network)?);
+            println!("{}", loan_ops::export(&loan, &format, network)?);
         }
     }
     Ok(())
-}
-
-/// The account key of `key` at BIP48 account `account`.
-pub fn own_account(key: &SigningKey, account: u32, network: Network) -> anyhow::Result<AccountKey> {
-    let secp = Secp256k1::new();
-    Ok(AccountKey::from_master(
-        key.master(),
-        &account_path(network, account)?,
-        &secp,
-    )?)
-}
-
-/// What `loan sign` checks against.
-struct SignChecks {
-    account: u32,
-    network: Network,
-    policy: Option<PathBuf>,
-    terms: Option<PathBuf>,
-    arbiter: Option<String>,
-}
-
-fn sign(
-    api: &ApiArgs,
-    id: &str,
-    key_file: &std::path::Path,
-    checks: SignChecks,
-) -> anyhow::Result<()> {
-    let SignChecks {
-        account,
-        network,
-        policy,
-        terms,
-        arbiter,
-    } = checks;
-    let client = api.client()?;
-    let key = SigningKey::from_file(key_file, network)?;
-    let own = own_account(&key, account, network)?;
-    let me = client.get("/parties/me")?;
-    let loan = client.get(&format!("/loans/{id}"))?;
-    if loan["pending_psbt"].is_null() {
-        return Err(
-            ClientError::new(ErrorKind::NotFound, format!("loan {id}: no pending PSBT")).into(),
-        );
-    }
-    let party = match me["role"].as_str() {
-        Some("lender") => Party::Lender,
-        Some("borrower") => Party::Borrower,
-        other => bail!("a {other:?} does not co-sign"),
-    };
-    let secp = Secp256k1::new();
-    let policy = match &policy {
-        Some(p) => toml::from_str(&std::fs::read_to_string(p)?)
-            .with_context(|| format!("{}", p.display()))?,
-        None => CosignPolicy::default(),
-    };
-    let expectation = Expectation {
-        network,
-        party,
-        own,
-        arbiter: arbiter
-            .as_deref()
-            .map(|k| AccountKey::parse("--arbiter", k, network))
-            .transpose()?,
-        counterparty: None,
-        agreed_terms: terms.as_ref().map(read_terms).transpose()?,
-        tip: None,
-        now: btc_escrow::util::unix_now(),
-        max_extra_blocks: 0,
-        template: PolicyTemplate::default(),
-    };
-    let pending = &loan["pending_psbt"];
-    let signed = match party {
-        Party::Lender => {
-            let events = client.get(&format!("/loans/{id}/events"))?;
-            let events = events.as_array().cloned().unwrap_or_default();
-            review(
-                &Review {
-                    loan: &loan,
-                    events: &events,
-                    own_party_id: me["id"].as_str().unwrap_or_default(),
-                    expectation: &expectation,
-                    reference_price: None,
-                    chain: None,
-                    policy: &policy,
-                    now: btc_escrow::util::unix_now(),
-                    activated_at: None,
-                    was_active: true,
-                    ledger_repaid: None,
-                },
-                &key,
-                &secp,
-            )
-            .map_err(|r| anyhow::anyhow!("refused: {r}"))?
-            .psbt
-        }
-        _ => {
-            // A borrower signs a release or a refund to its own return address only.
-            let verified = verify_escrow(&loan, &expectation)?;
-            let kind = pending["kind"].as_str().unwrap_or_default();
-            if kind == "liquidation" {
-                bail!("refused: a liquidation is the lender's to co-sign");
-            }
-            let mut psbt = Psbt::from_str(pending["psbt"].as_str().unwrap_or_default())?;
-            let to = loan["terms"]["borrower_return_address"]
-                .as_str()
-                .context("the loan has no return address")?;
-            let spk = bitcoin::Address::from_str(to)?
-                .require_network(network)?
-                .script_pubkey();
-            if psbt
-                .unsigned_tx
-                .output
-                .iter()
-                .any(|o| o.script_pubkey != spk)
-            {
-                bail!("refused: the {kind} pays someone other than your return address {to}");
-            }
-            btc_escrow::tx::sign(&mut psbt, &key, &verified.escrow, &policy.fee_cap(), &secp)?;
-            psbt
-        }
-    };
-    eprintln!("{}", psbt_text(pending));
-    let sent = client.post(
-        &format!("/loans/{id}/psbt"),
-        &json!({ "psbt": signed.to_string() }),
-        Some(&format!("sign-{id}-{}", pending["attempt"])),
-    )?;
-    print(api.json, &sent, |s| {
-        format!(
-            "co-signed: {} ({})",
-            s["txid"].as_str().unwrap_or(""),
-            if s["broadcast"].as_bool() == Some(true) {
-                "broadcast"
-            } else {
-                "the service broadcasts it"
-            }
-        )
-    });
-    Ok(())
-}
-
-fn event_text(e: &Value) -> String {
-    let inner = &e["event"];
-    let mut fields: Vec<String> = inner
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != "event")
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    fields.truncate(6);
-    format!(
-        "{:>6} {:<14} {:<22} {}",
-        e["global_seq"],
-        e["loan_id"].as_str().unwrap_or(""),
-        inner["event"].as_str().unwrap_or(""),
-        fields.join(" ")
-    )
-}
-
-fn events(api: &ApiArgs, id: &str, follow: bool) -> anyhow::Result<()> {
-    let client = api.client()?;
-    let list = client.get(&format!("/loans/{id}/events"))?;
-    let mut last = None;
-    for e in list.as_array().into_iter().flatten() {
-        last = e["global_seq"].as_u64().or(last);
-        if api.json {
-            println!("{e}");
-        } else {
-            println!("{}", event_text(e));
-        }
-    }
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        let result = client.follow(last, |seq, e| {
-            last = Some(seq);
-            if e["loan_id"].as_str() == Some(id) {
-                if api.json {
-                    println!("{e}");
-                } else {
-                    println!("{}", event_text(&e));
-                }
-            }
-            true
-        });
-        match result {
-            Err(e) if e.kind == ErrorKind::Network => {
-                eprintln!("stream interrupted ({e}); resuming");
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
-/// The loan's escrow in `format`: `bip388`, `descriptor` or `bsms`.
-pub fn export(loan: &Value, format: &str, network: Network) -> anyhow::Result<String> {
-    let escrow = loan["escrow"]
-        .as_object()
-        .context("the loan has no escrow yet (not accepted)")?;
-    let multipath = escrow["multipath_descriptor"]
-        .as_str()
-        .context("escrow.multipath_descriptor")?;
-    let index = escrow["index"].as_u64().context("escrow.index")? as u32;
-    Ok(match format {
-        "bip388" => serde_json::to_string_pretty(&json!({
-            "name": format!("escrow {}", loan["id"].as_str().unwrap_or("")),
-            "template": escrow["wallet_policy"]["template"],
-            "keys": escrow["wallet_policy"]["keys"],
-            "receive_index": index,
-            "address": escrow["address"],
-        }))?,
-        "descriptor" => serde_json::to_string_pretty(&json!([{
-            "desc": multipath,
-            "active": false,
-            "range": [index, index],
-            "timestamp": "now",
-            "label": format!("escrow {}", loan["id"].as_str().unwrap_or("")),
-        }]))?,
-        "bsms" => {
-            // BIP-129's descriptor record: version, descriptor, path restrictions (the
-            // multipath steps are in the descriptor), the first address.
-            let first = multipath_address(multipath, 0, network).map_err(anyhow::Error::msg)?;
-            format!("BSMS 1.0\n{multipath}\nNo path restrictions\n{first}")
-        }
-        other => bail!("--format {other}: bip388, descriptor or bsms"),
-    })
 }

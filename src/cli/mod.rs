@@ -2,6 +2,7 @@
 //! library, print JSON (or base64 / hex) on stdout and human messages on stderr.
 
 pub mod client;
+pub mod loan_ops;
 pub mod plan;
 pub mod tools;
 

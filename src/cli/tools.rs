@@ -18,7 +18,8 @@ use btc_escrow::verify::{verify_escrow, Expectation};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::client::{own_account, read_terms, ApiArgs};
+use super::client::{read_terms, ApiArgs};
+use super::loan_ops::own_account;
 
 /// Where a loan's JSON comes from: a file (saved earlier) or the server.
 #[derive(Args)]
