@@ -43,7 +43,23 @@ pub async fn list(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Vec<StoredEvent>>, Problem> {
     let loan = visible_loan(&state, &caller, &id)?;
-    Ok(axum::Json(state.store.events(&loan.id)?))
+    let events = state.store.events(&loan.id)?;
+    settle(&state).await?;
+    Ok(axum::Json(events))
+}
+
+/// Make what was just read from the store durable before it is shown (see
+/// [`crate::store::Store::settle`]): a flush on the blocking pool, unless every write
+/// is on disk already.
+pub(super) async fn settle(state: &ApiState) -> Result<(), Problem> {
+    if state.store.is_settled() {
+        return Ok(());
+    }
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.settle())
+        .await
+        .map_err(|e| Problem::internal(format!("flushing the store: {e}")))??;
+    Ok(())
 }
 
 /// The caller's events after global sequence `after`, in order.
@@ -65,6 +81,9 @@ pub(super) fn since(
         }
     }
     out.sort_by_key(|e| e.global_seq);
+    // Streamed and delivered events must survive a crash (a consumer deduplicates
+    // by id: an id must never come back with another event). Usually a no-op.
+    state.store.settle()?;
     Ok(out)
 }
 

@@ -101,7 +101,10 @@ async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Prob
                     network,
                 )
             })
-            .collect()
+            .collect::<Result<Vec<_>, Problem>>()
+            // A tick's buffered decision must be on disk before its arbiter-signed
+            // PSBT or its state is shown.
+            .and_then(|views| Ok(store.settle().map(|()| views)?))
     })
     .await
     .map_err(|e| Problem::internal(format!("building views: {e}")))?
@@ -336,6 +339,7 @@ pub async fn psbt(
             None => Ok(None),
         })
         .await??;
+    super::events::settle(&state).await?;
     pending
         .map(axum::Json)
         .ok_or_else(|| Problem::not_found(&format!("loan {id}: pending PSBT")))

@@ -415,11 +415,31 @@ impl Engine {
             loan = self.step(&loan, &collateral)?.0;
         }
         for spend in &view.confirmed_spends {
-            let ours = loan
+            let mut ours = loan
                 .broadcasts
                 .iter()
                 .find(|(_, t)| *t == spend.txid)
                 .map(|(k, _)| *k);
+            if ours.is_none() {
+                // A transaction of one of its decisions that the loan never recorded
+                // as sent: sent before a crash and recorded after it, or finalized
+                // and sent by a party itself (a txid does not cover the witnesses).
+                // Ours, not a stranger's: recorded as broadcast, then confirmed.
+                if let Some(kind) = self.decided_tx_kind(id, spend.txid)? {
+                    let sent = Input::TxBroadcast {
+                        kind,
+                        txid: spend.txid,
+                    };
+                    match self.step(&loan, &sent) {
+                        Ok((next, _)) => {
+                            loan = next;
+                            ours = Some(kind);
+                        }
+                        Err(EngineError::Transition(TransitionError::Illegal { .. })) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
             let input = match ours {
                 Some(kind) => Input::TxConfirmed {
                     kind,
@@ -447,6 +467,21 @@ impl Engine {
         self.views.insert(id.to_owned(), view);
         self.book.update(&loan, now);
         Ok(loan)
+    }
+
+    /// The kind of the loan's decision attempt whose transaction is `txid`, if any.
+    fn decided_tx_kind(
+        &self,
+        id: &str,
+        txid: Txid,
+    ) -> Result<Option<crate::loan::TxKind>, EngineError> {
+        for (_, record) in self.store.decisions::<DecisionRecord>(&format!("{id}/"))? {
+            let psbt = record.psbt()?;
+            if psbt.unsigned_tx.compute_txid() == txid {
+                return Ok(Some(record.decision.tx_kind()));
+            }
+        }
+        Ok(None)
     }
 
     /// A repayment recorded by the lender; the final one becomes a release decision.

@@ -2,14 +2,19 @@
 //! tokens, psbts, decisions, escrows, meta), every value wrapped with a version, a schema version checked
 //! at open. A loan's transition and its events are written in one transaction; writes
 //! marked [`Durability::Durable`] are flushed before the call returns — use it before a
-//! signature leaves the process or a transaction is broadcast. This is the only module
-//! that knows sled (its README calls it beta; keep it replaceable).
+//! signature leaves the process or a transaction is broadcast. A buffered write (a
+//! price tick's) is visible to readers before it is on disk, so whatever a reader
+//! shows a party goes through [`Store::settle`] first: what was shown is never lost
+//! in a crash. This is the only module that knows sled (its README calls it beta;
+//! keep it replaceable).
 
 mod codec;
 mod lock;
 mod records;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -129,6 +134,18 @@ pub struct Store {
     decisions: sled::Tree,
     escrows: sled::Tree,
     meta: sled::Tree,
+    durable: Arc<Generations>,
+}
+
+/// How far the writes are on disk: a write takes a number before it touches the
+/// database (so a reader who sees it also sees the number), and a flush records the
+/// last number it covers. A reader about to show what it read to a party calls
+/// [`Store::settle`]: nothing shown can then be lost in a crash (an arbiter-signed
+/// PSBT, an event a webhook delivers, a state a client acts on).
+#[derive(Default)]
+struct Generations {
+    begun: AtomicU64,
+    flushed: AtomicU64,
 }
 
 /// A record written in the same transaction as a loan transition.
@@ -190,6 +207,7 @@ impl Store {
             escrows: tree("escrows")?,
             meta: tree("meta")?,
             db,
+            durable: Arc::default(),
         };
         match store.meta.get(META_SCHEMA).map_err(db_err)? {
             None => {
@@ -215,16 +233,38 @@ impl Store {
         Ok(store)
     }
 
+    /// Number the write about to be made (see [`Generations`]).
+    fn begin(&self) {
+        self.durable.begun.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn finish(&self, durability: Durability) -> Result<(), StoreError> {
         if durability == Durability::Durable {
-            self.db.flush().map_err(db_err)?;
+            self.flush()?;
         }
         Ok(())
     }
 
     /// Flush everything written so far.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.finish(Durability::Durable)
+        let covered = self.durable.begun.load(Ordering::SeqCst);
+        self.db.flush().map_err(db_err)?;
+        self.durable.flushed.fetch_max(covered, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether every write begun so far is on disk.
+    pub fn is_settled(&self) -> bool {
+        self.durable.flushed.load(Ordering::SeqCst) >= self.durable.begun.load(Ordering::SeqCst)
+    }
+
+    /// Make everything read so far durable before it is shown: a flush, unless every
+    /// write begun is already on disk. Call it after reading, before answering.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        if self.is_settled() {
+            return Ok(());
+        }
+        self.flush()
     }
 
     /// Flush and close. sled lets go of its file lock a little later (when its flusher
@@ -340,6 +380,7 @@ impl Store {
                 reason: "event_count is below the number of new events".into(),
             })?;
         let value = encode(loan);
+        self.begin();
         let result = (
             &self.loans,
             &self.events,
@@ -476,6 +517,7 @@ impl Store {
         limit: u64,
         durability: Durability,
     ) -> Result<u64, StoreError> {
+        self.begin();
         let result = self.meta.transaction(|meta| {
             let next = read_u64(key, meta.get(key.as_bytes())?)
                 .map_err(ConflictableTransactionError::Abort)?;
@@ -519,6 +561,7 @@ impl Store {
         value: &T,
         durability: Durability,
     ) -> Result<(), StoreError> {
+        self.begin();
         tree.insert(key.as_bytes(), encode(value)).map_err(db_err)?;
         self.finish(durability)
     }

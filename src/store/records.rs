@@ -39,6 +39,7 @@ impl Store {
         check_id(id)?;
         let party = encode(party);
         let token = encode(token);
+        self.begin();
         (&self.parties, &self.tokens)
             .transaction(|(parties, tokens)| {
                 parties.insert(id.as_bytes(), party.as_slice())?;
@@ -86,6 +87,7 @@ impl Store {
     }
 
     pub fn remove_idempotent(&self, key: &str) -> Result<(), StoreError> {
+        self.begin();
         self.idempotency.remove(key.as_bytes()).map_err(db_err)?;
         Ok(())
     }

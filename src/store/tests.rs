@@ -319,3 +319,27 @@ fn a_partial_snapshot_left_by_a_crash_is_removed_and_the_store_opens() {
     assert!(store.loan("loan-1").unwrap().is_some());
     assert!(!partial.exists());
 }
+
+#[test]
+fn a_buffered_write_is_unsettled_until_a_flush_covers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let reader = store.clone();
+    assert!(reader.is_settled(), "a fresh store has nothing pending");
+    store
+        .insert_loan(&Loan::offered("loan-1", terms()), &[], Durability::Buffered)
+        .unwrap();
+    assert!(
+        !reader.is_settled(),
+        "a buffered write is pending for every clone"
+    );
+    reader.settle().unwrap();
+    assert!(store.is_settled());
+    let (next, events) = accepted();
+    store.apply(0, &next, &events, Durability::Durable).unwrap();
+    assert!(reader.is_settled(), "a durable write settles itself");
+    store.allocate_price_seq().unwrap();
+    assert!(!reader.is_settled(), "a buffered counter is pending too");
+    store.flush().unwrap();
+    assert!(reader.is_settled());
+}

@@ -137,6 +137,11 @@ impl Serve {
         })
     }
 
+    /// The process id (for a test that kills it from another thread).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;
@@ -342,9 +347,16 @@ pub struct Market {
 
 impl Market {
     pub fn open() -> anyhow::Result<Self> {
+        Self::open_with(|_| Ok(()))
+    }
+
+    /// [`Market::open`], with `configure` run on the data directory before `serve`
+    /// starts (e.g. to change the oracle's sources).
+    pub fn open_with(configure: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<Self> {
         use btc_escrow::keys::AccountKey;
         let env = Regtest::start()?;
         let data = DataDir::init(&env)?;
+        configure(&data.path)?;
         let serve = Serve::start(&data.path)?;
         let admin = data.admin_token.clone();
         let parties = super::escrow::Parties::new()?;
@@ -428,17 +440,27 @@ impl Market {
 
     /// Offer (the terms above), accept at $100,000/BTC: the loan, awaiting collateral.
     pub fn accepted(&self) -> anyhow::Result<Value> {
+        self.accepted_with(&self.offer_terms())
+    }
+
+    /// [`Market::accepted`] with these terms.
+    pub fn accepted_with(&self, terms: &Value) -> anyhow::Result<Value> {
         let api = self.api();
-        let loan = api.expect(
-            201,
-            Method::POST,
-            "/loans",
-            &self.lender,
-            Some(&self.offer_terms()),
-        )?;
+        let loan = api.expect(201, Method::POST, "/loans", &self.lender, Some(terms))?;
         ensure!(loan["state"] == "offered", "{loan}");
         let id = loan["id"].as_str().context("id")?.to_owned();
-        self.set_price(10_000_000)?;
+        // Without a manual source the market's feeds set the price.
+        let (status, _) = api.call(
+            Method::PUT,
+            "/oracle/manual",
+            Some(&self.admin),
+            Some(&serde_json::json!({ "price_minor": 10_000_000 })),
+            &[],
+        )?;
+        ensure!(
+            status == 200 || status == 409,
+            "setting the price: {status}"
+        );
         api.wait("/health", &self.admin, "fit to decide", |h| h["ok"] == true)?;
         let loan = api.expect(
             200,
@@ -478,7 +500,12 @@ impl Market {
 
     /// Offer, accept, fund the re-derived escrow address with 0.2 BTC, mine: active.
     pub fn active(&mut self) -> anyhow::Result<String> {
-        let loan = self.accepted()?;
+        self.active_with(&self.offer_terms())
+    }
+
+    /// [`Market::active`] with these terms.
+    pub fn active_with(&mut self, terms: &Value) -> anyhow::Result<String> {
+        let loan = self.accepted_with(terms)?;
         let id = loan["id"].as_str().context("id")?.to_owned();
         let address = self.escrow_of(&loan)?.address();
         ensure!(loan["escrow"]["address"] == address.to_string().as_str());

@@ -248,6 +248,9 @@ async fn loan_response(
             Ok(e) => e,
             Err(p) => return p.into_response(),
         };
+    if let Err(p) = super::events::settle(state).await {
+        return p.into_response();
+    }
     let (history, tip) = match state
         .engine(|ctx| {
             (

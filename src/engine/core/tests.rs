@@ -492,3 +492,37 @@ fn one_undecidable_loan_holds_no_other_back() {
     ));
     assert_eq!(e.store().allocate_escrow_index().unwrap(), index_before + 1);
 }
+
+/// Sent, then a crash before the broadcast was recorded, and the chain confirms it:
+/// the loan's own decision, not a stranger's spend (it was closed on chain before).
+#[test]
+fn a_decided_transaction_confirmed_before_its_broadcast_was_recorded_is_ours() {
+    let w = World::new();
+    let mut e = w.engine();
+    funded(&w, &mut e);
+    for _ in 0..3 {
+        e.price_tick(PriceEvidence::bare(usd(6_200_000)), NOW, 300, RATE)
+            .unwrap();
+    }
+    let record = e.decision("l1").unwrap().expect("decided");
+    let escrow = e.escrows()["l1"].clone();
+    let mut theirs = record.psbt().unwrap();
+    crate::tx::sign(&mut theirs, &w.lender, &escrow, &FeeCap::default(), &w.secp).unwrap();
+    let txid = e.cosign("l1", &theirs).unwrap().compute_txid();
+    drop(e);
+    let mut e = w.engine();
+    let view = EscrowView {
+        depth: Default::default(),
+        confirmed: vec![],
+        spent: true,
+        confirmed_spends: vec![ConfirmedSpend {
+            txid,
+            height: 301,
+            path: "liquidation".into(),
+        }],
+    };
+    let loan = e.observe("l1", view, NOW).unwrap();
+    assert_eq!(loan.state, LoanState::Liquidated);
+    assert_eq!(loan.broadcasts, vec![(TxKind::Liquidation, txid)]);
+    assert_eq!(loan.confirmed_tx, Some((TxKind::Liquidation, txid)));
+}
