@@ -66,6 +66,11 @@ impl Book {
         out.into_iter().collect()
     }
 
+    /// The loans every tick must see (in margin call, or with breach ticks counted).
+    pub(super) fn watched(&self) -> Vec<String> {
+        self.watched.iter().cloned().collect()
+    }
+
     /// Loans in the book.
     pub(super) fn len(&self) -> usize {
         self.indexes.values().map(|i| i.len()).sum()

@@ -75,6 +75,32 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// The oracle has no confirmed aggregate (`reason`): every breach being confirmed
+    /// is held and starts over (each such loan gets a `breach_held` event saying
+    /// why). Only the watched loans can have a breach counted, so this is cheap; the
+    /// loans it moved are returned.
+    pub fn price_unavailable(&mut self, reason: &str, now: u64) -> Result<Vec<Loan>, EngineError> {
+        let input = Input::PriceUnavailable {
+            reason: reason.to_owned(),
+        };
+        let mut moved = Vec::new();
+        for id in self.book.watched() {
+            let loan = self.loan(&id)?;
+            let (next, events) = apply(&loan, &input)?;
+            if next == loan {
+                continue;
+            }
+            self.store
+                .apply(loan.version, &next, &events, Durability::Buffered)?;
+            self.book.update(&next, now);
+            moved.push(next);
+        }
+        if !moved.is_empty() {
+            self.store.flush()?;
+        }
+        Ok(moved)
+    }
+
     fn tick_loan(
         &mut self,
         id: &str,

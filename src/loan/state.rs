@@ -272,6 +272,12 @@ pub enum Input {
         seq: u64,
         price: Option<PriceEvidence>,
     },
+    /// The oracle has no confirmed aggregate (sources down, quorum lost, sources
+    /// disagreeing, stale quotes): a breach being confirmed starts over, so the
+    /// `confirm_ticks` that liquidate are consecutive ticks with a price.
+    PriceUnavailable {
+        reason: String,
+    },
     /// The clock or the chain says maturity plus grace may have passed; refused if it
     /// has not (see [`Loan::default_due`]).
     DefaultDue {
@@ -352,6 +358,12 @@ pub enum Event {
     BreachCleared {
         ltv: Bps,
         price: Price,
+    },
+    /// A breach being confirmed was held: the oracle had no price (`reason`), and the
+    /// `after_ticks` breach ticks counted so far no longer count.
+    BreachHeld {
+        reason: String,
+        after_ticks: u32,
     },
     LiquidationDecided {
         reason: LiquidationReason,

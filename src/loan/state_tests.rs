@@ -135,6 +135,25 @@ fn liquidation_needs_confirm_ticks_unless_hard() {
     let (reset, ev) = tick(&two, 6_500_000);
     assert_eq!(reset.breach_ticks, 0);
     assert!(ev.iter().any(|e| matches!(e, Event::BreachCleared { .. })));
+    // So does a tick without a price: the ticks that liquidate are consecutive
+    // ticks with a confirmed aggregate.
+    let held = Input::PriceUnavailable {
+        reason: "1 usable quote(s), the quorum is 2".into(),
+    };
+    let (kept, ev) = apply(&two, &held).unwrap();
+    assert_eq!((kept.state, kept.breach_ticks), (LoanState::MarginCall, 0));
+    assert!(matches!(
+        ev.as_slice(),
+        [Event::BreachHeld { after_ticks: 2, reason }] if reason.contains("quorum")
+    ));
+    let (same, ev) = apply(&kept, &held).unwrap();
+    assert!(same == kept && ev.is_empty(), "held once, not every tick");
+    let (after, _) = tick(&kept, 6_200_000);
+    assert_eq!(
+        after.state,
+        LoanState::MarginCall,
+        "one breach tick after an outage liquidates nobody"
+    );
     let (a, _) = tick(&reset, 6_200_000);
     let (b, _) = tick(&a, 6_200_000);
     let (c, ev) = tick(&b, 6_200_000);

@@ -12,6 +12,9 @@ pub const MAX_APR: Bps = Bps(10_000);
 pub const MAX_TERM_SECS: u64 = 10 * 365 * 24 * 3600;
 /// Largest principal accepted, in minor units (10^15: ten trillion dollars).
 pub const MAX_PRINCIPAL_MINOR: u64 = 1_000_000_000_000_000;
+/// The longest an offer waits for its collateral: 90 days (a deadline further off
+/// could never be turned into escrow heights, and keeps an offer open for ever).
+pub const MAX_FUNDING_WINDOW_SECS: u64 = 90 * 86_400;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TermsError {
@@ -39,7 +42,7 @@ pub enum TermsError {
     GraceBlocks,
     #[error("recovery_delay_blocks: must be at least 1")]
     RecoveryDelayBlocks,
-    #[error("funding_deadline: must be in the future")]
+    #[error("funding_deadline: must be in the future and at most {MAX_FUNDING_WINDOW_SECS} seconds away")]
     FundingDeadline,
     #[error(transparent)]
     BorrowerReturnAddress(AddressError),
@@ -187,7 +190,7 @@ impl LoanTerms {
     /// Check every field; `now` (unix seconds) dates the funding deadline check.
     pub fn new(input: TermsInput, network: Network, now: u64) -> Result<Self, TermsError> {
         check(&input, network)?;
-        if input.funding_deadline <= now {
+        if input.funding_deadline <= now || input.funding_deadline - now > MAX_FUNDING_WINDOW_SECS {
             return Err(TermsError::FundingDeadline);
         }
         Ok(Self { input, network })
@@ -367,6 +370,14 @@ pub(crate) mod tests {
                 TermsError::RecoveryDelayBlocks,
             ),
             (|t| t.funding_deadline = NOW, TermsError::FundingDeadline),
+            (
+                |t| t.funding_deadline = NOW + MAX_FUNDING_WINDOW_SECS + 1,
+                TermsError::FundingDeadline,
+            ),
+            (
+                |t| t.funding_deadline = u64::MAX,
+                TermsError::FundingDeadline,
+            ),
             (|t| t.min_confirmations = 0, TermsError::MinConfirmations),
         ];
         for (edit, want) in cases {

@@ -11,6 +11,7 @@ fn input_name(input: &Input) -> &'static str {
         Input::Accepted { .. } => "accepted",
         Input::CollateralObserved { .. } => "collateral_observed",
         Input::PriceTick { .. } => "price_tick",
+        Input::PriceUnavailable { .. } => "price_unavailable",
         Input::DefaultDue { .. } => "default_due",
         Input::RepaymentRecorded { .. } => "repayment_recorded",
         Input::TxBroadcast { .. } => "tx_broadcast",
@@ -142,6 +143,17 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 next.collateral = *confirmed;
             }
         }
+        (S::Active | S::MarginCall, Input::PriceUnavailable { reason }) => {
+            if loan.breach_ticks == 0 {
+                return unchanged();
+            }
+            next.breach_ticks = 0;
+            events.push(Event::BreachHeld {
+                reason: reason.clone(),
+                after_ticks: loan.breach_ticks,
+            });
+        }
+        (_, Input::PriceUnavailable { .. }) => return unchanged(),
         (S::Active | S::MarginCall, Input::PriceTick { now, seq, price }) => {
             let Some(evidence) = price else {
                 return unchanged();

@@ -163,10 +163,15 @@ pub fn aggregate(
         return Err(NoPrice {
             at: now,
             currency: currency.to_owned(),
+            // Why, in one line: health and a held breach's event show it.
             reason: format!(
-                "{} usable quote(s), the quorum is {}",
+                "{} usable quote(s), the quorum is {}{}",
                 used.len(),
-                rules.quorum.max(1)
+                rules.quorum.max(1),
+                dropped
+                    .iter()
+                    .map(|d| format!("; {}: {}", d.source, d.reason))
+                    .collect::<String>()
             ),
             used,
             dropped,

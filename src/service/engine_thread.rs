@@ -136,6 +136,7 @@ fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
                 .push_back((at, evidence.price.minor_per_btc));
             ctx.price = Some((at, evidence.clone()));
             ctx.no_price = None;
+            ctx.breaches_held = false;
             let Some(tip) = ctx.tip() else {
                 tracing::warn!("price tick not applied: no connected chain view");
                 return;
@@ -151,12 +152,30 @@ fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
                 Err(e) => tracing::error!(error = %e, "applying a price tick"),
             }
         }
-        Ok((_, Err(e))) => ctx.no_price = Some(format!("the aggregate's currency: {e}")),
+        Ok((_, Err(e))) => hold_breaches(ctx, format!("the aggregate's currency: {e}"), now),
         Err(no) => {
             ctx.price = None;
-            ctx.no_price = Some(no.reason);
+            hold_breaches(ctx, no.reason, now);
         }
     }
+}
+
+/// No confirmed aggregate: say why in health, and hold every breach being confirmed
+/// (its count starts over; see `Input::PriceUnavailable`). Once per outage: the held
+/// loans have no breach counted until a price comes back.
+fn hold_breaches(ctx: &mut Ctx, reason: String, now: u64) {
+    if !ctx.breaches_held {
+        match ctx.engine.price_unavailable(&reason, now) {
+            Ok(held) => {
+                ctx.breaches_held = true;
+                for loan in held {
+                    tracing::warn!(loan = %loan.id, %reason, "breach held: no price");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "holding the breaches"),
+        }
+    }
+    ctx.no_price = Some(reason);
 }
 
 fn on_clock(ctx: &mut Ctx, now: u64) {

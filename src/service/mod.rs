@@ -77,6 +77,10 @@ pub struct Ctx {
     pub price: Option<(u64, PriceEvidence)>,
     /// Why the oracle has no price, if it has none.
     pub no_price: Option<String>,
+    /// Whether the breaches being confirmed were held for the current outage (false
+    /// at start: a restart holds what the last run counted, if its first tick has no
+    /// price).
+    pub breaches_held: bool,
     /// The operator-set sources, by name.
     pub manual: Vec<(String, ManualPrice)>,
     /// Starts an oracle tick at once (after a manual price is set).
@@ -284,6 +288,7 @@ impl Service {
                 fee_sat_per_kvb: settings.fees.fallback_sat_per_kvb(),
                 price: None,
                 no_price: Some("no oracle tick yet".into()),
+                breaches_held: false,
                 manual,
                 tick_now: Some(ticker.tick_now()),
                 ticks_seen: 0,
