@@ -28,6 +28,7 @@ mod web;
 mod webhooks;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
@@ -36,7 +37,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use bitcoin::Network;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use auth::{Caller, Role};
 pub use openapi::ApiDoc;
@@ -53,6 +59,16 @@ use crate::store::Store;
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
 /// The longest a request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a client may take to send a request's headers, counted from when the
+/// connection is ready for the next request: a new connection, or an idle keep-alive
+/// one, without a complete request head by then is closed, so a client that dribbles
+/// its headers (slow loris) or sends nothing holds no connection for long. A slow body
+/// is bounded by [`REQUEST_TIMEOUT`].
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections open at once; further clients wait in the listen backlog until
+/// one closes. Each costs a task and buffers; with [`HEADER_TIMEOUT`], idle ones go
+/// within seconds, so this bounds a flood, not ordinary use.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -165,7 +181,14 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` completes (in-flight requests finish).
+/// Serve HTTP/1.1 on `listener` until `shutdown` completes: then event streams end, no
+/// connection is taken any more, and the requests in hand finish before this returns
+/// (as do the webhook deliveries).
+///
+/// hyper's connection builder with a timer rather than `axum::serve`, which sets none,
+/// so that hyper's header timeout fires: see [`HEADER_TIMEOUT`] and [`MAX_CONNECTIONS`].
+/// A connection still sending its first request's headers at shutdown is closed by
+/// [`HEADER_TIMEOUT`]; an idle keep-alive one at once.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
@@ -173,15 +196,64 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let stop = state.stop.clone();
     let deliveries = tokio::spawn(webhooks::run(state.clone()));
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Long-lived streams end, so the requests in hand can finish.
-            let _ = stop.send(true);
-        })
-        .await;
+    let service = TowerToHyperService::new(router(state));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, permit) = tokio::select! {
+            () = &mut shutdown => break,
+            next = accept(&listener, &permits) => next,
+        };
+        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A header timeout, a client gone mid-answer: nothing the server can act on.
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "api: connection closed");
+            }
+        });
+    }
+    drop(listener);
+    // Long-lived streams end, so the requests in hand can finish.
+    let _ = stop.send(true);
+    graceful.shutdown().await;
     let _ = deliveries.await;
-    served
+    Ok(())
+}
+
+/// The next connection, once fewer than [`MAX_CONNECTIONS`] are open, with its permit.
+/// Errors of one connection are skipped; others (out of file descriptors, most likely)
+/// are logged and retried a second later, as `axum::serve` does.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    permits: &Arc<Semaphore>,
+) -> (tokio::net::TcpStream, OwnedSemaphorePermit) {
+    let permit = permits
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the connection semaphore is never closed");
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return (stream, permit),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                ) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "api: accepting a connection");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 async fn timeout(request: Request, next: Next) -> Response {
@@ -223,6 +295,40 @@ fn refuse_declared_too_large(req: &Request) -> Result<(), Problem> {
     }
 }
 
+/// A body declared as anything but JSON (`application/json`, or `application/…+json`)
+/// is refused before it is read: 415.
+fn refuse_other_than_json(req: &Request) -> Result<(), Problem> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    Err(Problem::new(
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "Content-Type: the body must be application/json, not {}",
+            if declared.is_empty() {
+                "absent"
+            } else {
+                declared
+            }
+        ),
+    )
+    .with_field("Content-Type"))
+}
+
 /// A JSON body whose errors name the field (`terms.apr_bps: invalid type ...`).
 pub struct Json<T>(pub T);
 
@@ -231,6 +337,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         refuse_declared_too_large(&req)?;
+        refuse_other_than_json(&req)?;
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| match e.status() {

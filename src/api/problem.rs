@@ -161,7 +161,12 @@ impl From<EngineError> for Problem {
             EngineError::Policy(_) => Problem::invalid("account_key", detail),
             EngineError::NothingToCosign { .. } => Problem::conflict("no_pending_psbt", detail),
             EngineError::NoChainView { .. } => Problem::unavailable("no_chain_view", detail),
-            EngineError::Record(RecordError::Cosignature(_)) => Problem::invalid("psbt", detail),
+            // Only verified signatures of escrow keys are merged, so a merged copy that
+            // does not finalize is the co-signer's doing (signatures for another path,
+            // a timelocked one): bad input, not a server fault.
+            EngineError::Record(RecordError::Cosignature(_) | RecordError::Finalize(_)) => {
+                Problem::invalid("psbt", detail)
+            }
             EngineError::Record(RecordError::NotAwaiting { .. }) => {
                 Problem::conflict("no_pending_psbt", detail)
             }

@@ -59,8 +59,14 @@ pub async fn manual_price(
     Json(body): Json<Manual>,
 ) -> Result<axum::Json<ManualSet>, Problem> {
     caller.must_be(Role::Admin)?;
-    if body.price_minor == 0 {
-        return Err(Problem::invalid("price_minor", "must be above zero"));
+    if body.price_minor == 0 || body.price_minor > crate::oracle::decimal::MAX_PRICE_MINOR {
+        return Err(Problem::invalid(
+            "price_minor",
+            format!(
+                "must be above zero and at most {} minor units",
+                crate::oracle::decimal::MAX_PRICE_MINOR
+            ),
+        ));
     }
     let set = state
         .engine(move |ctx| {

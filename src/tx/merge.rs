@@ -27,6 +27,8 @@ pub enum MergeError {
     },
     #[error("input {index}: {key} is not a key of this escrow")]
     UnknownKey { index: usize, key: PublicKey },
+    #[error("input {index}: {key} is an uncompressed key; segwit v0 takes compressed keys only")]
+    UncompressedKey { index: usize, key: PublicKey },
     #[error("input {index}: the signature of {key} does not verify")]
     BadSignature { index: usize, key: PublicKey },
     #[error("input {index}: cannot compute the sighash: {reason}")]
@@ -123,6 +125,11 @@ pub fn merge<C: Verification>(
                     key: *key,
                     found: sighash_type,
                 });
+            }
+            // bip32_derivation is keyed by the bare point: without this, the uncompressed
+            // form of a key already there would pass as a new signature.
+            if !key.compressed {
+                return Err(MergeError::UncompressedKey { index, key: *key });
             }
             if !mine.bip32_derivation.contains_key(&key.inner) {
                 return Err(MergeError::UnknownKey { index, key: *key });

@@ -385,6 +385,40 @@ mod merge_refusals {
     }
 
     #[test]
+    fn an_uncompressed_copy_of_a_valid_signature_is_refused() {
+        // bip32_derivation is keyed by the bare point, so the uncompressed form of a
+        // key already signed for once passed as a new signature, and finalizing then
+        // failed; the co-signer's copy is refused before that.
+        for whose in ["the arbiter's (already in ours)", "the lender's (new)"] {
+            let (f, ours, mut theirs) = pair();
+            let source = if whose.starts_with("the arbiter") {
+                &ours
+            } else {
+                &theirs
+            };
+            let (key, sig) = source.inputs[0]
+                .partial_sigs
+                .iter()
+                .find(|(k, _)| {
+                    let arbiter = ours.inputs[0].partial_sigs.contains_key(*k);
+                    arbiter == whose.starts_with("the arbiter")
+                })
+                .map(|(k, s)| (*k, *s))
+                .unwrap();
+            let uncompressed = bitcoin::PublicKey {
+                compressed: false,
+                inner: key.inner,
+            };
+            theirs.inputs[0].partial_sigs.insert(uncompressed, sig);
+            let err = refused(&ours, &theirs, &f);
+            assert!(
+                matches!(err, MergeError::UncompressedKey { index: 0, key } if key == uncompressed),
+                "{whose}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn missing_or_wrong_previous_transactions_are_refused() {
         let (f, ours, mut theirs) = pair();
         theirs.inputs[0].non_witness_utxo = None;
