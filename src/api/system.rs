@@ -129,6 +129,9 @@ pub struct EngineHealth {
     /// Escrows the engine watches.
     pub escrows: usize,
     pub fee_sat_per_kvb: Option<u64>,
+    /// Transactions the network refused, by loan, with the class and reason, until one
+    /// is accepted or the loan no longer waits for it.
+    pub refused_broadcasts: std::collections::BTreeMap<String, crate::service::RefusedBroadcast>,
 }
 
 /// 200 when fit to decide, 503 otherwise (with why); no token needed.
@@ -170,6 +173,7 @@ pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<He
                     running: true,
                     escrows: ctx.engine.escrows().len(),
                     fee_sat_per_kvb: Some(ctx.fee_sat_per_kvb),
+                    refused_broadcasts: ctx.refused.clone(),
                 },
             }
         })
@@ -198,6 +202,7 @@ pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<He
                         running: false,
                         escrows: 0,
                         fee_sat_per_kvb: None,
+                        refused_broadcasts: Default::default(),
                     },
                 }),
             )

@@ -193,6 +193,8 @@ pub struct Engine {
     pub(super) secp: Secp256k1<All>,
     escrows: BTreeMap<String, EscrowDescriptor>,
     views: BTreeMap<String, EscrowView>,
+    /// The chain's tip as last reported (see [`Engine::set_tip`]).
+    tip: Option<u32>,
     pub(super) book: super::book::Book,
     /// Loans whose latest decision is finalized and not yet recorded as broadcast (so
     /// listing what to broadcast does not read every loan).
@@ -224,6 +226,7 @@ impl Engine {
             secp,
             escrows: BTreeMap::new(),
             views: BTreeMap::new(),
+            tip: None,
             book: Default::default(),
             finalized: Default::default(),
         };
@@ -462,11 +465,46 @@ impl Engine {
         if let Some((kind, txid)) = loan.confirmed_tx {
             if !view.confirmed_spends.iter().any(|s| s.txid == txid) {
                 loan = self.step(&loan, &Input::TxReorgedOut { kind, txid })?.0;
+                self.sent_again_at_tip(id, txid)?;
+            }
+        }
+        // A stranger's spend left the chain: the loan is back where it was.
+        if let (LoanState::ClosedOnChain, Some(txid)) = (loan.state, loan.spent_by) {
+            if !view.confirmed_spends.iter().any(|s| s.txid == txid) {
+                loan = self.step(&loan, &Input::UnknownSpendReorgedOut { txid })?.0;
             }
         }
         self.views.insert(id.to_owned(), view);
         self.book.update(&loan, now);
         Ok(loan)
+    }
+
+    /// The chain's tip, reported before the views of a sync are observed.
+    pub fn set_tip(&mut self, tip: u32) {
+        self.tip = Some(tip);
+    }
+
+    /// A reorg took the loan's confirmed `txid` out of the chain: it waits again from
+    /// the current tip, so the blocks of the reorg do not count as blocks it waited
+    /// unconfirmed (which would bump its fee and ask for a new co-signature).
+    fn sent_again_at_tip(&mut self, id: &str, txid: Txid) -> Result<(), EngineError> {
+        let Some(tip) = self.tip else { return Ok(()) };
+        let Some(mut record) = self.decision(id)? else {
+            return Ok(());
+        };
+        if let super::record::Progress::Broadcast {
+            txid: sent,
+            tip: at,
+            ..
+        } = &mut record.progress
+        {
+            if *sent == txid && *at < tip {
+                *at = tip;
+                self.store
+                    .put_decision(&record.store_key(), &record, Durability::Durable)?;
+            }
+        }
+        Ok(())
     }
 
     /// The kind of the loan's decision attempt whose transaction is `txid`, if any.

@@ -70,6 +70,11 @@ impl Engine {
     ) -> Result<Vec<(String, Transaction)>, EngineError> {
         let mut out = Vec::new();
         for id in self.finalized.iter().filter(|id| !skip(id)) {
+            // Not for a loan that no longer waits for it (its escrow was spent by
+            // another transaction, closed on chain): the network would refuse it.
+            if !waits_for_its_transaction(&self.loan(id)?) {
+                continue;
+            }
             if let Some(record) = self.decision(id)? {
                 if let Progress::Finalized { tx_hex, .. } = &record.progress {
                     out.push((id.clone(), decode_tx(tx_hex)?));
@@ -160,20 +165,62 @@ impl Engine {
             if tip < sent_at.saturating_add(after_blocks) {
                 continue;
             }
-            let last = record.decision.fee_sat_per_kvb;
-            let rate = fee_sat_per_kvb
-                .max(last.saturating_mul(3).div_ceil(2))
-                .max(last.saturating_add(1_000));
-            let escrow = self.escrow_of(&loan.id)?;
-            let decision = record.decision.bumped(&loan, escrow, rate)?;
-            let next = self.sign_record(decision)?;
-            self.store
-                .put_decision(&next.store_key(), &next, Durability::Durable)?;
-            self.finalized.remove(&loan.id);
-            tracing::info!(loan = %loan.id, attempt = next.decision.attempt, rate, "fee bumped");
+            self.bump(&loan, &record, fee_sat_per_kvb)?;
             bumped.push(loan.id.clone());
         }
         Ok(bumped)
+    }
+
+    /// The network refused the loan's finalized transaction for its fee (the mempool's
+    /// minimum rose above it): a fee bump now, as [`Engine::bump_stale`] makes one.
+    /// False when there is nothing to bump (not waiting, not the finalized attempt).
+    pub fn bump_refused(
+        &mut self,
+        id: &str,
+        txid: bitcoin::Txid,
+        fee_sat_per_kvb: u64,
+    ) -> Result<bool, EngineError> {
+        let loan = self.loan(id)?;
+        if !waits_for_its_transaction(&loan) {
+            return Ok(false);
+        }
+        let Some(record) = self.decision(id)? else {
+            return Ok(false);
+        };
+        if !matches!(&record.progress, Progress::Finalized { txid: t, .. } if *t == txid) {
+            return Ok(false);
+        }
+        self.bump(&loan, &record, fee_sat_per_kvb)?;
+        Ok(true)
+    }
+
+    /// A new attempt of `record`'s decision at a higher fee rate, signed by the arbiter
+    /// and waiting for the co-signature again.
+    fn bump(
+        &mut self,
+        loan: &Loan,
+        record: &DecisionRecord,
+        fee_sat_per_kvb: u64,
+    ) -> Result<(), EngineError> {
+        let last = record.decision.fee_sat_per_kvb;
+        let rate = fee_sat_per_kvb
+            .max(last.saturating_mul(3).div_ceil(2))
+            .max(last.saturating_add(1_000));
+        let escrow = self.escrow_of(&loan.id)?;
+        let decision = record.decision.bumped(loan, escrow, rate)?;
+        let next = self.sign_record(decision)?;
+        self.store
+            .put_decision(&next.store_key(), &next, Durability::Durable)?;
+        self.finalized.remove(&loan.id);
+        tracing::info!(loan = %loan.id, attempt = next.decision.attempt, rate, "fee bumped");
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Whether loan `id` still waits for its decision's transaction to confirm.
+    pub fn waits_for_its_transaction(&self, id: &str) -> bool {
+        self.loan(id).is_ok_and(|l| waits_for_its_transaction(&l))
     }
 }
 

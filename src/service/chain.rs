@@ -39,8 +39,35 @@ pub enum ChainReport {
         txid: Txid,
         /// The tip when it was sent.
         tip: u32,
-        result: Result<(), String>,
+        result: Result<(), Refusal>,
     },
+}
+
+/// Why the network refused a broadcast, classified (see `engine_thread` for what each
+/// class does).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Refusal {
+    /// `conflict` (its inputs are spent or another spend is in the mempool),
+    /// `fee_too_low`, `non_final` (a timelock not reached), `rejected` (any other
+    /// refusal) or `connection` (the server was not reached).
+    pub class: &'static str,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn of(e: &BroadcastError) -> Self {
+        let class = match e {
+            BroadcastError::Conflict { .. } => "conflict",
+            BroadcastError::FeeTooLow { .. } => "fee_too_low",
+            BroadcastError::NonFinal { .. } => "non_final",
+            BroadcastError::Connection { .. } => "connection",
+            BroadcastError::AlreadyKnown { .. } | BroadcastError::Rejected { .. } => "rejected",
+        };
+        Self {
+            class,
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// How often requests are taken while waiting for a block.
@@ -83,7 +110,7 @@ pub fn run(
                     let txid = tx.compute_txid();
                     let result = match watcher.broadcast(&tx) {
                         Ok(_) | Err(BroadcastError::AlreadyKnown { .. }) => Ok(()),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(Refusal::of(&e)),
                     };
                     if reports
                         .send(ChainReport::Broadcast {

@@ -92,6 +92,7 @@ fn on_chain_report(ctx: &mut Ctx, report: ChainReport, now: u64) {
         } => {
             ctx.chain = ChainState::Connected { tip };
             ctx.fee_sat_per_kvb = fee_sat_per_kvb;
+            ctx.engine.set_tip(tip);
             for (id, view) in views {
                 if let Err(e) = ctx.engine.observe(&id, view, now) {
                     tracing::error!(loan = %id, error = %e, "applying the chain view");
@@ -112,16 +113,67 @@ fn on_chain_report(ctx: &mut Ctx, report: ChainReport, now: u64) {
             }
             match result {
                 Ok(()) => {
+                    ctx.refused.remove(&loan_id);
                     if let Err(e) = ctx.engine.broadcasted(&loan_id, txid, tip) {
                         tracing::error!(loan = %loan_id, error = %e, "recording a broadcast");
                     }
                 }
-                Err(reason) => {
-                    tracing::warn!(loan = %loan_id, %txid, %reason, "broadcast refused; retried")
-                }
+                Err(refusal) => refused(ctx, loan_id, txid, tip, refusal, now),
             }
         }
     }
+}
+
+/// The network refused a loan's transaction. The rule, by class: a lost connection
+/// is tried again at the next pass (the chain thread reconnects); any other refusal
+/// waits for the next block, the one thing that can change the answer (a timelock
+/// reached, a conflicting spend confirmed or gone, the mempool's minimum fee fallen);
+/// a fee too low is also bumped at once (a new attempt, signed by the arbiter, which
+/// waits for its co-signature). A conflict whose escrow another transaction spent ends
+/// when the chain view closes the loan. Every refusal shows in health until the loan
+/// no longer waits or a broadcast is accepted.
+fn refused(
+    ctx: &mut Ctx,
+    loan_id: String,
+    txid: bitcoin::Txid,
+    tip: u32,
+    refusal: super::Refusal,
+    now: u64,
+) {
+    tracing::warn!(loan = %loan_id, %txid, class = refusal.class, reason = %refusal.reason, "broadcast refused");
+    if refusal.class == "fee_too_low" {
+        match ctx.engine.bump_refused(&loan_id, txid, ctx.fee_sat_per_kvb) {
+            Ok(bumped) => {
+                if bumped {
+                    tracing::info!(loan = %loan_id, "fee bumped after a refusal");
+                }
+            }
+            Err(e) => tracing::error!(loan = %loan_id, error = %e, "bumping a refused transaction"),
+        }
+    }
+    let retry_at_height = if refusal.class == "connection" {
+        tip
+    } else {
+        tip.saturating_add(1)
+    };
+    let entry = ctx
+        .refused
+        .entry(loan_id)
+        .or_insert_with(|| super::RefusedBroadcast {
+            txid,
+            refusal: refusal.clone(),
+            attempts: 0,
+            since: now,
+            retry_at_height,
+        });
+    if entry.txid != txid {
+        entry.txid = txid;
+        entry.attempts = 0;
+        entry.since = now;
+    }
+    entry.attempts = entry.attempts.saturating_add(1);
+    entry.refusal = refusal;
+    entry.retry_at_height = retry_at_height;
 }
 
 fn on_price(ctx: &mut Ctx, result: OracleResult, now: u64) {
@@ -202,10 +254,12 @@ fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
         }
     }
     let in_flight = &ctx.in_flight;
-    match ctx
-        .engine
-        .to_broadcast_except(|id| in_flight.contains_key(id))
-    {
+    let refused = &ctx.refused;
+    let height = ctx.tip().unwrap_or(0);
+    let held = |id: &str| {
+        in_flight.contains_key(id) || refused.get(id).is_some_and(|r| height < r.retry_at_height)
+    };
+    match ctx.engine.to_broadcast_except(held) {
         Ok(pending) => {
             for (id, tx) in pending {
                 ctx.in_flight.insert(id.clone(), tx.compute_txid());
@@ -220,6 +274,9 @@ fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
         return;
     }
     ctx.followed_at = Some(tip);
+    let engine = &ctx.engine;
+    ctx.refused
+        .retain(|id, _| engine.waits_for_its_transaction(id));
     if let Err(e) = ctx
         .engine
         .bump_stale(tip, ctx.rebroadcast_after_blocks, ctx.fee_sat_per_kvb)
@@ -229,7 +286,11 @@ fn effects(ctx: &mut Ctx, chain: &Sender<ChainRequest>) {
     match ctx.engine.to_rebroadcast() {
         Ok(pending) => {
             for (id, tx) in pending {
-                if !ctx.in_flight.contains_key(&id) {
+                let held = ctx
+                    .refused
+                    .get(&id)
+                    .is_some_and(|r| tip < r.retry_at_height);
+                if !ctx.in_flight.contains_key(&id) && !held {
                     ctx.in_flight.insert(id.clone(), tx.compute_txid());
                     let _ = chain.send(ChainRequest::Broadcast(id, tx));
                 }

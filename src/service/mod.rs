@@ -15,6 +15,7 @@
 //! hand, flushes the store and joins every thread.
 
 mod chain;
+pub use chain::Refusal;
 mod engine_thread;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,6 +66,22 @@ pub enum ChainState {
     Disconnected { reason: String },
 }
 
+/// A loan's transaction the network refused, and when it is tried again.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RefusedBroadcast {
+    #[schema(value_type = String)]
+    pub txid: Txid,
+    #[serde(flatten)]
+    pub refusal: chain::Refusal,
+    /// Refusals in a row.
+    pub attempts: u32,
+    /// When it was first refused (unix seconds).
+    pub since: u64,
+    /// Not sent again before the tip reaches this height (a refusal other than a
+    /// lost connection waits for a block: a new block is what can change the answer).
+    pub retry_at_height: u32,
+}
+
 /// What a command sees: the engine and what it knows of the world.
 pub struct Ctx {
     pub engine: Engine,
@@ -96,6 +113,9 @@ pub struct Ctx {
     registered: BTreeSet<String>,
     /// Broadcasts sent to the chain thread and not yet answered: loan → txid.
     in_flight: BTreeMap<String, Txid>,
+    /// Broadcasts the network refused, by loan, until one is accepted (health shows
+    /// them).
+    pub refused: BTreeMap<String, RefusedBroadcast>,
     /// Answers waiting for the batch's flush (see [`ServiceHandle::ask_durable`]).
     after_flush: Vec<AfterFlush>,
     /// The latest aggregated prices, `(unix secs, minor units per BTC)`, oldest first
@@ -298,6 +318,7 @@ impl Service {
                 followed_at: None,
                 registered: BTreeSet::new(),
                 in_flight: BTreeMap::new(),
+                refused: BTreeMap::new(),
                 after_flush: Vec::new(),
                 price_history: Default::default(),
             };
