@@ -155,7 +155,8 @@ pub fn btc_per_kvb_to_sat(btc_per_kvb: f64) -> Option<u64> {
     }
     // Round away float noise in the ninth decimal first (1e-06 arrives as 9.99...e-07).
     let sats = (btc_per_kvb * 100_000_000.0 * 1_000.0).round() / 1_000.0;
-    Some(sats.ceil() as u64)
+    // Rounded up: a positive estimate is never zero sats.
+    Some((sats.ceil() as u64).max(1))
 }
 
 #[cfg(test)]

@@ -68,6 +68,11 @@ pub fn parse_price(text: &str, minor_digits: u32) -> Result<u64, PriceParseError
     let minor_digits = minor_digits as usize;
     let (kept, rest) = frac.split_at(frac.len().min(minor_digits));
     for i in 0..minor_digits {
+        if value == 0 && i >= kept.len() {
+            // Only zeros are left to shift in: nothing changes (and a huge
+            // `minor_digits` must not loop for ever).
+            break;
+        }
         let digit = kept.as_bytes().get(i).map_or(0, |b| u128::from(b - b'0'));
         value = value
             .checked_mul(10)
