@@ -137,6 +137,7 @@ pub struct EngineFile {
     pub min_confirmations: Option<u32>,
     pub confirm_ticks: Option<u32>,
     pub rebroadcast_after_blocks: Option<u32>,
+    pub max_chain_view_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -201,6 +202,9 @@ pub struct Settings {
     pub confirm_ticks: u32,
     /// Blocks a broadcast may stay unconfirmed before its fee is bumped.
     pub rebroadcast_after_blocks: u32,
+    /// The oldest a chain view may be (since its sync completed) for the engine to
+    /// decide on it: an Electrum server answering too slowly stops decisions.
+    pub max_chain_view_age: Duration,
     pub fees: FeePolicy,
     pub fee_cap: FeeCap,
     pub webhooks: Webhooks,
@@ -229,6 +233,7 @@ pub struct Shown {
     pub min_confirmations: u32,
     pub confirm_ticks: u32,
     pub rebroadcast_after_blocks: u32,
+    pub max_chain_view_age_secs: u64,
     pub min_sat_per_kvb: u64,
     pub max_sat_per_kvb: u64,
     pub fallback_sat_per_kvb: u64,
@@ -347,6 +352,13 @@ impl Settings {
             1,
             1_000,
         )?;
+        let max_chain_view_age_secs = e.max_chain_view_age_secs.unwrap_or(60);
+        in_range(
+            "engine.max_chain_view_age_secs",
+            max_chain_view_age_secs,
+            1,
+            3_600,
+        )?;
 
         let f = &file.fees;
         let default_fees = FeePolicy::default();
@@ -399,6 +411,7 @@ impl Settings {
             min_confirmations,
             confirm_ticks,
             rebroadcast_after_blocks,
+            max_chain_view_age: Duration::from_secs(max_chain_view_age_secs),
             fees,
             fee_cap: FeeCap {
                 max_fee: Amount::from_sat(max_fee_sat),
@@ -426,6 +439,7 @@ impl Settings {
             min_confirmations: self.min_confirmations,
             confirm_ticks: self.confirm_ticks,
             rebroadcast_after_blocks: self.rebroadcast_after_blocks,
+            max_chain_view_age_secs: self.max_chain_view_age.as_secs(),
             min_sat_per_kvb: self.fees.min_sat_per_kvb(),
             max_sat_per_kvb: self.fees.max_sat_per_kvb(),
             fallback_sat_per_kvb: self.fees.fallback_sat_per_kvb(),

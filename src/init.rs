@@ -131,6 +131,9 @@ min_confirmations = 1
 confirm_ticks = 3
 # Blocks a broadcast may stay unconfirmed before its fee is bumped (RBF).
 rebroadcast_after_blocks = 6
+# The oldest a chain view may be for the engine to decide on it (seconds): a slow
+# Electrum server stops decisions rather than let them use an old view.
+max_chain_view_age_secs = 60
 
 [fees]
 # Fee rate bounds and the fallback when the server has no estimate, sat/kvB.

@@ -372,3 +372,111 @@ fn a_recovery_spend_during_a_pending_liquidation_closes_the_loan() -> anyhow::Re
     );
     Ok(())
 }
+
+/// A TCP proxy to electrs whose answers can be delayed.
+struct SlowProxy {
+    port: u16,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SlowProxy {
+    fn start(upstream: &str) -> anyhow::Result<Self> {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let upstream = upstream.trim_start_matches("tcp://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let delay_ms = std::sync::Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (Ok(mut c_in), Ok(mut s_out)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || std::io::copy(&mut c_in, &mut s_out));
+                let (mut s_in, mut c_out, delay) = (server, client, delay.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = s_in.read(&mut buf) {
+                        let ms = delay.load(Ordering::SeqCst);
+                        if ms > 0 {
+                            std::thread::sleep(Duration::from_millis(ms));
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { port, delay_ms })
+    }
+
+    fn slow(&self, ms: u64) {
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// electrs behind a proxy that starts answering 8 s late: the view gets older than
+/// `max_chain_view_age_secs` (3 s here), health says so, and a breaching price
+/// decides nothing meanwhile (no breach tick counted); at full speed again the same
+/// price is confirmed and liquidates.
+#[test]
+fn a_slow_electrum_view_decides_nothing() -> anyhow::Result<()> {
+    let proxy = std::cell::RefCell::new(None);
+    let mut m = Market::open_with(|data| {
+        let path = data.join("btc-escrow.toml");
+        let text = std::fs::read_to_string(&path)?;
+        let url = text
+            .lines()
+            .find_map(|l| l.strip_prefix("electrum_url = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .context("electrum_url")?
+            .to_owned();
+        let p = SlowProxy::start(&url)?;
+        let changed = text
+            .replace(&url, &format!("tcp://127.0.0.1:{}", p.port))
+            .replace(
+                "max_chain_view_age_secs = 60",
+                "max_chain_view_age_secs = 3",
+            );
+        ensure!(changed.contains("max_chain_view_age_secs = 3"), "{changed}");
+        std::fs::write(&path, changed)?;
+        *proxy.borrow_mut() = Some(p);
+        Ok(())
+    })?;
+    let proxy = proxy.into_inner().context("the proxy")?;
+    let id = m.active()?;
+    proxy.slow(8_000);
+    let (status, health) = wait_health(&m, |h| {
+        h["chain"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("too slowly"))
+    })?;
+    ensure!(
+        status == 503 && health["chain"]["connected"] == false,
+        "{health}"
+    );
+    m.set_price(6_200_000)?;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let l = loan(&m, &id)?;
+        ensure!(
+            l["state"] == "active" && l["breach_ticks"] == 0,
+            "decided on an old view: {l}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    proxy.slow(0);
+    wait_health(&m, |h| h["chain"]["connected"] == true)?;
+    m.set_price(6_200_000)?;
+    m.api()
+        .wait(&format!("/loans/{id}"), &m.lender, "liquidating", |v| {
+            v["state"] == "liquidating"
+        })?;
+    Ok(())
+}

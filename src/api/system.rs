@@ -112,6 +112,9 @@ pub struct ChainHealth {
     pub tip_height: Option<u32>,
     /// Since when it has been connected (or not), unix seconds.
     pub since: Option<u64>,
+    /// Seconds since the last sync completed (over `engine.max_chain_view_age_secs`,
+    /// the view is too old to decide on: `connected` is false and `reason` says so).
+    pub view_age_secs: Option<u64>,
     pub reason: Option<String>,
 }
 
@@ -141,7 +144,10 @@ pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<He
         .engine(|ctx| {
             let now = unix_now();
             let (connected, tip_height, reason) = match &ctx.chain {
-                ChainState::Connected { tip } => (true, Some(*tip), None),
+                ChainState::Connected { tip } => match ctx.stale_view(now) {
+                    Some(stale) => (false, Some(*tip), Some(stale)),
+                    None => (true, Some(*tip), None),
+                },
                 ChainState::NotSynced => (false, None, Some("not synced yet".to_owned())),
                 ChainState::Disconnected { reason } => (false, None, Some(reason.clone())),
             };
@@ -162,6 +168,7 @@ pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<He
                     connected,
                     tip_height,
                     since: Some(ctx.chain_since),
+                    view_age_secs: Some(ctx.view_age(now)),
                     reason,
                 },
                 oracle: OracleHealth {
@@ -191,6 +198,7 @@ pub async fn health(State(state): State<ApiState>) -> (StatusCode, axum::Json<He
                         connected: false,
                         tip_height: None,
                         since: None,
+                        view_age_secs: None,
                         reason: None,
                     },
                     oracle: OracleHealth {

@@ -54,6 +54,7 @@ fn each_invalid_field_is_named() {
         (&format!("{MINIMAL}[engine]\nmin_confirmations = 101"), "engine.min_confirmations"),
         (&format!("{MINIMAL}[engine]\nconfirm_ticks = 0"), "engine.confirm_ticks"),
         (&format!("{MINIMAL}[engine]\nrebroadcast_after_blocks = 0"), "engine.rebroadcast_after_blocks"),
+        (&format!("{MINIMAL}[engine]\nmax_chain_view_age_secs = 0"), "engine.max_chain_view_age_secs"),
         (&format!("{MINIMAL}[fees]\nmin_sat_per_kvb = 0"), "fees.min_sat_per_kvb"),
         (&format!("{MINIMAL}[fees]\nmin_sat_per_kvb = 9000\nmax_sat_per_kvb = 8000"), "fees.max_sat_per_kvb"),
         (&format!("{MINIMAL}[fees]\nfallback_sat_per_kvb = 999999999"), "fees.fallback_sat_per_kvb"),
@@ -101,6 +102,7 @@ fn the_example_file_loads_with_every_key_it_shows() {
     assert_eq!(s.fees, FeePolicy::default());
     assert_eq!(s.fee_cap, FeeCap::default());
     assert_eq!(s.rebroadcast_after_blocks, 6);
+    assert_eq!(s.max_chain_view_age, std::time::Duration::from_secs(60));
     // The commented webhook secret, uncommented, is accepted too.
     let uncommented = text.replace("# secret = ", "secret = ");
     let s = Settings::from_parts(&dir(), &uncommented, &Overrides::default()).unwrap();

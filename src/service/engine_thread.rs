@@ -93,6 +93,7 @@ fn on_chain_report(ctx: &mut Ctx, report: ChainReport, now: u64) {
             ctx.chain = ChainState::Connected { tip };
             ctx.fee_sat_per_kvb = fee_sat_per_kvb;
             ctx.engine.set_tip(tip);
+            ctx.synced_at = now;
             for (id, view) in views {
                 if let Err(e) = ctx.engine.observe(&id, view, now) {
                     tracing::error!(loan = %id, error = %e, "applying the chain view");

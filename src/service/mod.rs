@@ -108,6 +108,10 @@ pub struct Ctx {
     pub last_oracle: Option<OracleResult>,
     staleness_secs: u64,
     rebroadcast_after_blocks: u32,
+    /// The oldest the chain view may be for a decision (seconds since its sync).
+    max_view_age_secs: u64,
+    /// When the last sync completed (unix seconds).
+    pub synced_at: u64,
     /// The tip at which broadcast transactions were last sent again.
     followed_at: Option<u32>,
     registered: BTreeSet<String>,
@@ -138,11 +142,35 @@ impl Ctx {
             .map(|(_, p)| p)
     }
 
+    /// The tip of a chain view fit to decide on: connected, and synced at most
+    /// `engine.max_chain_view_age_secs` ago (a slow server's old view decides nothing).
     pub fn tip(&self) -> Option<u32> {
         match self.chain {
-            ChainState::Connected { tip } => Some(tip),
+            ChainState::Connected { tip }
+                if self.view_age(unix_now()) <= self.max_view_age_secs =>
+            {
+                Some(tip)
+            }
             _ => None,
         }
+    }
+
+    /// Seconds since the last sync completed.
+    pub fn view_age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.synced_at)
+    }
+
+    /// Why the chain view is too old to decide on, if it is.
+    pub fn stale_view(&self, now: u64) -> Option<String> {
+        let age = self.view_age(now);
+        (matches!(self.chain, ChainState::Connected { .. }) && age > self.max_view_age_secs).then(
+            || {
+                format!(
+                "the chain view is {age} s old (over {} s): the Electrum server answers too slowly",
+                self.max_view_age_secs
+            )
+            },
+        )
     }
 }
 
@@ -315,6 +343,8 @@ impl Service {
                 last_oracle: None,
                 staleness_secs: settings.oracle.staleness_secs,
                 rebroadcast_after_blocks: settings.rebroadcast_after_blocks,
+                max_view_age_secs: settings.max_chain_view_age.as_secs(),
+                synced_at: 0,
                 followed_at: None,
                 registered: BTreeSet::new(),
                 in_flight: BTreeMap::new(),
