@@ -142,17 +142,20 @@ fn refused(
     now: u64,
 ) {
     tracing::warn!(loan = %loan_id, %txid, class = refusal.class, reason = %refusal.reason, "broadcast refused");
+    let mut bumped = false;
     if refusal.class == "fee_too_low" {
         match ctx.engine.bump_refused(&loan_id, txid, ctx.fee_sat_per_kvb) {
-            Ok(bumped) => {
-                if bumped {
+            Ok(b) => {
+                bumped = b;
+                if b {
                     tracing::info!(loan = %loan_id, "fee bumped after a refusal");
                 }
             }
             Err(e) => tracing::error!(loan = %loan_id, error = %e, "bumping a refused transaction"),
         }
     }
-    let retry_at_height = if refusal.class == "connection" {
+    // A bumped decision's next transaction is another one: sent once co-signed.
+    let retry_at_height = if refusal.class == "connection" || bumped {
         tip
     } else {
         tip.saturating_add(1)
