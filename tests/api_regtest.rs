@@ -278,21 +278,13 @@ fn a_repaid_loan_is_released_to_the_borrower_over_http() -> anyhow::Result<()> {
         outputs.len() == 1 && outputs[0]["role"] == "borrower",
         "{pending}"
     );
-    let escrow = m.escrow_of(&loan)?;
-    let mut psbt = bitcoin::psbt::Psbt::from_str(pending["psbt"].as_str().context("psbt")?)?;
-    btc_escrow::tx::sign(
-        &mut psbt,
-        &m.parties.borrower,
-        &escrow,
-        &btc_escrow::tx::FeeCap::default(),
-        &m.parties.secp,
-    )?;
+    let (_, signed) = m.borrower_signs(&id)?;
     let sent = m.api().expect(
         200,
         reqwest::Method::POST,
         &format!("{path}/psbt"),
         &m.borrower,
-        Some(&json!({ "psbt": psbt.to_string() })),
+        Some(&json!({ "psbt": signed })),
     )?;
     let txid = Txid::from_str(sent["txid"].as_str().context("txid")?)?;
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -210,22 +210,13 @@ fn a_reorged_liquidation_and_release_confirm_again() -> anyhow::Result<()> {
         )?;
     }
     ensure!(l["state"] == "releasing", "{l}");
-    let pending = m.api().get(&format!("{path}/psbt"), &m.borrower)?;
-    let escrow = m.escrow_of(&l)?;
-    let mut psbt: bitcoin::psbt::Psbt = pending["psbt"].as_str().context("psbt")?.parse()?;
-    btc_escrow::tx::sign(
-        &mut psbt,
-        &m.parties.borrower,
-        &escrow,
-        &btc_escrow::tx::FeeCap::default(),
-        &m.parties.secp,
-    )?;
+    let (_, signed) = m.borrower_signs(&released)?;
     let sent = m.api().expect(
         200,
         Method::POST,
         &format!("{path}/psbt"),
         &m.borrower,
-        Some(&json!({ "psbt": psbt.to_string() })),
+        Some(&json!({ "psbt": signed })),
     )?;
     let release = sent["txid"].as_str().context("txid")?.to_owned();
 

@@ -526,15 +526,29 @@ impl Market {
 
     /// The pending PSBT of loan `id`, signed by the lender outside the server.
     pub fn lender_signs(&self, id: &str) -> anyhow::Result<(Value, String)> {
+        self.signs(id, &self.parties.lender, &self.lender)
+    }
+
+    /// The pending PSBT of loan `id`, signed by the borrower outside the server.
+    pub fn borrower_signs(&self, id: &str) -> anyhow::Result<(Value, String)> {
+        self.signs(id, &self.parties.borrower, &self.borrower)
+    }
+
+    fn signs(
+        &self,
+        id: &str,
+        key: &btc_escrow::keys::SigningKey,
+        token: &str,
+    ) -> anyhow::Result<(Value, String)> {
         use std::str::FromStr;
         let api = self.api();
-        let pending = api.get(&format!("/loans/{id}/psbt"), &self.lender)?;
-        let loan = api.get(&format!("/loans/{id}"), &self.lender)?;
+        let pending = api.get(&format!("/loans/{id}/psbt"), token)?;
+        let loan = api.get(&format!("/loans/{id}"), token)?;
         let escrow = self.escrow_of(&loan)?;
         let mut psbt = bitcoin::psbt::Psbt::from_str(pending["psbt"].as_str().context("psbt")?)?;
         btc_escrow::tx::sign(
             &mut psbt,
-            &self.parties.lender,
+            key,
             &escrow,
             &btc_escrow::tx::FeeCap::default(),
             &self.parties.secp,
