@@ -67,6 +67,13 @@ fn a_fee_too_low_is_bumped_at_once_and_shown_in_health() -> anyhow::Result<()> {
         health["engine"]["refused_broadcasts"][&id]["txid"] == sent["txid"],
         "{health}"
     );
+    let (_, metrics) = m.api().root_text("/metrics")?;
+    ensure!(
+        metrics
+            .lines()
+            .any(|l| l == "btc_escrow_broadcasts_refused 1"),
+        "{metrics}"
+    );
     let bumped = m
         .api()
         .wait(&format!("{path}/psbt"), &m.lender, "a bump", |p| {

@@ -74,18 +74,21 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, Problem>
         *by_state.entry(state_name(loan.state)).or_default() += 1;
         broadcasts += loan.broadcasts.len() as u64;
     }
-    let (ticks, connected, tip, fresh, escrows) = state
+    let (ticks, connected, tip, fresh, escrows, refused, view_age) = state
         .engine(|ctx| {
+            let now = crate::util::unix_now();
             let tip = match ctx.chain {
                 ChainState::Connected { tip } => Some(tip),
                 _ => None,
             };
             (
                 ctx.ticks_seen,
-                tip.is_some(),
+                ctx.tip().is_some(),
                 tip,
-                ctx.fresh_price(crate::util::unix_now()).is_some(),
+                ctx.fresh_price(now).is_some(),
                 ctx.engine.escrows().len(),
+                ctx.refused.len(),
+                ctx.view_age(now),
             )
         })
         .await?;
@@ -143,7 +146,7 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, Problem>
     );
     one(
         "btc_escrow_chain_connected",
-        "1 when the chain view is connected.",
+        "1 when the chain view is connected and recent enough to decide on.",
         "gauge",
         u8::from(connected).to_string(),
     );
@@ -152,6 +155,18 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<Response, Problem>
         "The chain tip the engine last saw.",
         "gauge",
         tip.unwrap_or(0).to_string(),
+    );
+    one(
+        "btc_escrow_chain_view_age_seconds",
+        "Seconds since the chain view's last completed sync.",
+        "gauge",
+        view_age.to_string(),
+    );
+    one(
+        "btc_escrow_broadcasts_refused",
+        "Loans whose transaction the network refuses (see /v1/health for why).",
+        "gauge",
+        refused.to_string(),
     );
     one(
         "btc_escrow_decisions",
