@@ -149,7 +149,10 @@ fn serve_stops_cleanly_on_sigterm_and_refuses_a_bad_setting() -> anyhow::Result<
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            anyhow::bail!("serve did not stop within 20 s of SIGTERM");
+            while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+                seen.push(line);
+            }
+            anyhow::bail!("serve did not stop within 20 s of SIGTERM: {seen:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -219,8 +219,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    // Long-lived streams end, so the requests in hand can finish.
-    let _ = stop.send(true);
+    // Long-lived streams end, so the requests in hand can finish. Stored even with no
+    // receiver yet (`send` would drop it: a webhook task that subscribes later would
+    // never see it, and shutdown would wait on it for ever).
+    stop.send_replace(true);
     graceful.shutdown().await;
     let _ = deliveries.await;
     Ok(())
