@@ -56,6 +56,9 @@ fn terms(now: u64) -> TermsInput {
         borrower_return_address: String::new(),
         lender_payout_address: "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080".into(),
         min_confirmations: 1,
+        partial_liquidation: false,
+        target_ltv: None,
+        margin_call_levels: Vec::new(),
     }
 }
 
@@ -169,6 +172,7 @@ fn fill(data: &std::path::Path, n: usize) -> anyhow::Result<Filled> {
                 confirmed: vec![deposit(script, loan.required_collateral.to_sat(), i)],
                 depth: Default::default(),
                 spent: false,
+                spending: Vec::new(),
                 confirmed_spends: Vec::new(),
             },
             now,

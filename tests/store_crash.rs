@@ -41,6 +41,9 @@ fn terms() -> anyhow::Result<LoanTerms> {
             lender_payout_address:
                 "bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85".into(),
             min_confirmations: 1,
+            partial_liquidation: false,
+            target_ltv: None,
+            margin_call_levels: Vec::new(),
         },
         Network::Regtest,
         NOW,

@@ -46,6 +46,14 @@ pub struct Offer {
     funding_deadline: u64,
     lender_payout_address: String,
     min_confirmations: u32,
+    /// Sell only what brings the loan back to `target_ltv_bps` on a breach.
+    #[serde(default)]
+    partial_liquidation: bool,
+    #[serde(default)]
+    target_ltv_bps: Option<u32>,
+    /// Margin-call levels (bps, rising; the first is `margin_call_ltv_bps`).
+    #[serde(default)]
+    margin_call_levels_bps: Vec<u32>,
 }
 
 /// The hysteresis when the offer gives none: 2 %.
@@ -110,7 +118,7 @@ async fn views(state: &ApiState, loans: Vec<Loan>) -> Result<Vec<LoanView>, Prob
     .map_err(|e| Problem::internal(format!("building views: {e}")))?
 }
 
-async fn view(state: &ApiState, loan: Loan) -> Result<JsonOut<LoanView>, Problem> {
+pub(super) async fn view(state: &ApiState, loan: Loan) -> Result<JsonOut<LoanView>, Problem> {
     let mut v = views(state, vec![loan]).await?;
     v.pop()
         .map(axum::Json)
@@ -149,6 +157,9 @@ pub async fn offer(
         borrower_return_address: String::new(),
         lender_payout_address: o.lender_payout_address,
         min_confirmations: o.min_confirmations,
+        partial_liquidation: o.partial_liquidation,
+        target_ltv: o.target_ltv_bps.map(Bps),
+        margin_call_levels: o.margin_call_levels_bps.into_iter().map(Bps).collect(),
     };
     let id = format!("ln_{}", random_hex(8));
     let lender = caller.party_id.clone();
@@ -387,8 +398,10 @@ pub async fn cosign(
     // is still the one merged with, and acknowledged once flushed.
     let record = latest_decision(&state.store, &id)?
         .ok_or_else(|| Problem::not_found(&format!("loan {id}: pending PSBT")))?;
-    if matches!(record.decision.kind, DecisionKind::Liquidation { .. })
-        && caller.role != Role::Lender
+    if matches!(
+        record.decision.kind,
+        DecisionKind::Liquidation { .. } | DecisionKind::PartialLiquidation { .. }
+    ) && caller.role != Role::Lender
     {
         return Err(Problem::forbidden(
             "a liquidation is co-signed by the lender",
@@ -399,6 +412,10 @@ pub async fn cosign(
         Some(txid) if psbt.unsigned_tx.compute_txid() == txid => (txid, None),
         Some(_) => {
             return Err(EngineError::NothingToCosign { id: id.clone() }.into());
+        }
+        // The arbiter signs a withdrawal last, at the current price.
+        None if matches!(record.decision.kind, DecisionKind::Withdrawal { .. }) => {
+            (super::withdrawals::cosign(&state, &id, psbt).await?, None)
         }
         None => {
             let secp = state.secp.clone();

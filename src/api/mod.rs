@@ -26,6 +26,7 @@ mod system;
 mod view;
 mod web;
 mod webhooks;
+mod withdrawals;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -155,6 +156,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/loans/{id}", get(loans::get))
         .route("/v1/loans/{id}/accept", post(loans::accept))
         .route("/v1/loans/{id}/repayments", post(loans::repay))
+        .route("/v1/loans/{id}/withdrawals", post(withdrawals::request))
         .route("/v1/loans/{id}/psbt", get(loans::psbt).post(loans::cosign))
         .route("/v1/loans/{id}/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))

@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         super::loans::repay,
         super::loans::psbt,
         super::loans::cosign,
+        super::withdrawals::request,
         super::events::list,
         super::events::stream,
         super::webhooks::create,

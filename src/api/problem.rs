@@ -7,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::engine::{EngineError, RecordError};
+use crate::engine::{EngineError, RecordError, WithdrawalError};
 use crate::loan::TransitionError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -133,7 +133,9 @@ fn api_field(field: &str) -> String {
         | "liquidation_ltv"
         | "hard_liquidation_ltv"
         | "liquidation_penalty"
-        | "hysteresis" => {
+        | "hysteresis"
+        | "target_ltv"
+        | "margin_call_levels" => {
             format!("{field}_bps")
         }
         other => other.into(),
@@ -161,6 +163,27 @@ impl From<EngineError> for Problem {
             EngineError::Policy(_) => Problem::invalid("account_key", detail),
             EngineError::NothingToCosign { .. } => Problem::conflict("no_pending_psbt", detail),
             EngineError::NoChainView { .. } => Problem::unavailable("no_chain_view", detail),
+            EngineError::Withdrawal {
+                source: WithdrawalError::Decision(_),
+                ..
+            } => Problem::internal(detail),
+            EngineError::Withdrawal { source, .. } => Problem {
+                field: Some("amount_sat".into()),
+                ..Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "withdrawal_refused",
+                    source.to_string(),
+                )
+            },
+            EngineError::WithdrawalRefused { reason, .. } => {
+                match reason.strip_prefix("amount_sat: ") {
+                    Some(why) => Problem {
+                        field: Some("amount_sat".into()),
+                        ..Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "withdrawal_refused", why)
+                    },
+                    None => Problem::conflict("withdrawal_refused", reason),
+                }
+            }
             // Only verified signatures of escrow keys are merged, so a merged copy that
             // does not finalize is the co-signer's doing (signatures for another path,
             // a timelocked one): bad input, not a server fault.

@@ -42,6 +42,12 @@ pub struct LoanView {
     pub confirmed_txid: Option<String>,
     pub created_at: u64,
     pub activated_at: Option<u64>,
+    /// The partial liquidation or withdrawal under way, if any.
+    pub adjustment: Option<AdjustmentView>,
+    /// Settled partial liquidations and withdrawals, oldest first.
+    pub adjustments: Vec<AdjustmentView>,
+    /// How many margin-call levels the LTV has crossed (in order).
+    pub margin_call_levels_crossed: u32,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -63,6 +69,11 @@ pub struct TermsView {
     pub lender_payout_address: String,
     pub borrower_return_address: Option<String>,
     pub min_confirmations: u32,
+    /// A confirmed breach sells only what brings the loan back to `target_ltv_bps`.
+    pub partial_liquidation: bool,
+    pub target_ltv_bps: Option<u32>,
+    /// The margin-call levels in force (the first is `margin_call_ltv_bps`).
+    pub margin_call_levels_bps: Vec<u32>,
 }
 
 impl From<&TermsInput> for TermsView {
@@ -86,6 +97,51 @@ impl From<&TermsInput> for TermsView {
             borrower_return_address: (!t.borrower_return_address.is_empty())
                 .then(|| t.borrower_return_address.clone()),
             min_confirmations: t.min_confirmations,
+            partial_liquidation: t.partial_liquidation,
+            target_ltv_bps: t.target_ltv.map(|b| b.0),
+            margin_call_levels_bps: t.levels().iter().map(|b| b.0).collect(),
+        }
+    }
+}
+
+/// A partial liquidation or a withdrawal, pending or settled.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AdjustmentView {
+    /// `partial_liquidation` or `withdrawal`.
+    #[schema(value_type = String)]
+    pub kind: crate::loan::AdjustmentKind,
+    pub decided_at: u64,
+    /// The debt a partial sale repays (0 for a withdrawal).
+    pub repay_minor: u64,
+    /// To the lender (partial liquidation) or the borrower (withdrawal).
+    pub paid_sat: u64,
+    /// Back into the escrow.
+    pub change_sat: u64,
+    pub fee_sat: u64,
+    pub price_minor: u64,
+    pub ltv_before_bps: u32,
+    pub ltv_after_bps: u32,
+    pub oracle_seq: Option<u64>,
+    /// Once confirmed.
+    pub txid: Option<String>,
+    pub height: Option<u32>,
+}
+
+impl From<&crate::loan::Adjustment> for AdjustmentView {
+    fn from(a: &crate::loan::Adjustment) -> Self {
+        Self {
+            kind: a.kind,
+            decided_at: a.decided_at,
+            repay_minor: a.repay.minor,
+            paid_sat: a.paid.to_sat(),
+            change_sat: a.change.to_sat(),
+            fee_sat: a.fee.to_sat(),
+            price_minor: a.price.minor_per_btc,
+            ltv_before_bps: a.ltv_before.0,
+            ltv_after_bps: a.ltv_after.0,
+            oracle_seq: a.oracle_seq,
+            txid: a.txid.map(|t| t.to_string()),
+            height: a.height,
         }
     }
 }
@@ -131,10 +187,13 @@ impl From<&EscrowDescriptor> for EscrowView {
 /// A decision waiting for its second signature.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PendingPsbt {
-    /// `liquidation`, `release` or `refund`.
+    /// `liquidation`, `partial_liquidation`, `release`, `refund` or `withdrawal`.
     pub kind: &'static str,
-    /// Base64, signed by the arbiter.
+    /// Base64, signed by the arbiter (a withdrawal's is not: the arbiter signs it
+    /// last, once the borrower has, after checking the limit again).
     pub psbt: String,
+    /// Which of the loan's decisions it is (0 for the first).
+    pub decision: u32,
     pub fee_sat: u64,
     pub outputs: Vec<OutputView>,
     /// 0 for the first transaction of the decision, +1 per fee bump.
@@ -145,13 +204,17 @@ pub struct PendingPsbt {
     /// owed then: what a co-signer checks the lender's output against.
     pub price_minor: Option<u64>,
     pub owed_minor: Option<u64>,
+    /// A partial liquidation's sale: the debt it repays, and the target LTV.
+    pub repay_minor: Option<u64>,
+    pub target_ltv_bps: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OutputView {
     pub address: Option<String>,
     pub amount_sat: u64,
-    /// `lender` (its payout address), `borrower` (its return address) or `other`.
+    /// `lender` (its payout address), `borrower` (its return address), `escrow`
+    /// (change back into the escrow) or `other`.
     pub role: &'static str,
 }
 
@@ -160,6 +223,8 @@ pub fn kind_name(kind: &DecisionKind) -> &'static str {
         DecisionKind::Liquidation { .. } => "liquidation",
         DecisionKind::Release => "release",
         DecisionKind::Refund => "refund",
+        DecisionKind::PartialLiquidation { .. } => "partial_liquidation",
+        DecisionKind::Withdrawal { .. } => "withdrawal",
     }
 }
 
@@ -180,6 +245,12 @@ pub fn pending(
         .terms
         .has_borrower_return_address()
         .then(|| loan.terms.borrower_return_address().script_pubkey());
+    let escrow = record
+        .decision
+        .inputs
+        .first()
+        .and_then(|i| i.txout())
+        .map(|o| o.script_pubkey.clone());
     let outputs = psbt
         .unsigned_tx
         .output
@@ -193,6 +264,8 @@ pub fn pending(
                 "lender"
             } else if Some(&o.script_pubkey) == borrower.as_ref() {
                 "borrower"
+            } else if Some(&o.script_pubkey) == escrow.as_ref() {
+                "escrow"
             } else {
                 "other"
             },
@@ -204,13 +277,26 @@ pub fn pending(
         fee_sat: record.decision.fee.to_sat(),
         outputs,
         attempt: record.decision.attempt,
+        decision: record.decision.number,
         signed_at: record.signed_at,
         price_minor: match &record.decision.kind {
-            DecisionKind::Liquidation { evidence, .. } => Some(evidence.price.minor_per_btc),
+            DecisionKind::Liquidation { evidence, .. }
+            | DecisionKind::PartialLiquidation { evidence, .. }
+            | DecisionKind::Withdrawal { evidence, .. } => Some(evidence.price.minor_per_btc),
             _ => None,
         },
         owed_minor: match &record.decision.kind {
-            DecisionKind::Liquidation { owed, .. } => Some(owed.minor),
+            DecisionKind::Liquidation { owed, .. }
+            | DecisionKind::PartialLiquidation { owed, .. }
+            | DecisionKind::Withdrawal { owed, .. } => Some(owed.minor),
+            _ => None,
+        },
+        repay_minor: match &record.decision.kind {
+            DecisionKind::PartialLiquidation { sale, .. } => Some(sale.repay.minor),
+            _ => None,
+        },
+        target_ltv_bps: match &record.decision.kind {
+            DecisionKind::PartialLiquidation { .. } => loan.terms.get().target_ltv.map(|b| b.0),
             _ => None,
         },
     }))
@@ -269,6 +355,9 @@ impl LoanView {
             confirmed_txid: loan.confirmed_tx.map(|(_, t)| t.to_string()),
             created_at: loan.created_at,
             activated_at: loan.activated_at,
+            adjustment: loan.adjustment.as_ref().map(AdjustmentView::from),
+            adjustments: loan.adjustments.iter().map(AdjustmentView::from).collect(),
+            margin_call_levels_crossed: loan.levels_crossed,
         })
     }
 }

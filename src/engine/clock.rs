@@ -85,7 +85,7 @@ impl Engine {
                     fee_sat_per_kvb,
                     tip,
                 )?;
-                self.decide(loan, &next, &events, decision, Durability::Durable)?;
+                let next = self.decide(loan, &next, &events, decision, Durability::Durable)?;
                 self.book.update(&next, now);
                 out.defaulted.push(loan.id.clone());
             }
@@ -113,7 +113,7 @@ impl Engine {
                         tip,
                         true,
                     )?;
-                    self.decide(loan, &next, &events, decision, Durability::Durable)?;
+                    let _ = self.decide(loan, &next, &events, decision, Durability::Durable)?;
                 }
                 out.expired.push(loan.id.clone());
             }

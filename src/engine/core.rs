@@ -52,6 +52,13 @@ pub enum EngineError {
     NothingToCosign { id: String },
     #[error("loan {id}: no chain view of its escrow yet; nothing is decided without one")]
     NoChainView { id: String },
+    #[error("loan {id}: {source}")]
+    Withdrawal {
+        id: String,
+        source: super::decision::WithdrawalError,
+    },
+    #[error("loan {id}: {reason}")]
+    WithdrawalRefused { id: String, reason: String },
 }
 
 /// What the engine needs to know besides its store and key.
@@ -101,6 +108,9 @@ pub struct EscrowView {
     pub depth: BTreeMap<OutPoint, u32>,
     /// A transaction spending the escrow is in the view (confirmed or not).
     pub spent: bool,
+    /// Those transactions (confirmed or not); empty when the view does not list them
+    /// (then `spent` alone counts).
+    pub spending: Vec<Txid>,
     /// Confirmed spends.
     pub confirmed_spends: Vec<ConfirmedSpend>,
 }
@@ -125,10 +135,13 @@ impl EscrowView {
         min_conf: u32,
         tx: impl Fn(Txid) -> Option<Transaction>,
     ) -> Self {
+        // Every confirmed deposit, with its depth: `at_depth` keeps those deep enough,
+        // except the change of the loan's own settled adjustments (ours, confirmed).
+        let _ = min_conf;
         let deep: Vec<_> = state
             .deposits
             .iter()
-            .filter(|d| d.spent_by.is_none() && d.status.confirmations() >= min_conf.max(1))
+            .filter(|d| d.spent_by.is_none() && d.status.confirmations() >= 1)
             .collect();
         let depth = deep
             .iter()
@@ -162,6 +175,7 @@ impl EscrowView {
             confirmed,
             depth,
             spent: !state.spends.is_empty(),
+            spending: state.spends.iter().map(|s| s.txid).collect(),
             confirmed_spends,
         }
     }
@@ -169,12 +183,28 @@ impl EscrowView {
     /// The view with only the deposits confirmed at least `min_conf` times: a loan
     /// whose terms ask for more confirmations than the service's floor counts its
     /// collateral (and spends it) only at that depth.
-    pub fn at_depth(mut self, min_conf: u32) -> Self {
+    pub fn at_depth(self, min_conf: u32) -> Self {
+        self.at_depth_except(min_conf, |_| false)
+    }
+
+    /// [`EscrowView::at_depth`], keeping at any depth the outputs of the transactions
+    /// `ours` names (the change a settled adjustment paid back into the escrow).
+    pub fn at_depth_except(mut self, min_conf: u32, ours: impl Fn(Txid) -> bool) -> Self {
         let depth = std::mem::take(&mut self.depth);
-        self.confirmed
-            .retain(|i| depth.get(&i.outpoint).is_none_or(|d| *d >= min_conf));
+        self.confirmed.retain(|i| {
+            ours(i.outpoint.txid) || depth.get(&i.outpoint).is_none_or(|d| *d >= min_conf)
+        });
         self.depth = depth;
         self
+    }
+
+    /// Is the escrow being spent by a transaction other than `loan`'s settled
+    /// adjustments?
+    pub fn spent_for(&self, loan: &Loan) -> bool {
+        if self.spending.is_empty() {
+            return self.spent;
+        }
+        self.spending.iter().any(|t| !loan.settled(*t))
     }
 
     pub fn collateral(&self) -> Amount {
@@ -257,6 +287,14 @@ impl Engine {
         let heights =
             EscrowHeights::new(r.default_height, r.recovery_height, r.accepted_at_height)?;
         Ok(self.config.template.instantiate(&keys, heights, n)?)
+    }
+
+    pub(super) fn arbiter_signing_key(&self) -> &crate::keys::SigningKey {
+        self.arbiter.signing_key()
+    }
+
+    pub(super) fn fee_cap(&self) -> &FeeCap {
+        &self.config.fee_cap
     }
 
     /// The arbiter's account key (the third key of every escrow).
@@ -398,15 +436,16 @@ impl Engine {
     /// decision; anyone else's close the loan on chain).
     pub fn observe(&mut self, id: &str, view: EscrowView, now: u64) -> Result<Loan, EngineError> {
         let mut loan = self.loan(id)?;
-        let view = view.at_depth(
+        let view = view.at_depth_except(
             self.config
                 .min_confirmations
                 .max(loan.terms.get().min_confirmations),
+            |txid| loan.settled(txid),
         );
         let collateral = Input::CollateralObserved {
             now,
             confirmed: view.collateral(),
-            escrow_spent: view.spent,
+            escrow_spent: view.spent_for(&loan),
         };
         if matches!(
             loan.state,
@@ -418,6 +457,9 @@ impl Engine {
             loan = self.step(&loan, &collateral)?.0;
         }
         for spend in &view.confirmed_spends {
+            if loan.settled(spend.txid) {
+                continue;
+            }
             let mut ours = loan
                 .broadcasts
                 .iter()
@@ -555,7 +597,9 @@ impl Engine {
                 tip,
                 false,
             )?;
-            self.decide(&loan, &next, &events, decision, Durability::Durable)?;
+            let next = self.decide(&loan, &next, &events, decision, Durability::Durable)?;
+            self.book.update(&next, now);
+            return Ok(next);
         } else {
             self.store
                 .apply(loan.version, &next, &events, Durability::Durable)?;
@@ -593,25 +637,45 @@ impl Engine {
         })
     }
 
-    /// Sign the decision as the arbiter and store it with the transition.
+    /// Sign the decision as the arbiter and store it with the transition, as the
+    /// loan's next decision; returns the loan as stored.
     pub(super) fn decide(
         &self,
         before: &Loan,
         after: &Loan,
         events: &[Event],
-        decision: Decision,
+        mut decision: Decision,
         durability: Durability,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Loan, EngineError> {
+        decision.number = before.decisions;
         let record = self.sign_record(decision)?;
+        self.store_decision(before, after, events, record, durability)
+    }
+
+    /// Store `record` (numbered as `before`'s next decision) with the transition to
+    /// `after`; returns the loan as stored.
+    pub(super) fn store_decision(
+        &self,
+        before: &Loan,
+        after: &Loan,
+        events: &[Event],
+        mut record: DecisionRecord,
+        durability: Durability,
+    ) -> Result<Loan, EngineError> {
+        record.decision.number = before.decisions;
+        let after = Loan {
+            decisions: before.decisions + 1,
+            ..after.clone()
+        };
         self.store.apply_with_decision(
             before.version,
-            after,
+            &after,
             events,
             &record.store_key(),
             &record,
             durability,
         )?;
-        Ok(())
+        Ok(after)
     }
 
     /// The loan's latest decision record.

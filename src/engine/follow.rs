@@ -229,6 +229,9 @@ fn waits_for_its_transaction(loan: &Loan) -> bool {
     loan.confirmed_tx.is_none()
         && matches!(
             loan.state,
-            LoanState::Liquidating | LoanState::Releasing | LoanState::Expired
+            LoanState::Liquidating
+                | LoanState::Releasing
+                | LoanState::Expired
+                | LoanState::Withdrawing
         )
 }

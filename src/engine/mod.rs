@@ -8,6 +8,7 @@
 //! co-signature, finalized, broadcast), stored atomically with the loan transition
 //! that advances it (`Store::apply_with_decision`): the outbox a restart resumes from.
 
+mod adjust;
 mod book;
 mod clock;
 pub mod core;
@@ -20,7 +21,8 @@ pub use self::core::{
     latest_decision, Acceptance, ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord,
     EscrowView,
 };
+pub use adjust::{withdrawal_limit, WITHDRAWAL_MARGIN};
 pub use clock::ClockOutcome;
-pub use decision::{Decision, DecisionError, DecisionKind};
+pub use decision::{Decision, DecisionError, DecisionKind, WithdrawalError};
 pub use record::{DecisionRecord, Progress, RecordError};
 pub use tick::TickOutcome;

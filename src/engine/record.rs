@@ -82,13 +82,35 @@ pub struct DecisionRecord {
 }
 
 impl DecisionRecord {
-    /// The store key of a loan's decision attempt (zero-padded: keys sort by attempt).
-    pub fn key(loan_id: &str, attempt: u32) -> String {
-        format!("{loan_id}/{attempt:010}")
+    /// The store key of a loan's decision attempt (zero-padded: keys sort by decision,
+    /// then attempt). The first decision keeps the key records had before a loan could
+    /// take more than one (`d…` sorts after every digit).
+    pub fn key(loan_id: &str, number: u32, attempt: u32) -> String {
+        if number == 0 {
+            format!("{loan_id}/{attempt:010}")
+        } else {
+            format!("{loan_id}/d{number:06}/{attempt:010}")
+        }
     }
 
     pub fn store_key(&self) -> String {
-        Self::key(&self.decision.loan_id, self.decision.attempt)
+        Self::key(
+            &self.decision.loan_id,
+            self.decision.number,
+            self.decision.attempt,
+        )
+    }
+
+    /// A decision the arbiter signs last (a withdrawal): its unsigned PSBT, for the
+    /// party to sign first.
+    pub fn unsigned(decision: Decision, escrow: &EscrowDescriptor) -> Result<Self, RecordError> {
+        let psbt = decision.unsigned(escrow)?.psbt;
+        Ok(Self {
+            decision,
+            psbt: psbt.to_string(),
+            progress: Progress::AwaitingCosignature,
+            signed_at: 0,
+        })
     }
 
     /// Build the decision's transaction and sign it as the arbiter (only that

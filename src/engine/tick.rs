@@ -9,7 +9,6 @@ use crate::loan::{apply, Input, Loan, LoanState, PriceEvidence};
 use crate::store::Durability;
 
 use super::core::{Engine, EngineError};
-use super::decision::Decision;
 
 /// What a price tick did.
 #[derive(Debug, Default)]
@@ -118,24 +117,25 @@ impl Engine {
         if next == loan {
             return Ok(Step::Unchanged);
         }
-        if next.state == LoanState::Liquidating {
+        let next = if next.state == LoanState::Liquidating {
             let Ok(inputs) = self.inputs_of(id) else {
                 return Ok(Step::WaitingForChain);
             };
-            let decision = Decision::liquidation(
+            let (next, events, decision) = self.liquidation_decision(
                 &loan,
-                self.escrow_of(id)?,
+                (next, events),
                 inputs,
                 evidence,
                 now,
                 fee_sat_per_kvb,
                 tip,
             )?;
-            self.decide(&loan, &next, &events, decision, Durability::Buffered)?;
+            self.decide(&loan, &next, &events, decision, Durability::Buffered)?
         } else {
             self.store
                 .apply(loan.version, &next, &events, Durability::Buffered)?;
-        }
+            next
+        };
         self.book.update(&next, now);
         Ok(Step::Moved(Box::new(next)))
     }

@@ -5,6 +5,7 @@
 pub mod calc;
 pub mod index;
 pub mod money;
+pub mod partial;
 pub mod plan;
 pub mod state;
 pub mod terms;
@@ -12,7 +13,7 @@ mod transition;
 
 pub use money::{Bps, Currency, Fiat, Price};
 pub use state::{
-    apply, Event, Input, LiquidationReason, Loan, LoanState, PriceEvidence, QuoteEvidence,
-    TransitionError, TxKind,
+    apply, Adjustment, AdjustmentKind, Event, Input, LiquidationReason, Loan, LoanState,
+    PriceEvidence, QuoteEvidence, TransitionError, TxKind,
 };
 pub use terms::{EscrowSchedule, LoanTerms, TermsError, TermsInput};

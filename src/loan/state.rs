@@ -57,6 +57,9 @@ pub enum LoanState {
     Closed,
     Expired,
     ClosedOnChain,
+    /// A withdrawal of excess collateral is signed and waits for its transaction to
+    /// confirm (then `Active` again).
+    Withdrawing,
 }
 
 /// Why a loan is being liquidated.
@@ -111,6 +114,43 @@ pub enum TxKind {
     Release,
     /// An expired loan's deposits back to the borrower.
     Refund,
+    /// Part of the collateral to the lender, the rest back into the escrow.
+    PartialLiquidation,
+    /// Collateral above the initial LTV to the borrower, the rest back into the escrow.
+    Withdrawal,
+}
+
+/// What an adjustment (a transaction that leaves the loan open) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustmentKind {
+    PartialLiquidation,
+    Withdrawal,
+}
+
+/// A partial liquidation or a withdrawal: the loan stays open on the change its
+/// transaction pays back into the escrow (same script: see `engine::decision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adjustment {
+    pub kind: AdjustmentKind,
+    /// When it was decided (unix seconds): a partial sale repays the debt as of then.
+    pub decided_at: u64,
+    /// The debt the sale repays (zero for a withdrawal).
+    pub repay: Fiat,
+    /// To the lender (partial liquidation) or to the borrower (withdrawal).
+    pub paid: Amount,
+    /// Back into the escrow.
+    pub change: Amount,
+    pub fee: Amount,
+    /// The price it was decided at, and the LTV before and after at that price.
+    pub price: Price,
+    pub ltv_before: Bps,
+    pub ltv_after: Bps,
+    /// The oracle tick it was decided on (partial liquidations).
+    pub oracle_seq: Option<u64>,
+    /// The transaction that carried it out, once confirmed.
+    pub txid: Option<Txid>,
+    pub height: Option<u32>,
 }
 
 /// A loan record.
@@ -162,6 +202,19 @@ pub struct Loan {
     pub spent_by: Option<Txid>,
     /// The state the loan was in when `spent_by` closed it (restored on a reorg).
     pub closed_from: Option<LoanState>,
+    /// Decisions taken so far: the next decision's number (its store key).
+    #[serde(default)]
+    pub decisions: u32,
+    /// The partial liquidation or withdrawal the pending decision carries out.
+    #[serde(default)]
+    pub adjustment: Option<Adjustment>,
+    /// Settled partial liquidations and withdrawals, oldest first.
+    #[serde(default)]
+    pub adjustments: Vec<Adjustment>,
+    /// How many of the terms' margin-call levels are crossed (they are crossed in
+    /// order, so these are the first ones).
+    #[serde(default)]
+    pub levels_crossed: u32,
 }
 
 impl Loan {
@@ -191,7 +244,17 @@ impl Loan {
             confirmed_tx: None,
             spent_by: None,
             closed_from: None,
+            decisions: 0,
+            adjustment: None,
+            adjustments: Vec::new(),
+            levels_crossed: 0,
         }
+    }
+
+    /// Is `txid` the confirmed transaction of a settled adjustment (a spend of the
+    /// escrow that left the loan open)?
+    pub fn settled(&self, txid: Txid) -> bool {
+        self.adjustments.iter().any(|a| a.txid == Some(txid))
     }
 
     /// The accrual: the loan's own once activated; before, the principal alone.
@@ -238,6 +301,7 @@ impl Loan {
                     | LoanState::Liquidated
                     | LoanState::Releasing
                     | LoanState::Closed
+                    | LoanState::Withdrawing
             )
     }
 
@@ -316,6 +380,23 @@ pub enum Input {
     DeadlinePassed {
         now: u64,
     },
+    /// The liquidation just decided sells only part of the collateral (the engine
+    /// computed `adjustment` with `partial::partial_sale`).
+    PartialLiquidationDecided {
+        adjustment: Adjustment,
+    },
+    /// The liquidation just decided sells everything although the terms ask for a
+    /// partial one, because `why`.
+    FullLiquidationInstead {
+        why: String,
+    },
+    /// The borrower asks to withdraw collateral (checked by the engine against the
+    /// limit at the current price); replaces an unsigned request.
+    WithdrawalRequested {
+        adjustment: Adjustment,
+    },
+    /// The withdrawal is co-signed and signed by the arbiter: its transaction goes out.
+    WithdrawalSigned,
 }
 
 /// What happened, with the numbers behind it.
@@ -348,6 +429,60 @@ pub enum Event {
     MarginCallCleared {
         ltv: Bps,
         price: Price,
+    },
+    /// The LTV crossed margin-call level `level` (1-based) of the terms, at `threshold`.
+    MarginCallLevel {
+        level: u32,
+        threshold: Bps,
+        ltv: Bps,
+        price: Price,
+        owed: Fiat,
+    },
+    /// The LTV fell below level `level` less the hysteresis: it can fire again.
+    MarginCallLevelCleared {
+        level: u32,
+        ltv: Bps,
+    },
+    /// The liquidation sells part of the collateral: every number of the sale.
+    PartialLiquidationDecided {
+        repay: Fiat,
+        to_lender: Amount,
+        change: Amount,
+        fee: Amount,
+        ltv_before: Bps,
+        target_ltv: Bps,
+        ltv_after: Bps,
+        price: Price,
+    },
+    /// The terms ask for partial liquidation but this one sells everything, because
+    /// `why`.
+    FullLiquidationInstead {
+        why: String,
+    },
+    /// The partial liquidation confirmed: the loan is open again with these numbers.
+    PartialLiquidationSettled {
+        repaid: Fiat,
+        owed: Fiat,
+        collateral: Amount,
+    },
+    WithdrawalRequested {
+        amount: Amount,
+        change: Amount,
+        fee: Amount,
+        ltv_after: Bps,
+        price: Price,
+    },
+    WithdrawalSigned {
+        amount: Amount,
+    },
+    /// A withdrawal not yet signed was dropped (a liquidation or a release came
+    /// first, or a new request replaced it).
+    WithdrawalCancelled {
+        reason: String,
+    },
+    WithdrawalSettled {
+        amount: Amount,
+        collateral: Amount,
     },
     BreachTick {
         ltv: Bps,
@@ -446,6 +581,9 @@ pub enum TransitionError {
     },
 }
 
+#[cfg(test)]
+#[path = "state_adjust_tests.rs"]
+mod adjust_tests;
 #[cfg(test)]
 #[path = "state_replay_tests.rs"]
 mod replay_tests;

@@ -50,7 +50,14 @@ pub enum TermsError {
     LenderPayoutAddress(AddressError),
     #[error("min_confirmations: must be between 1 and 100")]
     MinConfirmations,
+    #[error("target_ltv: with partial_liquidation, must be above zero and at most initial_ltv")]
+    TargetLtv,
+    #[error("margin_call_levels: at most {MAX_MARGIN_CALL_LEVELS} levels, rising, the first equal to margin_call_ltv and each below liquidation_ltv")]
+    MarginCallLevels,
 }
+
+/// The most margin-call levels an offer may list.
+pub const MAX_MARGIN_CALL_LEVELS: usize = 5;
 
 /// Terms as the lender offers them (unchecked).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +79,35 @@ pub struct TermsInput {
     pub borrower_return_address: String,
     pub lender_payout_address: String,
     pub min_confirmations: u32,
+    /// On a confirmed LTV breach, sell only what brings the loan back to `target_ltv`
+    /// (see `calc::partial_sale`) instead of the whole collateral.
+    #[serde(default)]
+    pub partial_liquidation: bool,
+    /// The LTV a partial liquidation restores (required with `partial_liquidation`,
+    /// at most `initial_ltv`).
+    #[serde(default)]
+    pub target_ltv: Option<Bps>,
+    /// Margin-call levels, each raising its own event once per crossing (with
+    /// `hysteresis`); the first is `margin_call_ltv`. Empty: the one level
+    /// `margin_call_ltv`.
+    #[serde(default)]
+    pub margin_call_levels: Vec<Bps>,
+}
+
+impl TermsInput {
+    /// The margin-call levels in force: the listed ones, or `margin_call_ltv` alone.
+    pub fn levels(&self) -> Vec<Bps> {
+        if self.margin_call_levels.is_empty() {
+            vec![self.margin_call_ltv]
+        } else {
+            self.margin_call_levels.clone()
+        }
+    }
+
+    /// The target LTV of a partial liquidation, when the terms ask for one.
+    pub fn partial_target(&self) -> Option<Bps> {
+        self.target_ltv.filter(|_| self.partial_liquidation)
+    }
 }
 
 /// Validated terms (construct with [`LoanTerms::new`]). A stored record is validated
@@ -183,6 +219,25 @@ fn check(t: &TermsInput, network: Network) -> Result<(), TermsError> {
     if t.min_confirmations == 0 || t.min_confirmations > 100 {
         return Err(TermsError::MinConfirmations);
     }
+    if t.partial_liquidation
+        && !t
+            .target_ltv
+            .is_some_and(|target| target.0 > 0 && target <= t.initial_ltv)
+    {
+        return Err(TermsError::TargetLtv);
+    }
+    if t.target_ltv.is_some() && !t.partial_liquidation {
+        return Err(TermsError::TargetLtv);
+    }
+    let levels = &t.margin_call_levels;
+    if !levels.is_empty()
+        && (levels.len() > MAX_MARGIN_CALL_LEVELS
+            || levels[0] != t.margin_call_ltv
+            || levels.windows(2).any(|w| w[0] >= w[1])
+            || levels.iter().any(|l| *l >= t.liquidation_ltv))
+    {
+        return Err(TermsError::MarginCallLevels);
+    }
     Ok(())
 }
 
@@ -288,6 +343,9 @@ pub(crate) mod tests {
                 "bcrt1qft5p2uhsdcdc3l2ua4ap5qqfg4pjaqlp250x7us7a8qqhrxrxfsqseac85".into(),
             lender_payout_address: "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080".into(),
             min_confirmations: 1,
+            partial_liquidation: false,
+            target_ltv: None,
+            margin_call_levels: Vec::new(),
         }
     }
 
@@ -379,6 +437,27 @@ pub(crate) mod tests {
                 TermsError::FundingDeadline,
             ),
             (|t| t.min_confirmations = 0, TermsError::MinConfirmations),
+            (|t| t.partial_liquidation = true, TermsError::TargetLtv),
+            (
+                |t| {
+                    t.partial_liquidation = true;
+                    t.target_ltv = Some(Bps(5_001));
+                },
+                TermsError::TargetLtv,
+            ),
+            (|t| t.target_ltv = Some(Bps(4_000)), TermsError::TargetLtv),
+            (
+                |t| t.margin_call_levels = vec![Bps(7_500)],
+                TermsError::MarginCallLevels,
+            ),
+            (
+                |t| t.margin_call_levels = vec![Bps(7_000), Bps(7_000)],
+                TermsError::MarginCallLevels,
+            ),
+            (
+                |t| t.margin_call_levels = vec![Bps(7_000), Bps(8_000)],
+                TermsError::MarginCallLevels,
+            ),
         ];
         for (edit, want) in cases {
             let mut i = input();

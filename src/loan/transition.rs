@@ -4,7 +4,9 @@
 use bitcoin::Amount;
 
 use super::calc::{self, Accrual, CalcError};
-use super::state::{Event, Input, LiquidationReason, Loan, LoanState, TransitionError, TxKind};
+use super::state::{
+    AdjustmentKind, Event, Input, LiquidationReason, Loan, LoanState, TransitionError, TxKind,
+};
 
 fn input_name(input: &Input) -> &'static str {
     match input {
@@ -20,6 +22,10 @@ fn input_name(input: &Input) -> &'static str {
         Input::SpentByUnknownTx { .. } => "spent_by_unknown_tx",
         Input::UnknownSpendReorgedOut { .. } => "unknown_spend_reorged_out",
         Input::DeadlinePassed { .. } => "deadline_passed",
+        Input::PartialLiquidationDecided { .. } => "partial_liquidation_decided",
+        Input::FullLiquidationInstead { .. } => "full_liquidation_instead",
+        Input::WithdrawalRequested { .. } => "withdrawal_requested",
+        Input::WithdrawalSigned => "withdrawal_signed",
     }
 }
 
@@ -30,6 +36,8 @@ impl TxKind {
             TxKind::Liquidation => LoanState::Liquidating,
             TxKind::Release => LoanState::Releasing,
             TxKind::Refund => LoanState::Expired,
+            TxKind::PartialLiquidation => LoanState::Liquidating,
+            TxKind::Withdrawal => LoanState::Withdrawing,
         }
     }
 
@@ -40,8 +48,68 @@ impl TxKind {
             TxKind::Release => LoanState::Closed,
             // A refund leaves the loan Expired; its confirmation is recorded.
             TxKind::Refund => LoanState::Expired,
+            // An adjustment leaves the loan open.
+            TxKind::PartialLiquidation | TxKind::Withdrawal => LoanState::Active,
         }
     }
+}
+
+/// Our transaction `txid` (of `kind`) confirmed: the decision is carried out. A full
+/// decision ends in its done state; an adjustment is settled and the loan is open
+/// again on the change (the debt reduced by a partial sale as of when it was decided:
+/// nothing moves the accrual while it is pending).
+fn confirm(
+    loan: &Loan,
+    next: &mut Loan,
+    events: &mut Vec<Event>,
+    kind: TxKind,
+    txid: bitcoin::Txid,
+    height: Option<u32>,
+) -> Result<(), TransitionError> {
+    events.push(Event::TxConfirmed { kind, txid, height });
+    if !matches!(kind, TxKind::PartialLiquidation | TxKind::Withdrawal) {
+        next.state = kind.done_state();
+        next.confirmed_tx = Some((kind, txid));
+        return Ok(());
+    }
+    let calc_err = |e: CalcError| TransitionError::Calc(e, loan.id.clone());
+    let mut adjustment = loan.adjustment.clone().ok_or(TransitionError::Illegal {
+        id: loan.id.clone(),
+        state: loan.state,
+        input: "tx_confirmed",
+    })?;
+    let at = adjustment.decided_at;
+    match adjustment.kind {
+        AdjustmentKind::PartialLiquidation => {
+            let accrual = loan
+                .accrual_at(at)
+                .repay(adjustment.repay.minor, at)
+                .map_err(calc_err)?;
+            next.accrual = Some(accrual);
+            next.repaid = loan.repaid.saturating_add(adjustment.repay.minor);
+            events.push(Event::PartialLiquidationSettled {
+                repaid: adjustment.repay,
+                owed: accrual.owed(at).map_err(calc_err)?,
+                collateral: adjustment.change,
+            });
+        }
+        AdjustmentKind::Withdrawal => events.push(Event::WithdrawalSettled {
+            amount: adjustment.paid,
+            collateral: adjustment.change,
+        }),
+    }
+    adjustment.txid = Some(txid);
+    adjustment.height = height;
+    next.collateral = adjustment.change;
+    next.adjustments.push(adjustment);
+    next.adjustment = None;
+    next.state = LoanState::Active;
+    next.broadcasts.clear();
+    next.confirmed_tx = None;
+    next.liquidation_reason = None;
+    next.breach_ticks = 0;
+    next.levels_crossed = 0;
+    Ok(())
 }
 
 /// Apply `input` to `loan`. On success the returned loan has `version` bumped by one
@@ -217,6 +285,7 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                     events.push(Event::MarginCallCleared { ltv, price });
                 }
             }
+            levels(loan, &mut next, &mut events, ltv, price, owed);
             // Remembered even when nothing else moved, so that a replay of this tick
             // (or an older one) is ignored whatever happened in between.
             next.last_price_seq = Some(*seq);
@@ -308,13 +377,7 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 return unchanged();
             }
             if loan.is_ours(*txid) {
-                next.state = kind.done_state();
-                next.confirmed_tx = Some((*kind, *txid));
-                events.push(Event::TxConfirmed {
-                    kind: *kind,
-                    txid: *txid,
-                    height: Some(*height),
-                });
+                confirm(loan, &mut next, &mut events, *kind, *txid, Some(*height))?;
             } else {
                 // Nothing we broadcast: someone else spent the escrow.
                 next.state = S::ClosedOnChain;
@@ -361,6 +424,13 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
         {
             return unchanged();
         }
+        (_, Input::SpentByUnknownTx { txid, .. } | Input::TxConfirmed { txid, .. })
+            if loan.settled(*txid) =>
+        {
+            // A settled adjustment's transaction: it spent an earlier escrow output
+            // and paid the change back; the loan goes on from the change.
+            return unchanged();
+        }
         (state, Input::SpentByUnknownTx { txid, .. }) if loan.is_ours(*txid) => {
             // A transaction we broadcast (an RBF replacement the reporter did not
             // know): it is a confirmation of ours, never a stranger's spend.
@@ -376,13 +446,7 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             if state != kind.pending_state() {
                 return Err(illegal());
             }
-            next.state = kind.done_state();
-            next.confirmed_tx = Some((kind, *txid));
-            events.push(Event::TxConfirmed {
-                kind,
-                txid: *txid,
-                height: None,
-            });
+            confirm(loan, &mut next, &mut events, kind, *txid, None)?;
         }
         (S::Liquidated | S::Closed, Input::SpentByUnknownTx { .. }) => {
             // The decision's transaction already took the escrow; a later spend of a
@@ -430,6 +494,58 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             events.push(Event::Expired);
         }
         (S::Expired, Input::DeadlinePassed { .. }) => return unchanged(),
+        (S::Liquidating, Input::PartialLiquidationDecided { adjustment })
+            if loan.adjustment.is_none() && loan.broadcasts.is_empty() =>
+        {
+            let Some(target) = t.partial_target() else {
+                return Err(illegal());
+            };
+            events.push(Event::PartialLiquidationDecided {
+                repay: adjustment.repay,
+                to_lender: adjustment.paid,
+                change: adjustment.change,
+                fee: adjustment.fee,
+                ltv_before: adjustment.ltv_before,
+                target_ltv: target,
+                ltv_after: adjustment.ltv_after,
+                price: adjustment.price,
+            });
+            next.adjustment = Some(adjustment.clone());
+        }
+        (S::Liquidating, Input::FullLiquidationInstead { why }) if loan.adjustment.is_none() => {
+            events.push(Event::FullLiquidationInstead { why: why.clone() });
+        }
+        (S::Active, Input::WithdrawalRequested { adjustment })
+            if adjustment.kind == AdjustmentKind::Withdrawal =>
+        {
+            if loan.adjustment.as_ref() == Some(adjustment) {
+                return unchanged();
+            }
+            if loan.adjustment.is_some() {
+                events.push(Event::WithdrawalCancelled {
+                    reason: "replaced by a new request".into(),
+                });
+            }
+            events.push(Event::WithdrawalRequested {
+                amount: adjustment.paid,
+                change: adjustment.change,
+                fee: adjustment.fee,
+                ltv_after: adjustment.ltv_after,
+                price: adjustment.price,
+            });
+            next.adjustment = Some(adjustment.clone());
+        }
+        (S::Active | S::MarginCall, Input::WithdrawalSigned)
+            if loan
+                .adjustment
+                .as_ref()
+                .is_some_and(|a| a.kind == AdjustmentKind::Withdrawal) =>
+        {
+            next.state = S::Withdrawing;
+            events.push(Event::WithdrawalSigned {
+                amount: loan.adjustment.as_ref().map_or(Amount::ZERO, |a| a.paid),
+            });
+        }
         (S::Expired, Input::CollateralObserved { confirmed, .. }) => {
             // Deposits of an expired loan (partial, or confirmed too late) are tracked
             // so they can be refunded; they never activate it.
@@ -443,6 +559,19 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
         }
         _ => return Err(illegal()),
     }
+    // A withdrawal not yet signed gives way to a liquidation or a release.
+    if matches!(next.state, S::Liquidating | S::Releasing)
+        && matches!(loan.state, S::Active | S::MarginCall)
+        && next
+            .adjustment
+            .as_ref()
+            .is_some_and(|a| a.kind == AdjustmentKind::Withdrawal)
+    {
+        next.adjustment = None;
+        events.push(Event::WithdrawalCancelled {
+            reason: format!("the loan is {:?}", next.state).to_lowercase(),
+        });
+    }
     if next == *loan {
         debug_assert!(events.is_empty(), "events without a change: {events:?}");
         return unchanged();
@@ -450,4 +579,48 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
     next.version = loan.version + 1;
     next.event_count = loan.event_count + events.len() as u64;
     Ok((next, events))
+}
+
+/// The terms' margin-call levels at `ltv` (when the terms list them): a level is
+/// crossed at or above it and stays crossed until the LTV falls below it less the
+/// hysteresis; each crossing raises its event once, in order, and each clearing its
+/// own.
+fn levels(
+    loan: &Loan,
+    next: &mut Loan,
+    events: &mut Vec<Event>,
+    ltv: super::money::Bps,
+    price: super::money::Price,
+    owed: super::money::Fiat,
+) {
+    let t = loan.terms.get();
+    if t.margin_call_levels.is_empty() {
+        return;
+    }
+    let crossed = loan.levels_crossed as usize;
+    let mut now_crossed = 0;
+    for (i, level) in t.margin_call_levels.iter().enumerate() {
+        let held = i < crossed && ltv.0 >= level.0.saturating_sub(t.hysteresis.0);
+        if ltv >= *level || held {
+            now_crossed = i + 1;
+        } else {
+            break;
+        }
+    }
+    for i in crossed..now_crossed {
+        events.push(Event::MarginCallLevel {
+            level: i as u32 + 1,
+            threshold: t.margin_call_levels[i],
+            ltv,
+            price,
+            owed,
+        });
+    }
+    for i in (now_crossed..crossed).rev() {
+        events.push(Event::MarginCallLevelCleared {
+            level: i as u32 + 1,
+            ltv,
+        });
+    }
+    next.levels_crossed = now_crossed as u32;
 }

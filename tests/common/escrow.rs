@@ -190,5 +190,8 @@ pub fn loan_terms(
         borrower_return_address: borrower_return.to_string(),
         lender_payout_address: lender_payout.to_string(),
         min_confirmations: 1,
+        partial_liquidation: false,
+        target_ltv: None,
+        margin_call_levels: Vec::new(),
     }
 }

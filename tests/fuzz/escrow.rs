@@ -112,6 +112,7 @@ fn build_escrow() -> Escrow {
     .fee;
     let decision = Decision {
         loan_id: "fuzz".into(),
+        number: 0,
         kind: DecisionKind::Release,
         attempt: 0,
         inputs,

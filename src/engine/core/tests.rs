@@ -152,6 +152,7 @@ fn a_breach_is_decided_signed_cosigned_broadcast_and_confirmed() {
         depth: Default::default(),
         confirmed: vec![],
         spent: true,
+        spending: Vec::new(),
         confirmed_spends: if confirmed {
             vec![ConfirmedSpend {
                 txid,
@@ -271,6 +272,7 @@ fn the_escrows_are_rebuilt_after_a_restart_and_a_stranger_spend_closes_on_chain(
         depth: Default::default(),
         confirmed: vec![],
         spent: true,
+        spending: Vec::new(),
         confirmed_spends: vec![ConfirmedSpend {
             txid: other,
             height: 500,
@@ -467,6 +469,7 @@ fn one_undecidable_loan_holds_no_other_back() {
     let spent_view = EscrowView {
         depth: Default::default(),
         spent: true,
+        spending: Vec::new(),
         ..EscrowView::default()
     };
     assert_eq!(
@@ -515,6 +518,7 @@ fn a_decided_transaction_confirmed_before_its_broadcast_was_recorded_is_ours() {
         depth: Default::default(),
         confirmed: vec![],
         spent: true,
+        spending: Vec::new(),
         confirmed_spends: vec![ConfirmedSpend {
             txid,
             height: 301,
