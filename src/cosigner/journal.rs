@@ -60,8 +60,14 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
-pub fn key(loan: &str, attempt: u32) -> String {
-    format!("{loan}/{attempt}")
+/// The journal key of a loan's decision attempt (the first decision keeps the key it
+/// had before a loan could take several).
+pub fn key(loan: &str, decision: u32, attempt: u32) -> String {
+    if decision == 0 {
+        format!("{loan}/{attempt}")
+    } else {
+        format!("{loan}/d{decision}/{attempt}")
+    }
 }
 
 fn journal_path(dir: &Path) -> PathBuf {
@@ -114,7 +120,7 @@ mod tests {
         let mut j = Journal::load(dir.path()).unwrap();
         assert!(j.signed.is_empty());
         j.signed.insert(
-            key("l1", 0),
+            key("l1", 0, 0),
             SignedEntry {
                 kind: "liquidation".into(),
                 txid: "ab".into(),

@@ -318,7 +318,11 @@ impl Cosigner {
         let shown_txid = bitcoin::psbt::Psbt::from_str(pending["psbt"].as_str().unwrap_or(""))
             .map(|p| p.unsigned_tx.compute_txid().to_string())
             .unwrap_or_default();
-        let key = journal::key(id, attempt);
+        let decision = pending["decision"]
+            .as_u64()
+            .and_then(|d| u32::try_from(d).ok())
+            .unwrap_or(0);
+        let key = journal::key(id, decision, attempt);
         if let Some(entry) = self.journal.signed.get(&key).cloned() {
             if entry.txid != shown_txid {
                 self.refuse(
@@ -338,7 +342,7 @@ impl Cosigner {
         // output scripts, the lender's amount not lower.
         if let Some(prev) = attempt
             .checked_sub(1)
-            .and_then(|a| self.journal.signed.get(&journal::key(id, a)))
+            .and_then(|a| self.journal.signed.get(&journal::key(id, decision, a)))
         {
             if let Err(reason) = is_bump_of(&prev.psbt, pending["psbt"].as_str().unwrap_or("")) {
                 self.refuse(id, attempt, reason);

@@ -216,9 +216,13 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             .map(|o| o.value)
             .sum()
     };
+    // A partial liquidation pays its change back into the escrow (the script this
+    // co-signer derived itself).
+    let to_escrow = (kind == "partial_liquidation").then(|| spk.clone());
     for (i, o) in psbt.unsigned_tx.output.iter().enumerate() {
         let known = Some(&o.script_pubkey) == lender_spk.as_ref()
-            || Some(&o.script_pubkey) == borrower_spk.as_ref();
+            || Some(&o.script_pubkey) == borrower_spk.as_ref()
+            || Some(&o.script_pubkey) == to_escrow.as_ref();
         if !known {
             return refuse(format!(
                 "output {i} pays neither the lender's payout address nor the borrower's return address of the terms"
@@ -227,22 +231,29 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
     }
     let to_lender = paid_to(&lender_spk);
 
-    let repaid: u64 = match r.ledger_repaid {
-        Some(own) => own,
-        None => r
-            .events
+    let sum = |event: &str, field: &str| -> u64 {
+        r.events
             .iter()
-            .filter(|e| e["event"]["event"] == "repayment_recorded")
-            .filter_map(|e| e["event"]["amount"]["minor"].as_u64())
-            .fold(0u64, u64::saturating_add),
+            .filter(|e| e["event"]["event"] == event)
+            .filter_map(|e| e["event"][field]["minor"].as_u64())
+            .fold(0u64, u64::saturating_add)
     };
+    // Repaid in money (its own ledger, else the server's events), and by partial
+    // liquidations (paid to it on chain).
+    let repaid: u64 = r
+        .ledger_repaid
+        .unwrap_or_else(|| sum("repayment_recorded", "amount"))
+        .saturating_add(sum("partial_liquidation_settled", "repaid"));
     // Fully repaid: the server says so, and (with its own ledger) at least the
     // principal came back.
     let fully_repaid = r.events.iter().any(|e| e["event"]["event"] == "repaid")
-        && r.ledger_repaid
-            .is_none_or(|own| terms["principal_minor"].as_u64().is_some_and(|p| own >= p));
+        && r.ledger_repaid.is_none_or(|_| {
+            terms["principal_minor"]
+                .as_u64()
+                .is_some_and(|p| repaid >= p)
+        });
     match kind.as_str() {
-        "liquidation" => {
+        "liquidation" | "partial_liquidation" => {
             let currency = Currency::new(terms["currency"].as_str().unwrap_or_default())
                 .map_err(|e| Refusal(format!("terms.currency: {e}")))?;
             let decision_price = get_u64(pending, "price_minor")?;
@@ -291,7 +302,25 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
                 Amount::ZERO,
             )
             .map_err(|e| Refusal(format!("computing the lender's share: {e}")))?;
-            if to_lender < split.lender {
+            if kind == "partial_liquidation" {
+                check_partial(
+                    r,
+                    pending,
+                    PartialCheck {
+                        principal: get_u64(terms, "principal_minor")?,
+                        repaid,
+                        apr,
+                        activated,
+                        currency,
+                        penalty: Bps(penalty),
+                        price: decision_price,
+                        inputs,
+                        fee,
+                        to_lender,
+                        to_escrow: paid_to(&to_escrow),
+                    },
+                )?;
+            } else if to_lender < split.lender {
                 return refuse(format!(
                     "the lender's output {to_lender} is below owed × (1 + penalty) = {} at {decision_price} per BTC ({} minor owed)",
                     split.lender, owed.minor
@@ -338,6 +367,9 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
                 ));
             }
         }
+        "withdrawal" => return refuse(
+            "a withdrawal is the borrower's to sign (the arbiter checks its limit and signs last)",
+        ),
         other => return refuse(format!("an unknown kind of PSBT: {other:?}")),
     }
 
@@ -350,4 +382,87 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
         txid: signed.unsigned_tx.compute_txid(),
         psbt: signed,
     })
+}
+
+/// What a partial liquidation is checked with.
+struct PartialCheck {
+    principal: u64,
+    repaid: u64,
+    apr: u32,
+    activated: u64,
+    currency: Currency,
+    penalty: Bps,
+    price: u64,
+    inputs: Amount,
+    fee: Amount,
+    to_lender: Amount,
+    to_escrow: Amount,
+}
+
+/// A partial liquidation pays the lender at least what its claimed sale is worth
+/// (`repay × (1 + penalty)` at the decision price, rounded up) and sells no more than
+/// the smallest sale that restores the target at the most that can be owed (the whole
+/// principal's interest from activation to the arbiter's signature, less every
+/// repayment): the co-signer recomputes that sale itself (`partial::partial_sale`).
+fn check_partial(r: &Review, pending: &Value, c: PartialCheck) -> Result<(), Refusal> {
+    use crate::loan::partial::{self, Sale};
+    let terms = &r.loan["terms"];
+    let target = terms["target_ltv_bps"]
+        .as_u64()
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|_| terms["partial_liquidation"] == true)
+        .ok_or_else(|| {
+            Refusal("a partial liquidation of a loan whose terms ask for none".into())
+        })?;
+    let claimed = get_u64(pending, "repay_minor")?;
+    let price = Price::new(c.price.max(1), c.currency);
+    let paid = partial::lender_sats(claimed, c.penalty, price)
+        .map_err(|e| Refusal(format!("computing the lender's share: {e}")))?;
+    if c.to_lender.to_sat() < paid {
+        return refuse(format!(
+            "the lender's output {} is below the sale's {claimed} minor × (1 + penalty) = {paid} sat at {} per BTC",
+            c.to_lender, c.price
+        ));
+    }
+    let signed_at = get_u64(pending, "signed_at")?.max(c.activated);
+    let most_owed = Accrual::new(Fiat::new(c.principal, c.currency), Bps(c.apr), c.activated)
+        .owed(signed_at)
+        .map_err(|e| Refusal(format!("computing what is owed: {e}")))?
+        .minor
+        .saturating_sub(c.repaid);
+    let dust = Amount::from_sat(330);
+    let needed = match partial::partial_sale(
+        Fiat::new(most_owed, c.currency),
+        c.inputs,
+        price,
+        Bps(target),
+        c.penalty,
+        c.fee,
+        dust,
+    )
+    .map_err(|e| Refusal(format!("computing the sale: {e}")))?
+    {
+        Sale::Partial(s) => s,
+        Sale::Full { why } => {
+            return refuse(format!(
+                "a partial liquidation where this co-signer finds a full one is due: {why}"
+            ))
+        }
+    };
+    if claimed > needed.repay.minor || c.to_lender > needed.lender {
+        return refuse(format!(
+            "the sale is more than needed: it repays {claimed} minor for {} sat, and {} minor for {} sat restores the target {target} bps at {} per BTC",
+            c.to_lender,
+            needed.repay.minor,
+            needed.lender,
+            c.price
+        ));
+    }
+    if c.to_escrow < needed.change {
+        return refuse(format!(
+            "the change back into the escrow {} is below the {} a sale of {} minor leaves",
+            c.to_escrow, needed.change, needed.repay.minor
+        ));
+    }
+    Ok(())
 }

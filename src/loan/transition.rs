@@ -572,7 +572,8 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
             reason: format!("the loan is {:?}", next.state).to_lowercase(),
         });
     }
-    if next == *loan {
+    // Why a liquidation is full is recorded although it changes no field.
+    if next == *loan && !matches!(input, Input::FullLiquidationInstead { .. }) {
         debug_assert!(events.is_empty(), "events without a change: {events:?}");
         return unchanged();
     }
