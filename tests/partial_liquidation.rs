@@ -416,14 +416,18 @@ fn withdrawals_settle_when_safe_and_are_refused_past_the_limit() -> anyhow::Resu
     )?;
     ensure!(status == 403, "{status}");
 
-    // 0.08 BTC leaves 0.12 BTC at $200,000 (LTV ~42 %): an unsigned PSBT.
-    let loan = m.api().expect(
-        201,
-        Method::POST,
-        &withdrawals,
-        &m.borrower,
-        Some(&json!({ "amount_sat": 8_000_000 })),
-    )?;
+    // 0.08 BTC leaves 0.12 BTC at $200,000 (LTV ~42 %): an unsigned PSBT, asked
+    // for from the command line.
+    let dir = tempfile::tempdir()?;
+    let base = m.api().base.clone();
+    let as_borrower = |args: &[&str]| -> anyhow::Result<common::tools::Ran> {
+        let mut all = args.to_vec();
+        all.extend(["--api", &base, "--token", &m.borrower]);
+        common::tools::run(&all)
+    };
+    let loan = as_borrower(&["loan", "withdraw", &id, "--json", "--amount-sat", "8000000"])?
+        .ok()?
+        .json()?;
     ensure!(
         loan["state"] == "active" && loan["adjustment"]["kind"] == "withdrawal",
         "{loan}"
@@ -477,8 +481,19 @@ fn withdrawals_settle_when_safe_and_are_refused_past_the_limit() -> anyhow::Resu
     m.api().wait(&path, &m.borrower, "LTV 25 % again", |v| {
         v["ltv_bps"].as_u64().is_some_and(|l| l <= 2_600)
     })?;
-    let (status, sent) = post(&m.borrower)?;
-    ensure!(status == 200, "{status} {sent}");
+    // The borrower's own tool checks it (its return address, its escrow, the amount
+    // asked), signs and posts it.
+    let key = common::tools::key_file(dir.path(), "borrower.key", &m.parties.borrower)?;
+    let sent = as_borrower(&[
+        "loan",
+        "sign",
+        &id,
+        "--json",
+        "--key",
+        key.to_str().context("path")?,
+    ])?
+    .ok()?
+    .json()?;
     let tx = in_mempool(&m, Txid::from_str(sent["txid"].as_str().context("txid")?)?)?;
     ensure!(paid_to(&tx, &m.borrower_return.script_pubkey()) == 8_000_000);
     let escrow = m.escrow_of(&loan)?.script_pubkey();

@@ -95,6 +95,15 @@ pub struct OfferTerms {
     lender_payout_address: Option<String>,
     #[arg(long)]
     min_confirmations: Option<u32>,
+    /// On a confirmed breach, sell only what brings the loan back to
+    /// --target-ltv-bps.
+    #[arg(long)]
+    partial_liquidation: bool,
+    #[arg(long)]
+    target_ltv_bps: Option<u32>,
+    /// Margin-call levels, rising, the first the margin-call LTV (e.g. 7000,7500,7900).
+    #[arg(long, value_delimiter = ',')]
+    margin_call_levels_bps: Option<Vec<u32>>,
 }
 
 impl OfferTerms {
@@ -141,6 +150,15 @@ impl OfferTerms {
             self.lender_payout_address.clone().map(Value::from),
         );
         set("min_confirmations", self.min_confirmations.map(Value::from));
+        set(
+            "partial_liquidation",
+            self.partial_liquidation.then_some(Value::Bool(true)),
+        );
+        set("target_ltv_bps", self.target_ltv_bps.map(Value::from));
+        set(
+            "margin_call_levels_bps",
+            self.margin_call_levels_bps.clone().map(Value::from),
+        );
         if let Some(d) = &self.funding_deadline {
             let at = match d.strip_prefix('+') {
                 Some(secs) => {
@@ -221,6 +239,15 @@ pub enum LoanCmd {
         /// server accepted it: what `cosign --ledger` counts.
         #[arg(long)]
         ledger: Option<PathBuf>,
+    },
+    /// Ask to withdraw collateral above the initial LTV (borrower): the withdrawal
+    /// becomes the pending PSBT; `loan sign` signs it, and the service signs last.
+    Withdraw {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        #[arg(long)]
+        amount_sat: u64,
     },
     /// The pending PSBT with what it pays.
     Psbt {
@@ -344,6 +371,44 @@ fn loan_text(l: &Value) -> String {
             e["recovery_height"]
         ));
     }
+    if let Some(levels) = t["margin_call_levels_bps"]
+        .as_array()
+        .filter(|l| l.len() > 1)
+    {
+        out.push(format!(
+            "margin-call levels {} ({} crossed)",
+            levels.iter().map(pct).collect::<Vec<_>>().join(", "),
+            l["margin_call_levels_crossed"]
+        ));
+    }
+    if t["partial_liquidation"] == true {
+        out.push(format!(
+            "partial liquidation back to {}",
+            pct(&t["target_ltv_bps"])
+        ));
+    }
+    for a in l["adjustment"]
+        .as_object()
+        .map(|_| &l["adjustment"])
+        .into_iter()
+        .chain(l["adjustments"].as_array().into_iter().flatten())
+    {
+        out.push(format!(
+            "{} {}: paid {}, repaid {}, {} back into the escrow, LTV {} -> {} at {} per BTC",
+            if a["txid"].is_null() {
+                "pending"
+            } else {
+                "settled"
+            },
+            a["kind"].as_str().unwrap_or(""),
+            sats(&a["paid_sat"]),
+            minor(&a["repay_minor"], c),
+            sats(&a["change_sat"]),
+            pct(&a["ltv_before_bps"]),
+            pct(&a["ltv_after_bps"]),
+            minor(&a["price_minor"], c),
+        ));
+    }
     if !l["pending_psbt"].is_null() {
         out.push(psbt_text(&l["pending_psbt"]));
     }
@@ -352,8 +417,9 @@ fn loan_text(l: &Value) -> String {
 
 pub(super) fn psbt_text(p: &Value) -> String {
     let mut out = vec![format!(
-        "pending {} (attempt {}), fee {}",
+        "pending {} (decision {}, attempt {}), fee {}",
         p["kind"].as_str().unwrap_or(""),
+        p["decision"],
         p["attempt"],
         sats(&p["fee_sat"])
     )];
@@ -480,6 +546,23 @@ pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
                 })?;
             }
             print(api.json, &loan, loan_text);
+        }
+        LoanCmd::Withdraw {
+            api,
+            id,
+            amount_sat,
+        } => {
+            let loan = api.client()?.post(
+                &format!("/loans/{id}/withdrawals"),
+                &json!({ "amount_sat": amount_sat }),
+                None,
+            )?;
+            print(api.json, &loan, |l| {
+                format!(
+                    "{}\nsign it with `btc-escrow loan sign {id} --key …`: the service checks the limit again and signs last",
+                    loan_text(l)
+                )
+            });
         }
         LoanCmd::Psbt { api, id } => {
             let p = api.client()?.get(&format!("/loans/{id}/psbt"))?;

@@ -115,7 +115,7 @@ pub(super) fn sign(
             // A borrower signs a release or a refund to its own return address only.
             let verified = verify_escrow(&loan, &expectation)?;
             let kind = pending["kind"].as_str().unwrap_or_default();
-            if kind == "liquidation" {
+            if kind == "liquidation" || kind == "partial_liquidation" {
                 bail!("refused: a liquidation is the lender's to co-sign");
             }
             let mut psbt = Psbt::from_str(pending["psbt"].as_str().unwrap_or_default())?;
@@ -125,13 +125,29 @@ pub(super) fn sign(
             let spk = bitcoin::Address::from_str(to)?
                 .require_network(network)?
                 .script_pubkey();
-            if psbt
-                .unsigned_tx
-                .output
-                .iter()
-                .any(|o| o.script_pubkey != spk)
-            {
+            // A withdrawal also pays its change back into the escrow this borrower
+            // derived itself; what it withdraws is what the loan says was asked.
+            let escrow_spk = verified.escrow.script_pubkey();
+            let own = |o: &bitcoin::TxOut| {
+                o.script_pubkey == spk || (kind == "withdrawal" && o.script_pubkey == escrow_spk)
+            };
+            if !psbt.unsigned_tx.output.iter().all(own) {
                 bail!("refused: the {kind} pays someone other than your return address {to}");
+            }
+            if kind == "withdrawal" {
+                let to_me: u64 = psbt
+                    .unsigned_tx
+                    .output
+                    .iter()
+                    .filter(|o| o.script_pubkey == spk)
+                    .map(|o| o.value.to_sat())
+                    .sum();
+                if loan["adjustment"]["paid_sat"].as_u64() != Some(to_me) {
+                    bail!(
+                        "refused: the withdrawal pays {to_me} sat, not the {} asked",
+                        loan["adjustment"]["paid_sat"]
+                    );
+                }
             }
             btc_escrow::tx::sign(&mut psbt, &key, &verified.escrow, &policy.fee_cap(), &secp)?;
             psbt
@@ -141,7 +157,11 @@ pub(super) fn sign(
     let sent = client.post(
         &format!("/loans/{id}/psbt"),
         &json!({ "psbt": signed.to_string() }),
-        Some(&format!("sign-{id}-{}", pending["attempt"])),
+        Some(&format!(
+            "sign-{id}-{}-{}",
+            pending["decision"].as_u64().unwrap_or(0),
+            pending["attempt"]
+        )),
     )?;
     print(api.json, &sent, |s| {
         format!(
