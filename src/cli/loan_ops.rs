@@ -16,7 +16,8 @@ use btc_escrow::policy::{Party, PolicyTemplate};
 use btc_escrow::verify::{multipath_address, verify_escrow, Expectation};
 use serde_json::{json, Value};
 
-use super::client::{print, psbt_text, read_terms, ApiArgs};
+use super::client::{read_terms, ApiArgs};
+use super::render::{print, psbt_text};
 
 /// The account key of `key` at BIP48 account `account`.
 pub fn own_account(key: &SigningKey, account: u32, network: Network) -> anyhow::Result<AccountKey> {

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod loan_ops;
 pub mod plan;
+mod render;
 pub mod tools;
 
 use std::io::Read;

@@ -15,7 +15,7 @@ use bitcoin::{Amount, FeeRate, ScriptBuf, Transaction};
 use serde::{Deserialize, Serialize};
 
 use crate::loan::calc::{self, CalcError, Split};
-use crate::loan::partial::{self, PartialSale, Sale};
+use crate::loan::partial::PartialSale;
 use crate::loan::{Bps, Fiat, Loan, PriceEvidence, TxKind};
 use crate::policy::{EscrowDescriptor, PathName};
 use crate::tx::{self, BuiltSpend, EscrowInput, SpendRequest, TxError};
@@ -31,21 +31,6 @@ pub enum DecisionError {
     Tx { id: String, source: Box<TxError> },
     #[error("fee rate: {sat_per_kvb} sat/kvB is not a fee rate")]
     FeeRate { sat_per_kvb: u64 },
-}
-
-/// Why a withdrawal is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum WithdrawalError {
-    #[error("amount_sat: {amount} is above the most that can be withdrawn, {max}, keeping the LTV at or below {limit} at the current price")]
-    AboveLimit {
-        max: Amount,
-        limit: Bps,
-        amount: Amount,
-    },
-    #[error("amount_sat: {amount} is below the dust limit {dust} of the return address")]
-    Dust { amount: Amount, dust: Amount },
-    #[error(transparent)]
-    Decision(#[from] DecisionError),
 }
 
 /// What the decision does.
@@ -360,222 +345,15 @@ impl Decision {
         Ok(next)
     }
 
-    /// An adjustment at another fee rate: the same payment, the fee from the change.
-    fn rest_rebuilt(
-        &self,
-        escrow: &EscrowDescriptor,
-        fee_sat_per_kvb: u64,
-    ) -> Result<Self, DecisionError> {
-        let mut next = Decision {
-            fee_sat_per_kvb,
-            ..self.clone()
-        };
-        let built = tx::build(escrow, &next.request()?).map_err(|e| self.tx_err(e))?;
-        next.fee = built.fee;
-        if let DecisionKind::PartialLiquidation { sale, .. } = &mut next.kind {
-            sale.fee = built.fee;
-            sale.change = built.rest;
-        }
-        Ok(next)
-    }
-
-    /// The collateral of `inputs`.
-    fn total(loan: &Loan, inputs: &[EscrowInput]) -> Result<Amount, DecisionError> {
-        inputs
-            .iter()
-            .filter_map(|i| i.txout().map(|o| o.value))
-            .try_fold(Amount::ZERO, |a, v| a.checked_add(v))
-            .ok_or_else(|| DecisionError::Calc {
-                id: loan.id.clone(),
-                source: CalcError::Overflow,
-            })
-    }
-
-    /// The fee of a two-output adjustment (a payment to `to`, the change back into the
-    /// escrow) at `fee_sat_per_kvb`: the outputs' values do not change its size.
-    fn adjustment_fee(
-        loan: &Loan,
-        escrow: &EscrowDescriptor,
-        path_of: DecisionKind,
-        inputs: &[EscrowInput],
-        to: &ScriptBuf,
-        fee_sat_per_kvb: u64,
-        tip: u32,
-    ) -> Result<Amount, DecisionError> {
-        let probe = Decision {
-            loan_id: loan.id.clone(),
-            number: 0,
-            kind: path_of,
-            attempt: 0,
-            inputs: inputs.to_vec(),
-            payments: vec![(to.clone(), to.minimal_non_dust())],
-            rest_to: escrow.script_pubkey(),
-            fee_sat_per_kvb,
-            tip,
-            fee: Amount::ZERO,
-        };
-        Ok(tx::build(escrow, &probe.request()?)
-            .map_err(|e| probe.tx_err(e))?
-            .fee)
-    }
-
-    /// A confirmed breach of a loan whose terms ask for partial liquidation: the
-    /// smallest sale that restores `target` at `evidence`'s price, paying the lender
-    /// and sending the change back into the escrow (same script: the escrow's keys,
-    /// heights and exits stay what every party verified, and its exit kits stay
-    /// valid; the partial sale links the two outputs on chain whatever the script,
-    /// so a fresh one would buy no privacy). `Ok(Err(why))`: a full liquidation
-    /// instead (see `partial::partial_sale`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn partial_liquidation(
-        loan: &Loan,
-        escrow: &EscrowDescriptor,
-        inputs: Vec<EscrowInput>,
-        evidence: &PriceEvidence,
-        target: Bps,
-        now: u64,
-        fee_sat_per_kvb: u64,
-        tip: u32,
-    ) -> Result<Result<Self, &'static str>, DecisionError> {
-        let calc_err = |source| DecisionError::Calc {
-            id: loan.id.clone(),
-            source,
-        };
-        if inputs.is_empty() {
-            return Err(DecisionError::NoInputs {
-                id: loan.id.clone(),
-            });
-        }
-        let owed = loan.owed(now).map_err(calc_err)?;
-        let collateral = Self::total(loan, &inputs)?;
-        let lender_spk = loan.terms.lender_payout_address().script_pubkey();
-        let fee = match Self::adjustment_fee(
-            loan,
-            escrow,
-            DecisionKind::Release,
-            &inputs,
-            &lender_spk,
-            fee_sat_per_kvb,
-            tip,
-        ) {
-            Ok(fee) => fee,
-            Err(_) => return Ok(Err("the collateral cannot pay for two outputs")),
-        };
-        let dust = lender_spk
-            .minimal_non_dust()
-            .max(escrow.script_pubkey().minimal_non_dust());
-        let sale = match partial::partial_sale(
-            owed,
-            collateral,
-            evidence.price,
-            target,
-            loan.terms.get().liquidation_penalty,
-            fee,
-            dust,
-        )
-        .map_err(calc_err)?
-        {
-            Sale::Partial(sale) => sale,
-            Sale::Full { why } => return Ok(Err(why)),
-        };
-        let d = Decision {
-            loan_id: loan.id.clone(),
-            number: 0,
-            kind: DecisionKind::PartialLiquidation {
-                owed,
-                evidence: evidence.clone(),
-                sale,
-            },
-            attempt: 0,
-            inputs,
-            payments: vec![(lender_spk, sale.lender)],
-            rest_to: escrow.script_pubkey(),
-            fee_sat_per_kvb,
-            tip,
-            fee,
-        };
-        let built = d.unsigned(escrow)?;
-        debug_assert_eq!(built.rest, sale.change);
-        Ok(Ok(d))
-    }
-
-    /// A borrower's withdrawal of `amount` to the return address, the rest (less the
-    /// fee) back into the escrow, refused unless the LTV after it at `evidence`'s
-    /// price is at or below `limit`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn withdrawal(
-        loan: &Loan,
-        escrow: &EscrowDescriptor,
-        inputs: Vec<EscrowInput>,
-        amount: Amount,
-        evidence: &PriceEvidence,
-        limit: Bps,
-        now: u64,
-        fee_sat_per_kvb: u64,
-        tip: u32,
-    ) -> Result<Self, WithdrawalError> {
-        let calc_err = |source| DecisionError::Calc {
-            id: loan.id.clone(),
-            source,
-        };
-        if inputs.is_empty() {
-            return Err(DecisionError::NoInputs {
-                id: loan.id.clone(),
-            }
-            .into());
-        }
-        let owed = loan.owed(now).map_err(calc_err)?;
-        let collateral = Self::total(loan, &inputs)?;
-        let to = loan.terms.borrower_return_address().script_pubkey();
-        let fee = Self::adjustment_fee(
-            loan,
-            escrow,
-            DecisionKind::Release,
-            &inputs,
-            &to,
-            fee_sat_per_kvb,
-            tip,
-        )?;
-        let max = partial::max_withdrawal(owed, collateral, evidence.price, limit, fee)
-            .map_err(calc_err)?;
-        if amount > max {
-            return Err(WithdrawalError::AboveLimit { max, limit, amount });
-        }
-        let dust = to.minimal_non_dust();
-        if amount < dust {
-            return Err(WithdrawalError::Dust { amount, dust });
-        }
-        let change = collateral - fee - amount;
-        let ltv_after = calc::ltv(owed, change, evidence.price).map_err(calc_err)?;
-        let d = Decision {
-            loan_id: loan.id.clone(),
-            number: 0,
-            kind: DecisionKind::Withdrawal {
-                owed,
-                evidence: evidence.clone(),
-                amount,
-                limit,
-                ltv_after,
-            },
-            attempt: 0,
-            inputs,
-            payments: vec![(to, amount)],
-            rest_to: escrow.script_pubkey(),
-            fee_sat_per_kvb,
-            tip,
-            fee,
-        };
-        let built = d.unsigned(escrow)?;
-        debug_assert_eq!(built.rest, change);
-        Ok(d)
-    }
-
     /// The unsigned transaction: what the arbiter may sign for this decision
     /// (`tx::SpendDecision`), and what a co-signer re-derives to check a PSBT.
     pub fn transaction(&self, escrow: &EscrowDescriptor) -> Result<Transaction, DecisionError> {
         Ok(self.unsigned(escrow)?.psbt.unsigned_tx)
     }
 }
+
+mod adjust;
+pub use adjust::WithdrawalError;
 
 #[cfg(test)]
 pub(crate) mod tests;

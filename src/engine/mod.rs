@@ -7,6 +7,8 @@
 //! [`record`], a decision with its arbiter-signed PSBT and its progress (awaiting the
 //! co-signature, finalized, broadcast), stored atomically with the loan transition
 //! that advances it (`Store::apply_with_decision`): the outbox a restart resumes from.
+//! [`adjust`] holds the decisions that leave a loan open: partial liquidations and
+//! withdrawals (the one decision the arbiter signs last).
 
 mod adjust;
 mod book;
@@ -16,6 +18,7 @@ pub mod decision;
 mod follow;
 pub mod record;
 mod tick;
+mod view;
 
 pub use self::core::{
     latest_decision, Acceptance, ConfirmedSpend, Engine, EngineConfig, EngineError, EscrowRecord,

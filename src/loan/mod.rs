@@ -4,6 +4,7 @@
 
 pub mod calc;
 pub mod index;
+mod inputs;
 pub mod money;
 pub mod partial;
 pub mod plan;

@@ -36,6 +36,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/loans/{id}/live", get(loan_live))
         .route("/loans/{id}/accept", post(accept))
         .route("/loans/{id}/repay", post(repay))
+        .route("/loans/{id}/withdraw", post(withdraw))
         .route("/loans/{id}/psbt", post(upload_psbt))
         .route("/loans/{id}/pending.psbt", get(download_psbt))
         .route("/planner", get(planner::page))
@@ -360,6 +361,40 @@ async fn repay(
             caller.clone(),
             Path(id.clone()),
             headers,
+            Body(b),
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    after(&state, &caller, &id, result).await
+}
+
+#[derive(serde::Deserialize)]
+struct WithdrawForm {
+    amount_sat: String,
+}
+
+/// The borrower asks to withdraw collateral: the withdrawal becomes the pending PSBT,
+/// to sign and upload like any other (the service signs last).
+async fn withdraw(
+    State(state): State<ApiState>,
+    Visitor(caller): Visitor,
+    Path(id): Path<String>,
+    Form(f): Form<WithdrawForm>,
+) -> Response {
+    let result = async {
+        let amount: u64 = f
+            .amount_sat
+            .trim()
+            .parse()
+            .map_err(|_| Problem::invalid("amount_sat", "a whole number of sats"))?;
+        let b: super::withdrawals::WithdrawalRequest =
+            body(serde_json::json!({ "amount_sat": amount }))?;
+        let _loan = super::withdrawals::request(
+            State(state.clone()),
+            caller.clone(),
+            Path(id.clone()),
             Body(b),
         )
         .await?;

@@ -264,6 +264,23 @@ pub fn loan_live(v: &LoanPage) -> Markup {
             dt { "Liquidation below" } dd { (l.liquidation_price_minor.map_or("–".to_owned(), |p| cur(p, l))) }
             @for txid in &l.txids { dt { "Transaction" } dd { code { (txid) } } }
         }
+        @if l.adjustment.is_some() || !l.adjustments.is_empty() {
+            h2 { "Partial liquidations and withdrawals" }
+            table.adjustments {
+                tr { th { "" } th { "Kind" } th { "Paid" } th { "Debt repaid" } th { "Back in escrow" } th { "LTV" } th { "Price" } }
+                @for a in l.adjustment.iter().chain(l.adjustments.iter()) {
+                    tr {
+                        td { @if a.txid.is_some() { "settled" } @else { "pending" } }
+                        td { (serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(|s| s.replace('_', " "))).unwrap_or_default()) }
+                        td { (btc(a.paid_sat)) }
+                        td { (cur(a.repay_minor, l)) }
+                        td { (btc(a.change_sat)) }
+                        td { (pct(a.ltv_before_bps)) " → " (pct(a.ltv_after_bps)) }
+                        td { (cur(a.price_minor, l)) }
+                    }
+                }
+            }
+        }
         (outputs(l))
         h2 { "Events" }
         ol.events {
@@ -287,7 +304,13 @@ pub fn loan(v: &LoanPage) -> Markup {
             h1 { "Loan " (l.id) }
             p { (cur(t.principal_minor, l)) " for " (t.term_secs / 86_400) " days at " (pct(t.apr_bps))
                 " · margin call at " (pct(t.margin_call_ltv_bps)) " · liquidation at " (pct(t.liquidation_ltv_bps))
-                " · penalty " (pct(t.liquidation_penalty_bps)) }
+                " · penalty " (pct(t.liquidation_penalty_bps))
+                @if t.margin_call_levels_bps.len() > 1 {
+                    " · margin-call levels " (t.margin_call_levels_bps.iter().map(|b| pct(*b)).collect::<Vec<_>>().join(", "))
+                }
+                @if let (true, Some(target)) = (t.partial_liquidation, t.target_ltv_bps) {
+                    " · a breach sells only what brings it back to " (pct(target))
+                } }
             @if let Some(e) = v.error { p.error role="alert" data-field=(e.field.clone().unwrap_or_default()) { (e.detail) } }
             @if let Some(e) = &l.escrow {
                 @if state == "awaiting_collateral" && !is_lender {
@@ -319,6 +342,16 @@ pub fn loan(v: &LoanPage) -> Markup {
                         input type="hidden" name="key" value=(crate::init::random_hex(16));
                         label { "Amount received (cents)" input name="amount_minor" inputmode="numeric" required; }
                         button type="submit" { "Record" }
+                    }
+                }
+            }
+            @if !is_lender && state == "active" && l.pending_psbt.is_none() {
+                section.withdraw {
+                    h2 { "Withdraw collateral" }
+                    p.muted { "Up to what keeps the loan at " (pct(t.initial_ltv_bps.saturating_sub(crate::engine::WITHDRAWAL_MARGIN.0))) " at the current price; you sign the transaction first, the service checks the limit again and signs last." }
+                    form method="post" action={ "/loans/" (l.id) "/withdraw" } {
+                        label { "Amount (sats)" input name="amount_sat" inputmode="numeric" required; }
+                        button type="submit" { "Ask to withdraw" }
                     }
                 }
             }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::engine::Progress;
+use bitcoin::Amount;
 use crate::loan::money::Currency;
 use crate::loan::terms::tests::{input as terms_input, NOW};
 use crate::loan::{PriceEvidence, TxKind};

@@ -1,0 +1,129 @@
+//! What the chain shows of one escrow, as the engine needs it: the deposits a decision
+//! may spend (deep enough for the loan, with their previous transactions) and the
+//! transactions spending it.
+
+use std::collections::BTreeMap;
+
+use bitcoin::{Amount, OutPoint, Transaction, Txid};
+
+use crate::loan::Loan;
+use crate::tx::EscrowInput;
+
+/// What the chain shows of one escrow, as the engine needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EscrowView {
+    /// Unspent deposits with at least the service's `min_confirmations`, with their
+    /// previous transactions (what a decision spends).
+    pub confirmed: Vec<EscrowInput>,
+    /// How many confirmations each deposit of `confirmed` had when the view was
+    /// taken; a deposit not listed counts as deep enough. The engine keeps only those
+    /// as deep as the loan's own `min_confirmations` (see [`EscrowView::at_depth`]).
+    pub depth: BTreeMap<OutPoint, u32>,
+    /// A transaction spending the escrow is in the view (confirmed or not).
+    pub spent: bool,
+    /// Those transactions (confirmed or not); empty when the view does not list them
+    /// (then `spent` alone counts).
+    pub spending: Vec<Txid>,
+    /// Confirmed spends.
+    pub confirmed_spends: Vec<ConfirmedSpend>,
+}
+
+/// A confirmed transaction spending the escrow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmedSpend {
+    pub txid: Txid,
+    pub height: u32,
+    /// The path it used, as the watcher classified it.
+    pub path: String,
+}
+
+impl EscrowView {
+    /// The engine's view of what the watcher reports of an escrow: deposits unspent
+    /// with at least `min_conf` confirmations (with their previous transactions, from
+    /// `tx`), whether anything spends it, and the confirmed spends with their paths. A
+    /// deposit whose transaction `tx` cannot give is left out (it cannot be spent by a
+    /// PSBT a signer can check).
+    pub fn from_chain(
+        state: &crate::chain::EscrowState,
+        min_conf: u32,
+        tx: impl Fn(Txid) -> Option<Transaction>,
+    ) -> Self {
+        // Every confirmed deposit, with its depth: `at_depth` keeps those deep enough,
+        // except the change of the loan's own settled adjustments (ours, confirmed).
+        let _ = min_conf;
+        let deep: Vec<_> = state
+            .deposits
+            .iter()
+            .filter(|d| d.spent_by.is_none() && d.status.confirmations() >= 1)
+            .collect();
+        let depth = deep
+            .iter()
+            .map(|d| (d.outpoint, d.status.confirmations()))
+            .collect();
+        let confirmed = deep
+            .iter()
+            .filter_map(|d| {
+                tx(d.outpoint.txid).map(|prev_tx| EscrowInput {
+                    outpoint: d.outpoint,
+                    prev_tx,
+                })
+            })
+            .collect();
+        let confirmed_spends = state
+            .spends
+            .iter()
+            .filter_map(|s| match s.status {
+                crate::chain::TxStatus::Confirmed { height, .. } => Some(ConfirmedSpend {
+                    txid: s.txid,
+                    height,
+                    path: match &s.path {
+                        Ok(p) => p.path.as_str().to_owned(),
+                        Err(reason) => format!("unclassified: {reason}"),
+                    },
+                }),
+                crate::chain::TxStatus::Unconfirmed => None,
+            })
+            .collect();
+        Self {
+            confirmed,
+            depth,
+            spent: !state.spends.is_empty(),
+            spending: state.spends.iter().map(|s| s.txid).collect(),
+            confirmed_spends,
+        }
+    }
+
+    /// The view with only the deposits confirmed at least `min_conf` times: a loan
+    /// whose terms ask for more confirmations than the service's floor counts its
+    /// collateral (and spends it) only at that depth.
+    pub fn at_depth(self, min_conf: u32) -> Self {
+        self.at_depth_except(min_conf, |_| false)
+    }
+
+    /// [`EscrowView::at_depth`], keeping at any depth the outputs of the transactions
+    /// `ours` names (the change a settled adjustment paid back into the escrow).
+    pub fn at_depth_except(mut self, min_conf: u32, ours: impl Fn(Txid) -> bool) -> Self {
+        let depth = std::mem::take(&mut self.depth);
+        self.confirmed.retain(|i| {
+            ours(i.outpoint.txid) || depth.get(&i.outpoint).is_none_or(|d| *d >= min_conf)
+        });
+        self.depth = depth;
+        self
+    }
+
+    /// Is the escrow being spent by a transaction other than `loan`'s settled
+    /// adjustments?
+    pub fn spent_for(&self, loan: &Loan) -> bool {
+        if self.spending.is_empty() {
+            return self.spent;
+        }
+        self.spending.iter().any(|t| !loan.settled(*t))
+    }
+
+    pub fn collateral(&self) -> Amount {
+        self.confirmed
+            .iter()
+            .filter_map(|i| i.txout().map(|o| o.value))
+            .sum()
+    }
+}
