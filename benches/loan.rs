@@ -1,6 +1,7 @@
 //! Loan book costs: answering a price tick with the liquidation-price index versus a
 //! full scan, for books of 10k, 100k and 1M active loans and ticks breaching 0, 10
-//! and 1,000 of them; and store transitions per second, durable and buffered.
+//! and 1,000 of them; store transitions per second, durable and buffered; and the
+//! search for a partial liquidation's smallest sale.
 
 use std::hint::black_box;
 
@@ -132,5 +133,35 @@ fn transitions(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, index_ticks, transitions);
+/// The smallest partial sale restoring the target, for a loan just over the line and
+/// one far over it (the search the engine runs per breached loan, and the co-signer
+/// again).
+fn partial_sales(c: &mut Criterion) {
+    use btc_escrow::loan::partial::{partial_sale, Sale};
+    let mut group = c.benchmark_group("partial_sale");
+    for (name, ltv) in [("81pct", 8_100u64), ("93pct", 9_300)] {
+        // $80,000-ish owed on 1 BTC at a price giving `ltv`.
+        let owed = Fiat::new(8_000_000, usd());
+        let price = Price::new(8_000_000 * 10_000 / ltv, usd());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let sale = partial_sale(
+                    black_box(owed),
+                    Amount::ONE_BTC,
+                    black_box(price),
+                    Bps(5_000),
+                    Bps(500),
+                    Amount::from_sat(500),
+                    Amount::from_sat(330),
+                )
+                .expect("computes");
+                assert!(matches!(sale, Sale::Partial(_)));
+                sale
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, index_ticks, transitions, partial_sales);
 criterion_main!(benches);

@@ -187,6 +187,7 @@ fn cosigner_review(
             activated_at: None,
             was_active: true,
             ledger_repaid: None,
+            own_sales: None,
         },
         &m.parties.lender,
         &m.parties.secp,

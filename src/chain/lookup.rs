@@ -47,6 +47,29 @@ impl ScriptView {
     }
 }
 
+impl ScriptView {
+    /// [`ScriptView::not_spent_on_chain`] without the change of a mempool spend of
+    /// the script (a partial liquidation or withdrawal paying back into it): what a
+    /// fee bump of that spend spends is the outputs before it.
+    pub fn before_pending_spends(&self) -> Vec<EscrowInput> {
+        let pending_spends: Vec<Txid> = self
+            .outputs
+            .iter()
+            .filter_map(|o| {
+                o.spent_by
+                    .filter(|(_, confirmed)| !confirmed)
+                    .map(|(t, _)| t)
+            })
+            .collect();
+        self.outputs
+            .iter()
+            .filter(|o| !o.spent_by.is_some_and(|(_, confirmed)| confirmed))
+            .filter(|o| !(o.height.is_none() && pending_spends.contains(&o.input.outpoint.txid)))
+            .map(|o| o.input.clone())
+            .collect()
+    }
+}
+
 fn connect(
     url: &str,
     tls: &TlsConfig,

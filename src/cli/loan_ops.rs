@@ -105,6 +105,7 @@ pub(super) fn sign(
                     activated_at: None,
                     was_active: true,
                     ledger_repaid: None,
+                    own_sales: None,
                 },
                 &key,
                 &secp,

@@ -440,6 +440,15 @@ impl Cosigner {
             max_extra_blocks: u32::MAX / 2,
             template: PolicyTemplate::default(),
         };
+        let own_sales: std::collections::BTreeSet<String> = self
+            .journal
+            .signed
+            .iter()
+            .filter(|(key, e)| {
+                key.starts_with(&format!("{id}/")) && e.kind == "partial_liquidation"
+            })
+            .map(|(_, e)| e.txid.clone())
+            .collect();
         review::review(
             &review::Review {
                 loan,
@@ -459,6 +468,7 @@ impl Cosigner {
                     ),
                     None => None,
                 },
+                own_sales: Some(&own_sales),
             },
             &self.opts.key,
             &self.secp,

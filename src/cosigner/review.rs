@@ -101,6 +101,9 @@ pub struct Review<'a> {
     pub was_active: bool,
     /// What its own ledger says was repaid (`None`: the server's events are counted).
     pub ledger_repaid: Option<u64>,
+    /// The partial liquidations it signed itself (txids): only those count as repaid
+    /// by a sale (`None`: every settled sale the events show counts).
+    pub own_sales: Option<&'a BTreeSet<String>>,
 }
 
 /// A PSBT the co-signer signed.
@@ -162,7 +165,7 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             .map(|i| i.previous_output)
             .collect();
         let held: BTreeSet<OutPoint> = view
-            .not_spent_on_chain()
+            .before_pending_spends()
             .iter()
             .map(|i| i.outpoint)
             .collect();
@@ -238,12 +241,25 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             .filter_map(|e| e["event"][field]["minor"].as_u64())
             .fold(0u64, u64::saturating_add)
     };
-    // Repaid in money (its own ledger, else the server's events), and by partial
-    // liquidations (paid to it on chain).
+    // Repaid by partial liquidations: each settled sale follows its transaction's
+    // confirmation, which must be one this co-signer signed (when it keeps a journal).
+    let mut sold = 0u64;
+    for pair in r.events.windows(2) {
+        let (confirmed, settled) = (&pair[0]["event"], &pair[1]["event"]);
+        if settled["event"] != "partial_liquidation_settled" || confirmed["event"] != "tx_confirmed"
+        {
+            continue;
+        }
+        let txid = confirmed["txid"].as_str().unwrap_or_default();
+        if r.own_sales.is_none_or(|own| own.contains(txid)) {
+            sold = sold.saturating_add(settled["repaid"]["minor"].as_u64().unwrap_or(0));
+        }
+    }
+    // Repaid in money (its own ledger, else the server's events), and by sales.
     let repaid: u64 = r
         .ledger_repaid
         .unwrap_or_else(|| sum("repayment_recorded", "amount"))
-        .saturating_add(sum("partial_liquidation_settled", "repaid"));
+        .saturating_add(sold);
     // Fully repaid: the server says so, and (with its own ledger) at least the
     // principal came back.
     let fully_repaid = r.events.iter().any(|e| e["event"]["event"] == "repaid")
@@ -303,6 +319,11 @@ pub fn review(r: &Review, key: &SigningKey, secp: &Secp256k1<All>) -> Result<Sig
             )
             .map_err(|e| Refusal(format!("computing the lender's share: {e}")))?;
             if kind == "partial_liquidation" {
+                if paid_to(&borrower_spk) != Amount::ZERO {
+                    return refuse(
+                        "a partial liquidation pays the borrower: its change goes back into the escrow",
+                    );
+                }
                 check_partial(
                     r,
                     pending,
@@ -424,7 +445,8 @@ fn check_partial(r: &Review, pending: &Value, c: PartialCheck) -> Result<(), Ref
             c.to_lender, c.price
         ));
     }
-    let signed_at = get_u64(pending, "signed_at")?.max(c.activated);
+    // Never later than now: a signature time from the future would raise the debt.
+    let signed_at = get_u64(pending, "signed_at")?.min(r.now).max(c.activated);
     let most_owed = Accrual::new(Fiat::new(c.principal, c.currency), Bps(c.apr), c.activated)
         .owed(signed_at)
         .map_err(|e| Refusal(format!("computing what is owed: {e}")))?

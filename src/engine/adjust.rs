@@ -83,6 +83,7 @@ impl Engine {
                     oracle_seq: next.last_price_seq,
                     txid: None,
                     height: None,
+                    attempts: Vec::new(),
                 };
                 (Input::PartialLiquidationDecided { adjustment }, decision)
             }
@@ -166,6 +167,7 @@ impl Engine {
             oracle_seq: None,
             txid: None,
             height: None,
+            attempts: Vec::new(),
         };
         let (next, events) = apply(&loan, &Input::WithdrawalRequested { adjustment })?;
         if next == loan {

@@ -318,26 +318,16 @@ impl Engine {
     /// decision; anyone else's close the loan on chain).
     pub fn observe(&mut self, id: &str, view: EscrowView, now: u64) -> Result<Loan, EngineError> {
         let mut loan = self.loan(id)?;
-        let view = view.at_depth_except(
-            self.config
-                .min_confirmations
-                .max(loan.terms.get().min_confirmations),
-            |txid| loan.settled(txid),
-        );
-        let collateral = Input::CollateralObserved {
-            now,
-            confirmed: view.collateral(),
-            escrow_spent: view.spent_for(&loan),
-        };
-        if matches!(
-            loan.state,
-            LoanState::AwaitingCollateral
-                | LoanState::Active
-                | LoanState::MarginCall
-                | LoanState::Expired
-        ) {
-            loan = self.step(&loan, &collateral)?.0;
-        }
+        let min_conf = self
+            .config
+            .min_confirmations
+            .max(loan.terms.get().min_confirmations);
+        let whole = view;
+        let view = whole
+            .clone()
+            .at_depth_except(min_conf, |txid| loan.settled(txid));
+        let settled_before = loan.adjustments.len();
+        loan = self.observe_collateral(&loan, &view, now)?;
         for spend in &view.confirmed_spends {
             if loan.settled(spend.txid) {
                 continue;
@@ -398,9 +388,42 @@ impl Engine {
                 loan = self.step(&loan, &Input::UnknownSpendReorgedOut { txid })?.0;
             }
         }
+        // An adjustment settled in this view: its change is the collateral now (the
+        // confirmed attempt's, at any depth), and what a next decision spends.
+        let view = if loan.adjustments.len() > settled_before {
+            let view = whole.at_depth_except(min_conf, |txid| loan.settled(txid));
+            loan = self.observe_collateral(&loan, &view, now)?;
+            view
+        } else {
+            view
+        };
         self.views.insert(id.to_owned(), view);
         self.book.update(&loan, now);
         Ok(loan)
+    }
+
+    /// The confirmed collateral of `view`, for a loan in a state that counts it.
+    fn observe_collateral(
+        &self,
+        loan: &Loan,
+        view: &EscrowView,
+        now: u64,
+    ) -> Result<Loan, EngineError> {
+        if !matches!(
+            loan.state,
+            LoanState::AwaitingCollateral
+                | LoanState::Active
+                | LoanState::MarginCall
+                | LoanState::Expired
+        ) {
+            return Ok(loan.clone());
+        }
+        let input = Input::CollateralObserved {
+            now,
+            confirmed: view.collateral(),
+            escrow_spent: view.spent_for(loan),
+        };
+        Ok(self.step(loan, &input)?.0)
     }
 
     /// The chain's tip, reported before the views of a sync are observed.

@@ -8,6 +8,7 @@ use bitcoin::psbt::Psbt;
 use bitcoin::{Transaction, Txid};
 
 use super::core::{Engine, EngineError};
+use super::decision::DecisionKind;
 use super::record::{DecisionRecord, Progress, RecordError};
 use crate::loan::{apply, Input, Loan, LoanState, TxKind};
 use crate::store::Durability;
@@ -162,6 +163,12 @@ impl Engine {
             let Progress::Broadcast { tip: sent_at, .. } = record.progress else {
                 continue;
             };
+            // A withdrawal is never signed by the arbiter first, so never bumped: it
+            // is sent again as it is, and the borrower, paid by it, can bump it
+            // (CPFP) from its own output.
+            if matches!(record.decision.kind, DecisionKind::Withdrawal { .. }) {
+                continue;
+            }
             if tip < sent_at.saturating_add(after_blocks) {
                 continue;
             }
@@ -189,6 +196,26 @@ impl Engine {
         };
         if !matches!(&record.progress, Progress::Finalized { txid: t, .. } if *t == txid) {
             return Ok(false);
+        }
+        if matches!(record.decision.kind, DecisionKind::Withdrawal { .. }) {
+            // Refused, so seen by nobody but the service: the withdrawal is dropped
+            // (the loan is active again) rather than signed again by the arbiter
+            // first; the borrower asks again.
+            let (next, events) = apply(
+                &loan,
+                &Input::WithdrawalRefused {
+                    reason: "its transaction was refused for its fee; ask again".into(),
+                },
+            )?;
+            self.store.apply(
+                loan.version,
+                &next,
+                &events,
+                crate::store::Durability::Durable,
+            )?;
+            self.finalized.remove(id);
+            self.book.update(&next, crate::util::unix_now());
+            return Ok(true);
         }
         self.bump(&loan, &record, fee_sat_per_kvb)?;
         Ok(true)

@@ -117,7 +117,11 @@ impl EscrowView {
         if self.spending.is_empty() {
             return self.spent;
         }
-        self.spending.iter().any(|t| !loan.settled(*t))
+        // A settled adjustment's transaction counts only while confirmed (a reorg
+        // back into the mempool makes it a pending spend again).
+        self.spending
+            .iter()
+            .any(|t| !loan.settled(*t) || !self.confirmed_spends.iter().any(|s| s.txid == *t))
     }
 
     pub fn collateral(&self) -> Amount {
@@ -125,5 +129,50 @@ impl EscrowView {
             .iter()
             .filter_map(|i| i.txout().map(|o| o.value))
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loan::{Adjustment, AdjustmentKind, Bps, Currency, Fiat, Price};
+    use bitcoin::hashes::Hash;
+
+    #[test]
+    fn a_settled_adjustment_spends_only_while_confirmed() {
+        let t = Txid::from_byte_array([7; 32]);
+        let usd = Currency::new("USD").unwrap();
+        let mut loan = Loan::offered("l", crate::loan::terms::tests::terms());
+        loan.adjustments.push(Adjustment {
+            kind: AdjustmentKind::Withdrawal,
+            decided_at: 0,
+            repay: Fiat::new(0, usd),
+            paid: Amount::ONE_SAT,
+            change: Amount::ONE_SAT,
+            fee: Amount::ONE_SAT,
+            price: Price::new(1, usd),
+            ltv_before: Bps(1),
+            ltv_after: Bps(1),
+            oracle_seq: None,
+            txid: Some(t),
+            height: Some(1),
+            attempts: vec![t],
+        });
+        let mut view = EscrowView {
+            spent: true,
+            spending: vec![t],
+            ..EscrowView::default()
+        };
+        // Back in the mempool after a reorg: a pending spend of the escrow.
+        assert!(view.spent_for(&loan));
+        view.confirmed_spends.push(ConfirmedSpend {
+            txid: t,
+            height: 1,
+            path: "arbitrated-release".into(),
+        });
+        assert!(!view.spent_for(&loan));
+        // Anyone else's spend counts.
+        view.spending.push(Txid::from_byte_array([8; 32]));
+        assert!(view.spent_for(&loan));
     }
 }

@@ -96,6 +96,11 @@ pub enum Input {
     },
     /// The withdrawal is co-signed and signed by the arbiter: its transaction goes out.
     WithdrawalSigned,
+    /// The network refused the signed withdrawal's transaction before anyone saw it:
+    /// the loan is active again without it.
+    WithdrawalRefused {
+        reason: String,
+    },
 }
 
 /// What happened, with the numbers behind it.

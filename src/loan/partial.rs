@@ -78,6 +78,93 @@ fn sale_of(
     Ok((after <= target).then_some((lender, change, after)))
 }
 
+/// The most steps [`Range::smallest`] takes (each an LTV computed exactly).
+const MAX_STEPS: u128 = 100_000;
+
+enum Search {
+    Found(u64, (Amount, Amount, Bps)),
+    None,
+    TooLong,
+}
+
+/// One sale's fixed numbers: the search for its smallest `x`.
+struct Range {
+    owed: Fiat,
+    collateral: Amount,
+    price: Price,
+    target: Bps,
+    penalty: Bps,
+    fee: Amount,
+}
+
+impl Range {
+    fn sale(&self, x: u64) -> Result<Option<(Amount, Amount, Bps)>, CalcError> {
+        sale_of(
+            x,
+            self.owed,
+            self.collateral,
+            self.price,
+            self.target,
+            self.penalty,
+            self.fee,
+        )
+    }
+
+    /// The smallest `x` in `[lo, hi]` whose sale restores the target, found exactly:
+    /// by `x` when that range is short; else by the lender's sats `y = ceil(x·a/b)`
+    /// (a minor unit worth less than a sat: runs of `x` share one `y`, and within a
+    /// run the LTV after falls as `x` grows, so the first `y` whose run holds an `x`
+    /// that restores the target gives the answer: the smallest such `x` of that run).
+    /// [`Search::TooLong`] past [`MAX_STEPS`] either way.
+    fn smallest(&self, lo: u128, hi: u128) -> Result<Search, CalcError> {
+        let to_u64 = |v: u128| u64::try_from(v).map_err(|_| CalcError::Overflow);
+        let a = BPS_DENOM + u128::from(self.penalty.0);
+        let a = a * SATS_PER_BTC;
+        let b = BPS_DENOM * u128::from(self.price.minor_per_btc);
+        let sats = |x: u128| x.checked_mul(a).map(|v| v.div_ceil(b));
+        let (Some(y_lo), Some(y_hi)) = (sats(lo), sats(hi)) else {
+            return Err(CalcError::Overflow);
+        };
+        if hi - lo < MAX_STEPS {
+            for x in lo..=hi {
+                if let Some(s) = self.sale(to_u64(x)?)? {
+                    return Ok(Search::Found(to_u64(x)?, s));
+                }
+            }
+            return Ok(Search::None);
+        }
+        if y_hi - y_lo >= MAX_STEPS {
+            return Ok(Search::TooLong);
+        }
+        let avail = u128::from(
+            self.collateral
+                .checked_sub(self.fee)
+                .unwrap_or(Amount::ZERO)
+                .to_sat(),
+        );
+        let tp = u128::from(self.target.0) * u128::from(self.price.minor_per_btc);
+        let d = u128::from(self.owed.minor) * BPS_DENOM * SATS_PER_BTC;
+        for y in y_lo..=y_hi {
+            if y > avail {
+                break;
+            }
+            // The run of x paying y sats, and the least x that restores the target
+            // with y sats paid: (owed − x)·10^12 ≤ target·price·(avail − y).
+            let first = if y == 0 { 0 } else { (y - 1) * b / a + 1 };
+            let last = (y * b / a).min(hi);
+            let rhs = tp.checked_mul(avail - y).ok_or(CalcError::Overflow)?;
+            let need = d.saturating_sub(rhs).div_ceil(BPS_DENOM * SATS_PER_BTC);
+            let x = first.max(lo).max(need);
+            if x <= last {
+                if let Some(s) = self.sale(to_u64(x)?)? {
+                    return Ok(Search::Found(to_u64(x)?, s));
+                }
+            }
+        }
+        Ok(Search::None)
+    }
+}
+
 /// The partial sale that brings a loan owing `owed` on `collateral` back to `target`
 /// at `price` (see the module doc), or why the whole collateral must be sold. `fee` is
 /// the transaction's fee, paid from the change; `dust` bounds both outputs.
@@ -124,7 +211,8 @@ pub fn partial_sale(
         .ok_or(CalcError::Overflow)?;
     let gap = a.saturating_sub(b);
     // The lender's sats are rounded up by less than one sat: worth less than `tp` in
-    // the same units. So the smallest x lies in [gap/k, (gap + tp)/k], both rounded up.
+    // the same units. So the smallest x lies in [gap/k, (gap + tp)/k], both rounded up
+    // (a few units wide at the oracle's prices).
     let lo = gap.div_ceil(k).max(1);
     let hi = (gap + tp).div_ceil(k).max(lo);
     if lo >= u128::from(owed.minor) {
@@ -133,21 +221,23 @@ pub fn partial_sale(
         });
     }
     let hi = hi.min(u128::from(owed.minor) - 1);
-    let mut found = None;
-    // Prices in the oracle's range make this range a few units wide; a scan past
-    // 10,000 units takes the upper bound, which always restores the target.
-    let scan_end = hi.min(lo + 10_000);
-    for x in lo..=scan_end {
-        let x = u64::try_from(x).map_err(|_| CalcError::Overflow)?;
-        if let Some(s) = sale_of(x, owed, collateral, price, target, penalty, fee)? {
-            found = Some((x, s));
-            break;
+    let range = Range {
+        owed,
+        collateral,
+        price,
+        target,
+        penalty,
+        fee,
+    };
+    let found = match range.smallest(lo, hi)? {
+        Search::Found(x, s) => Some((x, s)),
+        Search::None => None,
+        Search::TooLong => {
+            return Ok(Sale::Full {
+                why: "at this target and penalty a sale barely lowers the LTV",
+            })
         }
-    }
-    if found.is_none() && scan_end < hi {
-        let x = u64::try_from(hi).map_err(|_| CalcError::Overflow)?;
-        found = sale_of(x, owed, collateral, price, target, penalty, fee)?.map(|s| (x, s));
-    }
+    };
     let Some((x, (lender, change, ltv_after))) = found else {
         return Ok(Sale::Full {
             why: "no sale smaller than the debt restores the target",
@@ -258,6 +348,54 @@ mod tests {
         assert!(matches!(
             sale(72, 900, 10_000_000, 5_000, 500, 0),
             Sale::Full { why } if why.contains("dust")
+        ));
+    }
+
+    #[test]
+    fn a_wide_range_is_searched_by_the_lenders_sats() {
+        // $1bn per BTC (a minor unit worth 0.1 sat), target 90 %, penalty 11 %: each
+        // minor unit sold barely lowers the LTV, so x spans ~10^6 candidates and the
+        // search runs over the lender's sats instead.
+        let (owed, sats, price) = (90_050_000_000u64, 100_000_000u64, 100_000_000_000u64);
+        let s = partial_sale(
+            Fiat::new(owed, usd()),
+            Amount::from_sat(sats),
+            Price::new(price, usd()),
+            Bps(9_000),
+            Bps(1_100),
+            Amount::from_sat(1_000),
+            Amount::from_sat(330),
+        )
+        .unwrap();
+        let Sale::Partial(s) = s else { panic!("{s:?}") };
+        let x = s.repay.minor;
+        assert!(s.ltv_after <= Bps(9_000));
+        let f = |x| {
+            sale_of(
+                x,
+                Fiat::new(owed, usd()),
+                Amount::from_sat(sats),
+                Price::new(price, usd()),
+                Bps(9_000),
+                Bps(1_100),
+                Amount::from_sat(1_000),
+            )
+            .unwrap()
+        };
+        assert!(f(x).is_some() && f(x - 1).is_none());
+        // Closer still to break-even the search gives up: a full liquidation.
+        assert!(matches!(
+            partial_sale(
+                Fiat::new(owed, usd()),
+                Amount::from_sat(sats),
+                Price::new(price, usd()),
+                Bps(9_000),
+                Bps(1_111),
+                Amount::from_sat(1_000),
+                Amount::from_sat(330),
+            )
+            .unwrap(),
+            Sale::Full { .. }
         ));
     }
 

@@ -164,6 +164,10 @@ pub struct Adjustment {
     /// The transaction that carried it out, once confirmed.
     pub txid: Option<Txid>,
     pub height: Option<u32>,
+    /// Every transaction of its decision (fee bumps too): a reorg may confirm another
+    /// of them instead, which settles the same adjustment.
+    #[serde(default)]
+    pub attempts: Vec<Txid>,
 }
 
 /// A loan record.
@@ -267,7 +271,18 @@ impl Loan {
     /// Is `txid` the confirmed transaction of a settled adjustment (a spend of the
     /// escrow that left the loan open)?
     pub fn settled(&self, txid: Txid) -> bool {
-        self.adjustments.iter().any(|a| a.txid == Some(txid))
+        self.adjustments
+            .iter()
+            .any(|a| a.txid == Some(txid) || a.attempts.contains(&txid))
+    }
+
+    /// The collateral that activates the loan again after its funding left the
+    /// chain: what acceptance required, or less once an adjustment left it less.
+    pub(super) fn collateral_to_reactivate(&self) -> Amount {
+        match self.adjustments.last() {
+            Some(a) => a.change.min(self.required_collateral),
+            None => self.required_collateral,
+        }
     }
 
     /// The accrual: the loan's own once activated; before, the principal alone.

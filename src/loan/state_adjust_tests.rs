@@ -112,6 +112,7 @@ fn partial_adjustment(loan: &Loan, price: u64) -> Adjustment {
         oracle_seq: loan.last_price_seq,
         txid: None,
         height: None,
+        attempts: Vec::new(),
     }
 }
 
@@ -221,6 +222,7 @@ fn withdrawal(amount: u64) -> Adjustment {
         oracle_seq: None,
         txid: None,
         height: None,
+        attempts: Vec::new(),
     }
 }
 
@@ -309,4 +311,114 @@ fn a_liquidation_cancels_an_unsigned_withdrawal() {
         }
     )
     .is_err());
+}
+
+/// A loan whose partial sale (attempts 5 and 6, 5 confirmed) settled.
+fn settled_partial() -> (Loan, Adjustment) {
+    let loan = active_with(|t| {
+        t.partial_liquidation = true;
+        t.target_ltv = Some(Bps(5_000));
+    });
+    let p = price_at(8_100);
+    let (loan, _) = tick(&loan, p);
+    let (loan, _) = tick(&loan, p);
+    let (loan, _) = tick(&loan, p);
+    let adj = partial_adjustment(&loan, p);
+    let (mut loan, _) = apply(
+        &loan,
+        &Input::PartialLiquidationDecided {
+            adjustment: adj.clone(),
+        },
+    )
+    .unwrap();
+    for n in [5, 6] {
+        loan = apply(
+            &loan,
+            &Input::TxBroadcast {
+                kind: TxKind::PartialLiquidation,
+                txid: txid(n),
+            },
+        )
+        .unwrap()
+        .0;
+    }
+    let (loan, _) = apply(
+        &loan,
+        &Input::TxConfirmed {
+            kind: TxKind::PartialLiquidation,
+            txid: txid(5),
+            height: 300,
+        },
+    )
+    .unwrap();
+    (loan, adj)
+}
+
+#[test]
+fn a_reorg_confirming_the_other_attempt_settles_the_same_sale() {
+    let (loan, adj) = settled_partial();
+    assert_eq!(loan.adjustments[0].attempts, vec![txid(5), txid(6)]);
+    // The fee bump confirmed instead after a reorg: still this sale, not a stranger's.
+    for input in [
+        Input::SpentByUnknownTx {
+            txid: txid(6),
+            path: "liquidation".into(),
+        },
+        Input::TxConfirmed {
+            kind: TxKind::PartialLiquidation,
+            txid: txid(6),
+            height: 301,
+        },
+    ] {
+        assert_eq!(apply(&loan, &input).unwrap(), (loan.clone(), vec![]));
+    }
+    // Its change left the chain and came back: active again at the change, although
+    // it is below what acceptance required.
+    let (gone, ev) = apply(
+        &loan,
+        &Input::CollateralObserved {
+            now: NOW,
+            confirmed: Amount::ZERO,
+            escrow_spent: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(gone.state, LoanState::AwaitingCollateral);
+    assert!(ev.contains(&Event::FundingReorgedOut));
+    let (back, _) = apply(
+        &gone,
+        &Input::CollateralObserved {
+            now: NOW,
+            confirmed: adj.change,
+            escrow_spent: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(back.state, LoanState::Active);
+}
+
+#[test]
+fn a_withdrawal_refused_by_the_network_leaves_the_loan_active() {
+    let loan = active_with(|_| {});
+    let (loan, _) = apply(
+        &loan,
+        &Input::WithdrawalRequested {
+            adjustment: withdrawal(50_000_000),
+        },
+    )
+    .unwrap();
+    let (loan, _) = apply(&loan, &Input::WithdrawalSigned).unwrap();
+    let (loan, ev) = apply(
+        &loan,
+        &Input::WithdrawalRefused {
+            reason: "fee".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (loan.state, loan.adjustment.clone()),
+        (LoanState::Active, None)
+    );
+    assert!(matches!(ev[..], [Event::WithdrawalCancelled { .. }]));
+    assert_eq!(loan.collateral, Amount::from_int_btc(2));
 }

@@ -29,6 +29,7 @@ fn input_name(input: &Input) -> &'static str {
         Input::FullLiquidationInstead { .. } => "full_liquidation_instead",
         Input::WithdrawalRequested { .. } => "withdrawal_requested",
         Input::WithdrawalSigned => "withdrawal_signed",
+        Input::WithdrawalRefused { .. } => "withdrawal_refused",
     }
 }
 
@@ -114,7 +115,12 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 });
                 next.collateral = *confirmed;
             }
-            if *confirmed >= loan.required_collateral && *confirmed > Amount::ZERO {
+            let needed = if loan.activated_at.is_some() {
+                loan.collateral_to_reactivate()
+            } else {
+                loan.required_collateral
+            };
+            if *confirmed >= needed && *confirmed > Amount::ZERO {
                 next.state = S::Active;
                 if loan.activated_at.is_some() {
                     events.push(Event::Reactivated {
@@ -479,6 +485,13 @@ pub fn apply(loan: &Loan, input: &Input) -> Result<(Loan, Vec<Event>), Transitio
                 price: adjustment.price,
             });
             next.adjustment = Some(adjustment.clone());
+        }
+        (S::Withdrawing, Input::WithdrawalRefused { reason }) if loan.broadcasts.is_empty() => {
+            next.state = S::Active;
+            next.adjustment = None;
+            events.push(Event::WithdrawalCancelled {
+                reason: reason.clone(),
+            });
         }
         (S::Active | S::MarginCall, Input::WithdrawalSigned)
             if loan

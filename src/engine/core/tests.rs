@@ -3,11 +3,11 @@
 
 use super::*;
 use crate::engine::Progress;
-use bitcoin::Amount;
 use crate::loan::money::Currency;
 use crate::loan::terms::tests::{input as terms_input, NOW};
 use crate::loan::{PriceEvidence, TxKind};
 use crate::tx::tests::funding;
+use bitcoin::Amount;
 
 const RATE: u64 = 2_000;
 

@@ -51,6 +51,7 @@ pub(super) fn confirm(
     }
     adjustment.txid = Some(txid);
     adjustment.height = height;
+    adjustment.attempts = loan.broadcasts.iter().map(|(_, t)| *t).collect();
     next.collateral = adjustment.change;
     next.adjustments.push(adjustment);
     next.adjustment = None;
