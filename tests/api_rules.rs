@@ -131,6 +131,13 @@ fn the_authorization_matrix() -> anyhow::Result<()> {
             Some(json!({"amount_minor": 100})),
             [401, 401, 403, 409, 403, 404, 403],
         ),
+        // Only the loan's borrower asks for a withdrawal (this loan is not active).
+        (
+            Method::POST,
+            format!("{loan_path}/withdrawals"),
+            Some(json!({"amount_sat": 1_000})),
+            [401, 401, 403, 403, 409, 403, 404],
+        ),
         (
             Method::GET,
             format!("{loan_path}/psbt"),
@@ -250,6 +257,7 @@ fn the_authorization_matrix() -> anyhow::Result<()> {
         "GET /v1/loans/{id}",
         "POST /v1/loans/{id}/accept",
         "POST /v1/loans/{id}/repayments",
+        "POST /v1/loans/{id}/withdrawals",
         "GET /v1/loans/{id}/psbt",
         "POST /v1/loans/{id}/psbt",
         "GET /v1/loans/{id}/events",

@@ -283,6 +283,14 @@ fn partial_liquidations_restore_the_target_and_gaps_liquidate_in_full() -> anyho
     terms["margin_call_levels_bps"] = json!([7_000, 7_500]);
     let id = m.active_with(&terms)?;
     let path = format!("/loans/{id}");
+    let mut web = common::web::Browser::new(&m);
+    web.sign_in(&m.lender)?;
+    let (_, page) = web.get(&path)?;
+    ensure!(
+        page.contains("margin-call levels 70.00 %, 75.00 %")
+            && page.contains("sells only what brings it back to 50.00 %"),
+        "{page}"
+    );
     let loan = m.api().get(&path, &m.lender)?;
     ensure!(
         loan["terms"]["partial_liquidation"] == true
@@ -517,6 +525,25 @@ fn withdrawals_settle_when_safe_and_are_refused_past_the_limit() -> anyhow::Resu
         adj["txid"] == tx.compute_txid().to_string().as_str(),
         "{adj}"
     );
+    // The web page: the borrower sees the settled withdrawal and a form to ask again;
+    // an amount past the limit comes back beside its field, and nothing moves.
+    let mut web = common::web::Browser::new(&m);
+    web.sign_in(&m.borrower)?;
+    let (status, page) = web.get(&path)?;
+    ensure!(
+        status == 200
+            && page.contains("Partial liquidations and withdrawals")
+            && page.contains("settled")
+            && page.contains("Ask to withdraw")
+            && page.contains("49.00 %"),
+        "{page}"
+    );
+    let (_, _, page) = web.post(&format!("{path}/withdraw"), &[("amount_sat", "11000000")])?;
+    ensure!(
+        page.contains("data-field=\"amount_sat\"") && page.contains("most that can be withdrawn"),
+        "{page}"
+    );
+    ensure!(m.api().get(&path, &m.borrower)?["adjustment"].is_null());
     // Still watched on its new output: a later block changes nothing.
     m.env.mine(1)?;
     std::thread::sleep(Duration::from_secs(2));

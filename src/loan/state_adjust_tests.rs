@@ -1,40 +1,10 @@
 //! The state machine's adjustments: margin-call levels, partial liquidations and
 //! withdrawals, each leaving the loan open.
 
-use super::tests::{schedule, tick, txid, usd};
+use super::tests::{active_with, tick, txid, usd};
 use super::*;
-use crate::loan::terms::tests::{input, NOW};
-use crate::loan::terms::TermsInput;
+use crate::loan::terms::tests::NOW;
 use crate::loan::Bps;
-
-/// The loan of `state_tests::active` ($100,000 on 2 BTC) under edited terms.
-fn active_with(edit: impl FnOnce(&mut TermsInput)) -> Loan {
-    let mut i = input();
-    edit(&mut i);
-    let terms = LoanTerms::new(i, bitcoin::Network::Regtest, NOW).unwrap();
-    let loan = Loan::offered("l1", terms);
-    let (loan, _) = apply(
-        &loan,
-        &Input::Accepted {
-            now: NOW,
-            escrow_index: 7,
-            descriptor: "wsh(...)".into(),
-            required_collateral: Amount::from_int_btc(2),
-            schedule: schedule(),
-        },
-    )
-    .unwrap();
-    apply(
-        &loan,
-        &Input::CollateralObserved {
-            now: NOW,
-            confirmed: Amount::from_int_btc(2),
-            escrow_spent: false,
-        },
-    )
-    .unwrap()
-    .0
-}
 
 /// The price (cents per BTC) at which the loan's LTV is `bps` (2 BTC, $100,000 owed).
 fn price_at(bps: u64) -> u64 {

@@ -16,7 +16,15 @@ pub(super) fn txid(n: u8) -> Txid {
 
 /// Principal $100,000 (10^7 cents); 2 BTC collateral.
 pub(super) fn active() -> Loan {
-    let loan = Loan::offered("l1", terms());
+    active_with(|_| {})
+}
+
+/// [`active`] under edited terms.
+pub(super) fn active_with(edit: impl FnOnce(&mut crate::loan::TermsInput)) -> Loan {
+    let mut i = crate::loan::terms::tests::input();
+    edit(&mut i);
+    let terms = LoanTerms::new(i, bitcoin::Network::Regtest, NOW).unwrap();
+    let loan = Loan::offered("l1", terms);
     let (loan, _) = apply(
         &loan,
         &Input::Accepted {

@@ -10,6 +10,7 @@ pub mod escrow;
 pub mod serve;
 pub mod tools;
 pub mod wallet;
+pub mod web;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
