@@ -315,6 +315,13 @@ fn partial_liquidations_restore_the_target_and_gaps_liquidate_in_full() -> anyho
     m.set_price(price_at(u(&first, "owed_minor")?, collateral, 8_100))?;
     let (second, tx2) = partial_sale(&m, &id, 1, collateral)?;
     let txid2 = tx2.compute_txid();
+    // The sale cleared the levels; the second breach crossed each again, once.
+    let levels: Vec<u64> = event_names(&m, &id)?
+        .iter()
+        .filter(|e| e["event"] == "margin_call_level")
+        .filter_map(|e| e["level"].as_u64())
+        .collect();
+    ensure!(levels == [1, 2, 1, 2], "{levels:?}");
     ensure!(
         tx2.input.iter().all(|i| i.previous_output.txid == txid1),
         "the second sale spends the first one's change: {tx2:?}"
