@@ -171,7 +171,6 @@ fn fill(data: &std::path::Path, n: usize) -> anyhow::Result<Filled> {
             EscrowView {
                 confirmed: vec![deposit(script, loan.required_collateral.to_sat(), i)],
                 depth: Default::default(),
-                spent: false,
                 spending: Vec::new(),
                 confirmed_spends: Vec::new(),
             },

@@ -121,7 +121,7 @@ impl World {
             .iter()
             .find(|s| s.loan_id == id)
             .context("the escrow is watched")?;
-        Ok(EscrowView::from_chain(state, 1, |txid| {
+        Ok(EscrowView::from_chain(state, |txid| {
             self.watcher.transaction(txid).map(|t| (*t).clone())
         }))
     }
@@ -519,7 +519,9 @@ fn a_stuck_liquidation_is_bumped_by_rbf_and_the_replacement_confirms() -> anyhow
     let before = w.engine.decision("loan-b")?.context("record")?;
     w.env.mine_block_with(&[])?;
     w.env.mine_block_with(&[])?;
-    w.observe_until("loan-b", |v| v.confirmed_spends.is_empty() && v.spent)?;
+    w.observe_until("loan-b", |v| {
+        v.confirmed_spends.is_empty() && !v.spending.is_empty()
+    })?;
     let tip = w.env.height()?;
     ensure!(
         w.engine.bump_stale(tip, 3, RATE)?.is_empty(),

@@ -437,7 +437,7 @@ fn check_partial(r: &Review, pending: &Value, c: PartialCheck) -> Result<(), Ref
         })?;
     let claimed = get_u64(pending, "repay_minor")?;
     let price = Price::new(c.price.max(1), c.currency);
-    let paid = partial::lender_sats(claimed, c.penalty, price)
+    let paid = calc::lender_sats(claimed, c.penalty, price)
         .map_err(|e| Refusal(format!("computing the lender's share: {e}")))?;
     if c.to_lender.to_sat() < paid {
         return refuse(format!(

@@ -140,26 +140,27 @@ impl Engine {
             source,
         })?;
         let DecisionKind::Withdrawal {
-            owed, ltv_after, ..
+            owed,
+            ltv_after,
+            change,
+            ..
         } = &decision.kind
         else {
             unreachable!("a withdrawal's kind");
         };
-        let collateral = decision
-            .inputs
-            .iter()
-            .filter_map(|i| i.txout().map(|o| o.value))
-            .sum::<Amount>();
         let calc_err = |source| EngineError::Calc {
             id: id.to_owned(),
             source,
         };
+        let collateral = EscrowInput::total(&decision.inputs)
+            .ok_or(crate::loan::calc::CalcError::Overflow)
+            .map_err(calc_err)?;
         let adjustment = Adjustment {
             kind: AdjustmentKind::Withdrawal,
             decided_at: now,
             repay: crate::loan::Fiat::new(0, owed.currency),
             paid: amount,
-            change: collateral - decision.fee - amount,
+            change: *change,
             fee: decision.fee,
             price: evidence.price,
             ltv_before: calc::ltv(*owed, collateral, evidence.price).map_err(calc_err)?,
@@ -200,7 +201,7 @@ impl Engine {
             .filter(|r| r.progress == Progress::AwaitingCosignature)
             .filter(|r| matches!(r.decision.kind, DecisionKind::Withdrawal { .. }))
             .ok_or_else(|| EngineError::NothingToCosign { id: id.to_owned() })?;
-        let DecisionKind::Withdrawal { limit, .. } = record.decision.kind else {
+        let DecisionKind::Withdrawal { limit, change, .. } = record.decision.kind else {
             unreachable!("filtered above");
         };
         // The escrow must still hold exactly what the withdrawal spends.
@@ -211,15 +212,6 @@ impl Engine {
                 "the escrow's outputs changed since the request ({spends:?} requested, {held:?} held): request it again"
             )));
         }
-        let change = record
-            .decision
-            .payments
-            .iter()
-            .fold(collateral_of(&record.decision), |left, (_, a)| {
-                left.checked_sub(*a).unwrap_or(Amount::ZERO)
-            })
-            .checked_sub(record.decision.fee)
-            .unwrap_or(Amount::ZERO);
         let owed = loan.owed(now).map_err(|source| EngineError::Calc {
             id: id.to_owned(),
             source,
@@ -284,11 +276,4 @@ pub fn withdrawal_limit(loan: &Loan) -> Bps {
         .0
         .saturating_sub(WITHDRAWAL_MARGIN.0)
         .max(1))
-}
-
-fn collateral_of(d: &Decision) -> Amount {
-    d.inputs
-        .iter()
-        .filter_map(|i| i.txout().map(|o| o.value))
-        .sum()
 }

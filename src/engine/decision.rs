@@ -60,6 +60,8 @@ pub enum DecisionKind {
         owed: Fiat,
         evidence: PriceEvidence,
         amount: Amount,
+        /// What stays in the escrow: the collateral less the amount and the fee.
+        change: Amount,
         limit: Bps,
         ltv_after: Bps,
     },
@@ -237,11 +239,8 @@ impl Decision {
         let t = loan.terms.get();
         let lender_spk = loan.terms.lender_payout_address().script_pubkey();
         let borrower_spk = loan.terms.borrower_return_address().script_pubkey();
-        let collateral = inputs
-            .iter()
-            .filter_map(|i| i.txout().map(|o| o.value))
-            .try_fold(Amount::ZERO, |a, v| a.checked_add(v))
-            .ok_or_else(|| calc_err(CalcError::Overflow))?;
+        let collateral =
+            EscrowInput::total(&inputs).ok_or_else(|| calc_err(CalcError::Overflow))?;
         // The fee of the two-output shape (outputs' values do not change its size).
         let mut d = Decision {
             loan_id: id(),

@@ -12,17 +12,14 @@ use crate::tx::EscrowInput;
 /// What the chain shows of one escrow, as the engine needs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EscrowView {
-    /// Unspent deposits with at least the service's `min_confirmations`, with their
-    /// previous transactions (what a decision spends).
+    /// Unspent confirmed deposits, with their previous transactions (what a decision
+    /// spends; [`EscrowView::at_depth`] keeps those deep enough).
     pub confirmed: Vec<EscrowInput>,
     /// How many confirmations each deposit of `confirmed` had when the view was
     /// taken; a deposit not listed counts as deep enough. The engine keeps only those
     /// as deep as the loan's own `min_confirmations` (see [`EscrowView::at_depth`]).
     pub depth: BTreeMap<OutPoint, u32>,
-    /// A transaction spending the escrow is in the view (confirmed or not).
-    pub spent: bool,
-    /// Those transactions (confirmed or not); empty when the view does not list them
-    /// (then `spent` alone counts).
+    /// The transactions spending the escrow in the view (confirmed or not).
     pub spending: Vec<Txid>,
     /// Confirmed spends.
     pub confirmed_spends: Vec<ConfirmedSpend>,
@@ -38,19 +35,17 @@ pub struct ConfirmedSpend {
 }
 
 impl EscrowView {
-    /// The engine's view of what the watcher reports of an escrow: deposits unspent
-    /// with at least `min_conf` confirmations (with their previous transactions, from
-    /// `tx`), whether anything spends it, and the confirmed spends with their paths. A
+    /// The engine's view of what the watcher reports of an escrow: unspent confirmed
+    /// deposits with their depth (and previous transactions, from `tx`), what spends
+    /// it, and the confirmed spends with their paths. A
     /// deposit whose transaction `tx` cannot give is left out (it cannot be spent by a
     /// PSBT a signer can check).
     pub fn from_chain(
         state: &crate::chain::EscrowState,
-        min_conf: u32,
         tx: impl Fn(Txid) -> Option<Transaction>,
     ) -> Self {
         // Every confirmed deposit, with its depth: `at_depth` keeps those deep enough,
         // except the change of the loan's own settled adjustments (ours, confirmed).
-        let _ = min_conf;
         let deep: Vec<_> = state
             .deposits
             .iter()
@@ -87,7 +82,6 @@ impl EscrowView {
         Self {
             confirmed,
             depth,
-            spent: !state.spends.is_empty(),
             spending: state.spends.iter().map(|s| s.txid).collect(),
             confirmed_spends,
         }
@@ -114,9 +108,6 @@ impl EscrowView {
     /// Is the escrow being spent by a transaction other than `loan`'s settled
     /// adjustments?
     pub fn spent_for(&self, loan: &Loan) -> bool {
-        if self.spending.is_empty() {
-            return self.spent;
-        }
         // A settled adjustment's transaction counts only while confirmed (a reorg
         // back into the mempool makes it a pending spend again).
         self.spending
@@ -159,7 +150,6 @@ mod tests {
             attempts: vec![t],
         });
         let mut view = EscrowView {
-            spent: true,
             spending: vec![t],
             ..EscrowView::default()
         };

@@ -182,6 +182,18 @@ pub fn liquidation_price(owed_minor: u64, collateral: Amount, threshold: Bps) ->
     (p > 0).then(|| u64::try_from(p).unwrap_or(u64::MAX))
 }
 
+/// The lender's sats for repaying `repay_minor` of the debt with `penalty` at `price`:
+/// `repay × (1 + penalty)` at the price, rounded UP (the lender is made whole). What a
+/// full liquidation and a partial sale both pay.
+pub fn lender_sats(repay_minor: u64, penalty: Bps, price: Price) -> Result<u64, CalcError> {
+    if price.minor_per_btc == 0 {
+        return Err(CalcError::ZeroPrice);
+    }
+    let claim_minor = u128::from(repay_minor) * (BPS_DENOM + u128::from(penalty.0));
+    let sats = (claim_minor * SATS_PER_BTC).div_ceil(BPS_DENOM * u128::from(price.minor_per_btc));
+    u64::try_from(sats).map_err(|_| CalcError::Overflow)
+}
+
 /// How the collateral is divided by a liquidation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Split {
@@ -211,10 +223,9 @@ pub fn liquidation_split(
     let available = collateral
         .checked_sub(fee)
         .ok_or(CalcError::FeeExceedsCollateral { fee, collateral })?;
-    let claim_minor = u128::from(owed.minor) * (BPS_DENOM + u128::from(penalty.0));
-    let claim_sats =
-        (claim_minor * SATS_PER_BTC).div_ceil(BPS_DENOM * u128::from(price.minor_per_btc));
-    let lender = Amount::from_sat(u64::try_from(claim_sats).unwrap_or(u64::MAX)).min(available);
+    // A claim beyond u64 sats is capped at what is available anyway.
+    let claim = lender_sats(owed.minor, penalty, price).unwrap_or(u64::MAX);
+    let lender = Amount::from_sat(claim).min(available);
     let mut borrower = available - lender;
     let mut lender = lender;
     if borrower < dust {

@@ -18,19 +18,8 @@
 use bitcoin::Amount;
 use serde::{Deserialize, Serialize};
 
-use super::calc::{self, CalcError};
+use super::calc::{self, lender_sats, CalcError};
 use super::money::{Bps, Fiat, MoneyError, Price, BPS_DENOM, SATS_PER_BTC};
-
-/// The lender's sats for repaying `repay_minor` of the debt with `penalty` at `price`:
-/// `repay × (1 + penalty)` at the price, rounded UP (the lender is made whole).
-pub fn lender_sats(repay_minor: u64, penalty: Bps, price: Price) -> Result<u64, CalcError> {
-    if price.minor_per_btc == 0 {
-        return Err(CalcError::ZeroPrice);
-    }
-    let claim_minor = u128::from(repay_minor) * (BPS_DENOM + u128::from(penalty.0));
-    let sats = (claim_minor * SATS_PER_BTC).div_ceil(BPS_DENOM * u128::from(price.minor_per_btc));
-    u64::try_from(sats).map_err(|_| CalcError::Overflow)
-}
 
 /// A partial sale, every number of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

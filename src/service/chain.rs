@@ -79,7 +79,6 @@ const FEE_TARGET_BLOCKS: usize = 6;
 /// Run until `stop`: sync, report, wait for a block (or `poll`), handle requests.
 pub fn run(
     config: WatcherConfig,
-    min_confirmations: u32,
     requests: &Mutex<Receiver<ChainRequest>>,
     reports: Sender<ChainReport>,
     stop: Arc<AtomicBool>,
@@ -143,7 +142,7 @@ pub fn run(
                     .escrows
                     .iter()
                     .map(|state| {
-                        let view = EscrowView::from_chain(state, min_confirmations, |txid| {
+                        let view = EscrowView::from_chain(state, |txid| {
                             watcher.transaction(txid).map(|t| (*t).clone())
                         });
                         (state.loan_id.clone(), view)

@@ -316,14 +316,11 @@ impl Service {
             let mut watcher = WatcherConfig::new(&settings.electrum_url, settings.network);
             watcher.tls = settings.electrum_tls.clone();
             watcher.fees = settings.fees;
-            let min_conf = settings.min_confirmations;
             let requests = Arc::new(Mutex::new(chain_rx));
             let (report_tx, engine_tx, stop) = (tx.clone(), tx.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("btc-escrow-chain-supervisor".into())
-                .spawn(move || {
-                    supervise_chain(watcher, min_conf, requests, report_tx, engine_tx, stop)
-                })
+                .spawn(move || supervise_chain(watcher, requests, report_tx, engine_tx, stop))
                 .map_err(ServiceError::Start)?
         };
 
@@ -399,7 +396,6 @@ impl Service {
 
 fn supervise_chain(
     config: WatcherConfig,
-    min_conf: u32,
     requests: Arc<Mutex<Receiver<ChainRequest>>>,
     reports: Sender<Msg>,
     engine: Sender<Msg>,
@@ -424,7 +420,6 @@ fn supervise_chain(
             .spawn(move || {
                 chain::run(
                     config,
-                    min_conf,
                     &requests,
                     report_tx,
                     thread_stop,

@@ -139,6 +139,14 @@ impl EscrowInput {
     pub fn txout(&self) -> Option<&TxOut> {
         self.prev_tx.output.get(self.outpoint.vout as usize)
     }
+
+    /// What `inputs` hold together (`None` on overflow).
+    pub fn total(inputs: &[EscrowInput]) -> Option<Amount> {
+        inputs
+            .iter()
+            .filter_map(|i| i.txout().map(|o| o.value))
+            .try_fold(Amount::ZERO, |a, v| a.checked_add(v))
+    }
 }
 
 /// What to build.

@@ -152,8 +152,7 @@ fn a_breach_is_decided_signed_cosigned_broadcast_and_confirmed() {
     let spent = |confirmed: bool| EscrowView {
         depth: Default::default(),
         confirmed: vec![],
-        spent: true,
-        spending: Vec::new(),
+        spending: vec![txid],
         confirmed_spends: if confirmed {
             vec![ConfirmedSpend {
                 txid,
@@ -272,8 +271,7 @@ fn the_escrows_are_rebuilt_after_a_restart_and_a_stranger_spend_closes_on_chain(
     let view = EscrowView {
         depth: Default::default(),
         confirmed: vec![],
-        spent: true,
-        spending: Vec::new(),
+        spending: vec![other],
         confirmed_spends: vec![ConfirmedSpend {
             txid: other,
             height: 500,
@@ -469,8 +467,7 @@ fn one_undecidable_loan_holds_no_other_back() {
     // The deposit is being spent (by someone): nothing left to build a decision from.
     let spent_view = EscrowView {
         depth: Default::default(),
-        spent: true,
-        spending: Vec::new(),
+        spending: vec![Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros())],
         ..EscrowView::default()
     };
     assert_eq!(
@@ -518,8 +515,7 @@ fn a_decided_transaction_confirmed_before_its_broadcast_was_recorded_is_ours() {
     let view = EscrowView {
         depth: Default::default(),
         confirmed: vec![],
-        spent: true,
-        spending: Vec::new(),
+        spending: vec![txid],
         confirmed_spends: vec![ConfirmedSpend {
             txid,
             height: 301,

@@ -40,23 +40,23 @@ impl Decision {
         };
         let built = tx::build(escrow, &next.request()?).map_err(|e| self.tx_err(e))?;
         next.fee = built.fee;
-        if let DecisionKind::PartialLiquidation { sale, .. } = &mut next.kind {
-            sale.fee = built.fee;
-            sale.change = built.rest;
+        match &mut next.kind {
+            DecisionKind::PartialLiquidation { sale, .. } => {
+                sale.fee = built.fee;
+                sale.change = built.rest;
+            }
+            DecisionKind::Withdrawal { change, .. } => *change = built.rest,
+            _ => {}
         }
         Ok(next)
     }
 
     /// The collateral of `inputs`.
     fn total(loan: &Loan, inputs: &[EscrowInput]) -> Result<Amount, DecisionError> {
-        inputs
-            .iter()
-            .filter_map(|i| i.txout().map(|o| o.value))
-            .try_fold(Amount::ZERO, |a, v| a.checked_add(v))
-            .ok_or_else(|| DecisionError::Calc {
-                id: loan.id.clone(),
-                source: CalcError::Overflow,
-            })
+        EscrowInput::total(inputs).ok_or_else(|| DecisionError::Calc {
+            id: loan.id.clone(),
+            source: CalcError::Overflow,
+        })
     }
 
     /// The fee of a two-output adjustment (a payment to `to`, the change back into the
@@ -213,6 +213,8 @@ impl Decision {
         if amount < dust {
             return Err(WithdrawalError::Dust { amount, dust });
         }
+        // Within the limit checked above: collateral − fee − amount ≥ what the limit
+        // needs, so no underflow.
         let change = collateral - fee - amount;
         let ltv_after = calc::ltv(owed, change, evidence.price).map_err(calc_err)?;
         let d = Decision {
@@ -222,6 +224,7 @@ impl Decision {
                 owed,
                 evidence: evidence.clone(),
                 amount,
+                change,
                 limit,
                 ltv_after,
             },
