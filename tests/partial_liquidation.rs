@@ -281,6 +281,30 @@ fn partial_liquidations_restore_the_target_and_gaps_liquidate_in_full() -> anyho
     terms["partial_liquidation"] = json!(true);
     terms["target_ltv_bps"] = json!(5_000);
     terms["margin_call_levels_bps"] = json!([7_000, 7_500]);
+    // Bad terms are refused naming the API's field.
+    for (edit, field) in [
+        (json!({"partial_liquidation": true}), "target_ltv_bps"),
+        (
+            json!({"partial_liquidation": true, "target_ltv_bps": 6_000}),
+            "target_ltv_bps",
+        ),
+        (
+            json!({"margin_call_levels_bps": [7_500]}),
+            "margin_call_levels_bps",
+        ),
+    ] {
+        let mut bad = m.offer_terms();
+        for (k, v) in edit.as_object().context("edit")? {
+            bad[k] = v.clone();
+        }
+        let (status, problem) =
+            m.api()
+                .call(Method::POST, "/loans", Some(&m.lender), Some(&bad), &[])?;
+        ensure!(
+            status == 422 && problem["field"] == field,
+            "{status} {problem}"
+        );
+    }
     let id = m.active_with(&terms)?;
     let path = format!("/loans/{id}");
     let mut web = common::web::Browser::new(&m);
@@ -341,8 +365,8 @@ fn partial_liquidations_restore_the_target_and_gaps_liquidate_in_full() -> anyho
     let small_loan = m.api().get(&format!("/loans/{small_id}"), &m.lender)?;
     let sats = u(&small_loan, "collateral_sat")?;
     ensure!(sats == 40_000, "{small_loan}");
-    let k = (fee as f64 + 76.0) / sats as f64;
-    let bps = ((1.0 - k) / 1.05 * 10_000.0) as u64;
+    // LTV = (1 − (fee + 76) / C) / 1.05, in bps, rounded down (integers).
+    let bps = (sats - fee - 76) * 100_000_000 / (10_500 * sats);
     m.set_price(price_at(u(&small_loan, "owed_minor")?, sats, bps))?;
     decided(&m, &small_id, "liquidation")?;
     let why: Vec<String> = event_names(&m, &small_id)?
@@ -422,6 +446,28 @@ fn withdrawals_settle_when_safe_and_are_refused_past_the_limit() -> anyhow::Resu
     let unchanged = m.api().get(&path, &m.borrower)?;
     ensure!(unchanged["adjustment"].is_null() && unchanged["pending_psbt"].is_null());
     ensure!(unchanged["collateral_sat"] == before["collateral_sat"]);
+    // Bad bodies: a zero amount, an unknown field. Each names its field; nothing moves.
+    for (body, field) in [
+        (json!({ "amount_sat": 0 }), "amount_sat"),
+        (json!({ "amount": 1_000_000 }), "amount"),
+    ] {
+        let (status, problem) = m.api().call(
+            Method::POST,
+            &withdrawals,
+            Some(&m.borrower),
+            Some(&body),
+            &[],
+        )?;
+        ensure!(status == 422, "{status} {problem}");
+        ensure!(
+            problem["field"] == field
+                || problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(field)),
+            "{problem}"
+        );
+    }
+    ensure!(m.api().get(&path, &m.borrower)?["adjustment"].is_null());
     // Only the borrower asks.
     let (status, _) = m.api().call(
         Method::POST,
