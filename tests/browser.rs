@@ -282,6 +282,14 @@ fn borrower_and_lender_in_a_browser() -> anyhow::Result<()> {
                 .await?;
             Ok::<_, anyhow::Error>(())
         })?;
+        // The click returns before the server has the form: wait for the repayment
+        // (else the next round may load the page of a loan already releasing).
+        m.api().wait(
+            &format!("/loans/{second}"),
+            &m.lender,
+            "repayment recorded",
+            |v| v["state"] == "releasing" || v["owed_minor"].as_u64().is_some_and(|o| o < owed),
+        )?;
     }
     let releasing = m
         .api()
