@@ -308,12 +308,10 @@ fn a_partial_snapshot_left_by_a_crash_is_removed_and_the_store_opens() {
     }
     let partial = dir.path().join("snap.FFFFFFFFFFFFFFFF.generating");
     std::fs::write(&partial, b"half a snapshot").unwrap();
+    let alone = sled::open(dir.path()).map(|_| ());
     assert!(
-        matches!(
-            sled::open(dir.path()),
-            Err(sled::Error::Corruption { at: None, .. })
-        ),
-        "sled alone refuses it"
+        matches!(alone, Err(sled::Error::Corruption { at: None, .. })),
+        "sled alone refuses it: {alone:?}"
     );
     let store = Store::open(dir.path()).unwrap();
     assert!(store.loan("loan-1").unwrap().is_some());
