@@ -1,7 +1,9 @@
-//! Watch 2,000 escrow scripts, each funded once, on a local regtest electrs: time the
-//! first full sync, the incremental sync after one new block, and the first sync done
-//! one script per request. Prints its figures (a bench binary, not criterion: each
-//! figure needs a fresh chain state).
+//! Watch 2,000 escrow scripts (`BTC_ESCROW_BENCH_ESCROWS` sets how many), each funded
+//! once, on a local regtest electrs: time the first full sync, the incremental sync
+//! after one new block, a restart from the cache the service stores (through a real
+//! store), and the histories fetched one script per request and batched. Prints its
+//! figures (a bench binary, not criterion: each figure needs a fresh chain state).
+//! Needs `regtest/setup`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -10,15 +12,20 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bitcoin::{Amount, FeeRate, Network};
-use btc_escrow::chain::{Watcher, WatcherConfig};
+use btc_escrow::chain::{ChainCache, Watcher, WatcherConfig};
+use btc_escrow::store::Store;
 use common::escrow::Parties;
 use common::wallet::TestWallet;
 use common::Regtest;
 use electrum_client::ElectrumApi;
 
-const ESCROWS: usize = 2_000;
-
 fn main() -> anyhow::Result<()> {
+    let escrows_wanted: usize = std::env::var("BTC_ESCROW_BENCH_ESCROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    #[allow(non_snake_case)]
+    let ESCROWS = escrows_wanted;
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
@@ -49,14 +56,18 @@ fn main() -> anyhow::Result<()> {
     env.mine(1)?;
 
     let mut config = WatcherConfig::new(&env.electrum_url, Network::Regtest);
-    config.batch_size = 100;
-    let mut w = Watcher::new(config);
+    config.batch_size = std::env::var("BTC_ESCROW_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(config.batch_size);
+    let mut w = Watcher::new(config.clone());
     for (i, e) in escrows.iter().enumerate() {
         w.register(&format!("loan-{i}"), e.clone())?;
     }
     let t = Instant::now();
     let first = w.sync()?;
     let first_time = t.elapsed();
+    let first_requests = w.last_sync_requests();
     let funded = first
         .escrows
         .iter()
@@ -73,7 +84,35 @@ fn main() -> anyhow::Result<()> {
             t.elapsed()
         );
     }
-    println!("watcher, first full sync of {ESCROWS} scripts: {first_time:?}");
+    println!("watcher, first full sync of {ESCROWS} scripts: {first_time:?} ({first_requests:?})");
+
+    // A restart: the cache as the service stores it, read back from a reopened store.
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("db"))?;
+    store.replace_chain_cache(&w.cache())?;
+    store.close()?;
+    let t = Instant::now();
+    let store = Store::open(&dir.path().join("db"))?;
+    let mut cache = ChainCache::default();
+    for record in store.chain_cache::<ChainCache>()? {
+        cache.merge(record);
+    }
+    let loaded = t.elapsed();
+    let mut warm = Watcher::with_cache(config.clone(), cache);
+    for (i, e) in escrows.iter().enumerate() {
+        warm.register(&format!("loan-{i}"), e.clone())?;
+    }
+    let again = warm.sync()?;
+    let warm_time = t.elapsed();
+    let before = w.sync()?;
+    anyhow::ensure!(
+        again.escrows == before.escrows,
+        "the restarted watcher must see what the running one sees"
+    );
+    println!(
+        "watcher, restart from the stored cache ({ESCROWS} scripts, cache read in {loaded:?}): {warm_time:?} ({:?})",
+        warm.last_sync_requests()
+    );
 
     // The same histories fetched one script per request, and batched.
     let client = env.electrum()?;

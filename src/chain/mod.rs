@@ -11,8 +11,8 @@ pub use broadcast::BroadcastError;
 pub use fees::{FeeEstimate, FeePolicy, FeePolicyError, FeeSource};
 pub use transport::{ConnectError, Connector, ElectrumClient, TlsConfig};
 pub use watcher::{
-    Backoff, ChainEvent, ChainUpdate, ConnectionStatus, Deposit, Divergence, EscrowState, Spend,
-    TxStatus, WatchError, Watcher, WatcherConfig,
+    Backoff, CacheChanges, ChainCache, ChainEvent, ChainUpdate, ConnectionStatus, Deposit,
+    Divergence, EscrowState, Spend, SyncRequests, TxStatus, WatchError, Watcher, WatcherConfig,
 };
 
 use bitcoin::{BlockHash, Network};

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Transaction, Txid};
 
-use crate::chain::{BroadcastError, Watcher, WatcherConfig};
+use crate::chain::{BroadcastError, CacheChanges, ChainCache, Watcher, WatcherConfig};
 use crate::engine::EscrowView;
 use crate::policy::EscrowDescriptor;
+use crate::store::Store;
 
 /// What the engine asks of the chain thread.
 #[derive(Debug)]
@@ -79,12 +80,15 @@ const FEE_TARGET_BLOCKS: usize = 6;
 /// Run until `stop`: sync, report, wait for a block (or `poll`), handle requests.
 pub fn run(
     config: WatcherConfig,
+    cache: &Store,
     requests: &Mutex<Receiver<ChainRequest>>,
     reports: Sender<ChainReport>,
     stop: Arc<AtomicBool>,
     poll: Duration,
 ) {
-    let mut watcher = Watcher::new(config);
+    let mut watcher = Watcher::with_cache(config, load_cache(cache));
+    // Records appended to the stored cache since it was last written whole.
+    let mut appended = 0;
     // The fee estimate is asked again only when the tip moves.
     let mut fee: Option<(u32, u64)> = None;
     // Sync at once, then when a block arrives or `poll` has passed; requests (a
@@ -138,6 +142,7 @@ pub fn run(
         synced = Some(Instant::now());
         let report = match watcher.sync() {
             Ok(update) => {
+                store_cache(cache, &mut watcher, &mut appended);
                 let views = update
                     .escrows
                     .iter()
@@ -171,5 +176,60 @@ pub fn run(
             return;
         }
         woke = false;
+    }
+}
+
+/// Stored cache records past this many are merged into one when the cache is loaded.
+const CACHE_RECORDS: usize = 64;
+
+/// The watcher's cache as stored (see `chain::ChainCache`): merged, and compacted if
+/// it has grown to many records. One that cannot be read is dropped (the watcher then
+/// syncs everything).
+fn load_cache(store: &Store) -> ChainCache {
+    let records = match store.chain_cache::<ChainCache>() {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(error = %e, "the chain cache cannot be read: starting without it");
+            if let Err(e) = store.replace_chain_cache(&ChainCache::default()) {
+                tracing::warn!(error = %e, "the chain cache cannot be cleared");
+            }
+            return ChainCache::default();
+        }
+    };
+    let count = records.len();
+    let mut cache = ChainCache::default();
+    for record in records {
+        cache.merge(record);
+    }
+    let cache = cache.compacted();
+    if count > CACHE_RECORDS {
+        if let Err(e) = store.replace_chain_cache(&cache) {
+            tracing::warn!(error = %e, "the chain cache cannot be compacted");
+        }
+    }
+    cache
+}
+
+/// Store what the last sync added to the watcher's cache. A failure costs only a
+/// fetch after the next restart: logged, not reported.
+/// Past [`CACHE_RECORDS`] appended, the whole cache replaces them.
+fn store_cache(store: &Store, watcher: &mut Watcher, appended: &mut usize) {
+    let written = match watcher.take_cache_changes() {
+        None => return,
+        Some(CacheChanges::Delta(_)) if *appended >= CACHE_RECORDS => {
+            *appended = 0;
+            store.replace_chain_cache(&watcher.cache())
+        }
+        Some(CacheChanges::Delta(change)) => {
+            *appended += 1;
+            store.append_chain_cache(&change)
+        }
+        Some(CacheChanges::Snapshot(cache)) => {
+            *appended = 0;
+            store.replace_chain_cache(&cache)
+        }
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "the chain cache cannot be stored");
     }
 }

@@ -318,9 +318,12 @@ impl Service {
             watcher.fees = settings.fees;
             let requests = Arc::new(Mutex::new(chain_rx));
             let (report_tx, engine_tx, stop) = (tx.clone(), tx.clone(), stop.clone());
+            let cache = store.clone();
             std::thread::Builder::new()
                 .name("btc-escrow-chain-supervisor".into())
-                .spawn(move || supervise_chain(watcher, requests, report_tx, engine_tx, stop))
+                .spawn(move || {
+                    supervise_chain(watcher, cache, requests, report_tx, engine_tx, stop)
+                })
                 .map_err(ServiceError::Start)?
         };
 
@@ -396,6 +399,7 @@ impl Service {
 
 fn supervise_chain(
     config: WatcherConfig,
+    cache: Store,
     requests: Arc<Mutex<Receiver<ChainRequest>>>,
     reports: Sender<Msg>,
     engine: Sender<Msg>,
@@ -415,11 +419,13 @@ fn supervise_chain(
             })
         };
         let (config, requests, thread_stop) = (config.clone(), requests.clone(), stop.clone());
+        let cache = cache.clone();
         let worker = std::thread::Builder::new()
             .name("btc-escrow-chain".into())
             .spawn(move || {
                 chain::run(
                     config,
+                    &cache,
                     &requests,
                     report_tx,
                     thread_stop,

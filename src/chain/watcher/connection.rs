@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use bdk_chain::bitcoin::{BlockHash, Transaction, Txid};
-use bdk_electrum::BdkElectrumClient;
 use electrum_client::ElectrumApi;
 use serde::Serialize;
 
@@ -120,7 +119,7 @@ impl Watcher {
     }
 
     /// The current connection, or a new one to a server on our network.
-    pub(super) fn connected(&mut self) -> Result<&BdkElectrumClient<ElectrumClient>, WatchError> {
+    pub(super) fn connected(&mut self) -> Result<&ElectrumClient, WatchError> {
         if self.client.is_none() {
             if !self.config.backoff.ready() {
                 return Err(WatchError::Disconnected {
@@ -166,9 +165,7 @@ impl Watcher {
             if let Err(e) = client.block_headers_subscribe() {
                 return Err(self.disconnected(e.to_string()));
             }
-            let bdk = BdkElectrumClient::new(client);
-            bdk.populate_tx_cache(self.graph.graph().full_txs().map(|n| n.tx));
-            self.client = Some(bdk);
+            self.client = Some(client);
         }
         Ok(self.client.as_ref().expect("set just above"))
     }
@@ -186,11 +183,11 @@ impl Watcher {
     pub fn wait_for_block(&mut self, timeout: Duration) -> Result<bool, WatchError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let popped = self.connected()?.inner.block_headers_pop();
+            let popped = self.connected()?.block_headers_pop();
             match popped {
                 Ok(Some(_)) => {
                     // Drain the rest: one sync covers them all.
-                    while let Ok(Some(_)) = self.connected()?.inner.block_headers_pop() {}
+                    while let Ok(Some(_)) = self.connected()?.block_headers_pop() {}
                     return Ok(true);
                 }
                 Ok(None) => {}
@@ -201,7 +198,7 @@ impl Watcher {
                 Err(e) => return Err(self.disconnected(e.to_string())),
             }
             // The subscription is only read when the socket is read; a ping does that.
-            if let Err(e) = self.connected()?.inner.ping() {
+            if let Err(e) = self.connected()?.ping() {
                 if is_null_status(&e.to_string()) {
                     // A script's status changed (see `is_null_status`): sync now.
                     self.renew_connection();
@@ -216,26 +213,6 @@ impl Watcher {
         }
     }
 
-    /// Replace the bdk client around the same connection (so the subscriptions stay),
-    /// emptying its caches; refill the transaction cache (and, if `anchors`, the anchor
-    /// cache) from the graph.
-    pub(super) fn renew_client_caches(&mut self, anchors: bool) {
-        let Some(old) = self.client.take() else {
-            return;
-        };
-        let fresh = BdkElectrumClient::new(old.inner);
-        let graph = self.graph.graph();
-        fresh.populate_tx_cache(graph.full_txs().map(|n| n.tx));
-        if anchors {
-            fresh.populate_anchor_cache(
-                graph
-                    .full_txs()
-                    .map(|n| (n.txid, n.anchors.iter().copied().collect::<Vec<_>>())),
-            );
-        }
-        self.client = Some(fresh);
-    }
-
     /// Broadcast through the current connection (see [`broadcast::broadcast`]).
     pub fn broadcast(&mut self, tx: &Transaction) -> Result<Txid, BroadcastError> {
         let txid = tx.compute_txid();
@@ -243,7 +220,7 @@ impl Watcher {
             txid,
             message: e.to_string(),
         })?;
-        let result = broadcast::broadcast(&client.inner, tx);
+        let result = broadcast::broadcast(client, tx);
         if let Err(BroadcastError::Connection { message, .. }) = &result {
             let _ = self.disconnected(message.clone());
         }
@@ -255,7 +232,7 @@ impl Watcher {
     pub fn fee_estimate(&mut self, target: usize) -> FeeEstimate {
         let policy = self.config.fees;
         match self.connected() {
-            Ok(client) => fees::estimate(&client.inner, target, &policy),
+            Ok(client) => fees::estimate(client, target, &policy),
             Err(e) => policy.apply(Err(e.to_string())),
         }
     }

@@ -4,14 +4,18 @@
 //! every escrow plus the events since the previous one. The watcher only *produces*
 //! updates; the engine applies them.
 
+mod cache;
 mod connection;
 mod diff;
+mod fetch;
 mod graph;
 mod state;
 mod sync;
 
+pub use cache::{CacheChanges, ChainCache};
 pub use connection::{Backoff, ConnectionStatus};
 pub use diff::ChainEvent;
+pub use fetch::SyncRequests;
 pub use state::{Deposit, EscrowState, Spend, TxStatus};
 pub use sync::Divergence;
 
@@ -22,7 +26,6 @@ use bdk_chain::bitcoin::{BlockHash, Network, ScriptBuf};
 use bdk_chain::local_chain::LocalChain;
 use bdk_chain::spk_txout::SpkTxOutIndex;
 use bdk_chain::BlockId;
-use bdk_electrum::BdkElectrumClient;
 use bitcoin::secp256k1::{Secp256k1, VerifyOnly};
 use electrum_client::{ElectrumApi, ScriptStatus};
 use serde::Serialize;
@@ -116,7 +119,7 @@ impl WatcherConfig {
             network,
             tls: TlsConfig::default(),
             timeout: Duration::from_secs(60),
-            batch_size: 100,
+            batch_size: 500,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             fees: FeePolicy::default(),
             full_resync_every: Duration::from_secs(600),
@@ -135,7 +138,7 @@ pub struct Watcher {
     config: WatcherConfig,
     /// Built on the first connect (see [`WatcherConfig::connector`]).
     connector: Option<Connector>,
-    client: Option<BdkElectrumClient<ElectrumClient>>,
+    client: Option<ElectrumClient>,
     chain: LocalChain,
     graph: Graph,
     escrows: BTreeMap<LoanId, EscrowDescriptor>,
@@ -151,13 +154,26 @@ pub struct Watcher {
     last_full_resync: Instant,
     /// Escrows unregistered since the graph was last rebuilt.
     unregistered_since_prune: usize,
+    /// Block headers fetched, by hash (see [`fetch`]).
+    headers: cache::Headers,
+    /// Each script's Electrum status when its history was last synced: a script
+    /// subscribed again (after a reconnect or a restart) with the same status is not
+    /// synced again.
+    synced: cache::Synced,
+    /// Changes to hand out for storing (see [`Watcher::take_cache_changes`]).
+    cache_changes: ChainCache,
+    /// The graph was rebuilt: the whole cache is handed out next.
+    cache_replaced: bool,
+    /// Scripts were registered since the graph was last scanned for them.
+    needs_rescan: bool,
+    last_requests: SyncRequests,
 }
 
 impl Watcher {
     /// A watcher that connects lazily (on the first sync).
     pub fn new(config: WatcherConfig) -> Self {
         let genesis = bitcoin::constants::genesis_block(config.network).block_hash();
-        let (chain, _) = LocalChain::from_genesis_hash(genesis);
+        let (chain, genesis_block) = LocalChain::from_genesis_hash(genesis);
         Self {
             config,
             connector: None,
@@ -176,6 +192,15 @@ impl Watcher {
             dirty: BTreeSet::new(),
             last_full_resync: Instant::now(),
             unregistered_since_prune: 0,
+            headers: Default::default(),
+            synced: Default::default(),
+            cache_changes: ChainCache {
+                chain: genesis_block,
+                ..ChainCache::default()
+            },
+            cache_replaced: false,
+            needs_rescan: false,
+            last_requests: SyncRequests::default(),
         }
     }
 
@@ -216,14 +241,16 @@ impl Watcher {
             self.prune();
         }
         if self.graph.index.insert_spk(id.clone(), spk) {
-            // Scan what the graph already holds for the new script.
-            let txs: Vec<_> = self.graph.graph().full_txs().map(|n| n.tx).collect();
-            for tx in txs {
-                self.graph.index.scan(&tx);
-            }
+            // What the graph already holds for the new script is scanned before the
+            // next sync, once for every script registered meanwhile.
+            self.needs_rescan = true;
         }
-        self.escrows.insert(id.clone(), descriptor);
-        self.dirty.insert(id);
+        // Synced once subscribed, unless its status is the one it was last synced at
+        // (a restart from the cache); a script already subscribed is synced now.
+        if self.subscribed.contains_key(&descriptor.script_pubkey()) {
+            self.dirty.insert(id.clone());
+        }
+        self.escrows.insert(id, descriptor);
         Ok(())
     }
 
@@ -247,7 +274,7 @@ impl Watcher {
             return;
         }
         if let Some(client) = &self.client {
-            match client.inner.script_unsubscribe(&spk) {
+            match client.script_unsubscribe(&spk) {
                 // `false`: the server no longer had it; either way it is gone.
                 Ok(_) | Err(electrum_client::Error::NotSubscribed(_)) => {}
                 Err(e) => {
@@ -267,7 +294,11 @@ impl Watcher {
             .map(|(id, d)| (id.clone(), d.script_pubkey()));
         self.graph = graph::rebuild(&self.graph, watched);
         self.unregistered_since_prune = 0;
-        self.renew_client_caches(true);
+        self.needs_rescan = false;
+        let watched: std::collections::HashSet<ScriptBuf> =
+            self.escrows.values().map(|d| d.script_pubkey()).collect();
+        self.synced.retain(|spk, _| watched.contains(spk));
+        self.cache_replaced = true;
         tracing::debug!(before, after = self.graph_tx_count(), "pruned the graph");
     }
 
@@ -280,10 +311,25 @@ impl Watcher {
         self.graph.graph().get_tx(txid)
     }
 
+    /// Scan every transaction of the graph for the scripts registered since the last
+    /// scan.
+    fn rescan(&mut self) {
+        let txs: Vec<_> = self.graph.graph().full_txs().map(|n| n.tx).collect();
+        for tx in txs {
+            self.graph.index.scan(&tx);
+        }
+        self.needs_rescan = false;
+    }
+
     /// Transactions in the graph (for tests and metrics: it stays proportional to the
     /// watched escrows).
     pub fn graph_tx_count(&self) -> usize {
         self.graph.graph().full_txs().count()
+    }
+
+    /// What the last successful sync asked the server.
+    pub fn last_sync_requests(&self) -> SyncRequests {
+        self.last_requests
     }
 
     pub fn status(&self) -> &ConnectionStatus {
