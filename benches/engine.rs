@@ -4,7 +4,10 @@
 //!   BTC_ESCROW_BENCH_LOANS=1000000 for the million) that moves 0, 10 and 1,000 of
 //!   them into margin call (read, applied, written, and flushed once per tick),
 //!   through the real engine and store;
-//! - 1,000 liquidation decisions computed, their PSBTs built and arbiter-signed.
+//! - 1,000 liquidation decisions computed, their PSBTs built and arbiter-signed;
+//! - a mass breach: one tick liquidating 10,000 loans (BTC_ESCROW_BENCH_BREACHED)
+//!   among the book, each with its real escrow and chain view: every decision built,
+//!   arbiter-signed and stored with its transition, flushed once.
 //!
 //! `cargo bench --bench engine`
 
@@ -12,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use bitcoin::secp256k1::Secp256k1;
 use bitcoin::{Amount, Network, OutPoint, Transaction, TxIn, TxOut};
-use btc_escrow::engine::{Decision, DecisionRecord, Engine, EngineConfig};
+use btc_escrow::engine::{
+    Decision, DecisionRecord, Engine, EngineConfig, EscrowRecord, EscrowView,
+};
 use btc_escrow::keys::{account_path, AccountKey, ArbiterKey, SigningKey};
 use btc_escrow::loan::calc::liquidation_price;
 use btc_escrow::loan::{
@@ -267,8 +272,145 @@ fn decisions() {
     );
 }
 
+fn env_count(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One tick breaching `breached` loans of a book of `n` (see the module doc).
+fn mass_breach() {
+    let n = env_count("BTC_ESCROW_BENCH_LOANS", 100_000);
+    let breached = env_count("BTC_ESCROW_BENCH_BREACHED", 10_000).min(n);
+    let secp = Secp256k1::new();
+    let account = |seed: u8| {
+        let m = bitcoin::bip32::Xpriv::new_master(Network::Regtest, &[seed; 32]).expect("key");
+        AccountKey::from_master(
+            &m,
+            &account_path(Network::Regtest, 0).expect("account"),
+            &secp,
+        )
+        .expect("account")
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let arbiter = ArbiterKey::create(dir.path(), Network::Regtest).expect("key");
+    let arbiter_account = arbiter.account(&secp).expect("account").to_string();
+    let (borrower, lender) = (account(1).to_string(), account(2).to_string());
+    let store = Store::open(&dir.path().join("db")).expect("store");
+    // One confirming tick liquidates.
+    let t = {
+        let mut i = terms().get().clone();
+        i.confirm_ticks = 1;
+        LoanTerms::new(i, Network::Regtest, NOW).expect("valid terms")
+    };
+    let schedule = t.escrow_heights(100, NOW).expect("heights");
+    let started = Instant::now();
+    for i in 0..n {
+        let mut loan = active(i, &t);
+        if i >= breached {
+            // The rest of the book is safe at any price the bench uses.
+            loan.required_collateral = Amount::from_sat(2_000_000_000);
+            loan.collateral = Amount::from_sat(2_000_000_000);
+            store
+                .insert_loan(&loan, &[], Durability::Buffered)
+                .expect("insert");
+            continue;
+        }
+        let record = EscrowRecord {
+            borrower: borrower.clone(),
+            lender: lender.clone(),
+            arbiter: arbiter_account.clone(),
+            index: i as u32,
+            default_height: schedule.default_height,
+            recovery_height: schedule.recovery_height,
+            accepted_at_height: 100,
+        };
+        store
+            .insert_loan(&loan, &[], Durability::Buffered)
+            .expect("insert");
+        loan.version = 1;
+        store
+            .apply_with_escrow(0, &loan, &[], &record, Durability::Buffered)
+            .expect("escrow");
+    }
+    store.flush().expect("flush");
+    let filled = started.elapsed();
+    let opened = Instant::now();
+    let mut engine = Engine::open(store, arbiter, config()).expect("engine");
+    println!(
+        "mass breach: book of {n} loans ({breached} with escrows) stored in {:.1} s, engine opened in {:.1} s",
+        filled.as_secs_f64(),
+        opened.elapsed().as_secs_f64()
+    );
+    for i in 0..breached {
+        let id = format!("loan-{i:07}");
+        let spk = engine.escrows()[&id].script_pubkey();
+        let prev = Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: bitcoin::absolute::LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint::null(),
+                ..TxIn::default()
+            }],
+            output: vec![TxOut {
+                value: collateral(i),
+                script_pubkey: spk,
+            }],
+        };
+        let view = EscrowView {
+            confirmed: vec![EscrowInput {
+                outpoint: OutPoint::new(prev.compute_txid(), 0),
+                prev_tx: prev,
+            }],
+            ..EscrowView::default()
+        };
+        engine.observe(&id, view, NOW).expect("observed");
+    }
+    engine.store().flush().expect("flush");
+    std::thread::sleep(Duration::from_secs(5));
+    // The price at which exactly loans 0..breached reach the liquidation LTV.
+    let price = liquidation_price(OWED, collateral(breached - 1), Bps(8_000)).expect("owes");
+    let t0 = Instant::now();
+    let out = engine
+        .price_tick(PriceEvidence::bare(usd(price)), NOW, 200, 2_000)
+        .expect("tick");
+    let took = t0.elapsed();
+    assert!(
+        out.failed.is_empty(),
+        "{:?}",
+        &out.failed[..out.failed.len().min(3)]
+    );
+    assert_eq!(
+        out.moved.len() as u64,
+        breached,
+        "every breached loan decided"
+    );
+    assert!(out
+        .moved
+        .iter()
+        .all(|l| l.state == btc_escrow::loan::LoanState::Liquidating && l.decisions == 1));
+    println!(
+        "mass breach: one tick over {n} loans liquidating {breached} (decided, built, arbiter-signed, stored, one flush): {:>8.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is taken.
-    decisions();
-    ticks();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    // BTC_ESCROW_BENCH_PARTS=decisions,mass_breach,ticks (default: all).
+    let parts = std::env::var("BTC_ESCROW_BENCH_PARTS").unwrap_or_default();
+    let wanted = |part: &str| parts.is_empty() || parts.split(',').any(|p| p == part);
+    if wanted("decisions") {
+        decisions();
+    }
+    if wanted("mass_breach") {
+        mass_breach();
+    }
+    if wanted("ticks") {
+        ticks();
+    }
 }

@@ -246,7 +246,15 @@ pub struct SigningKey {
     chains: std::sync::Mutex<
         std::collections::BTreeMap<DerivationPath, (Xpriv, bitcoin::secp256k1::PublicKey)>,
     >,
+    /// Keys derived so far with their public keys (see [`SigningKey::derive_pair`]).
+    leaves: std::sync::Mutex<
+        std::collections::HashMap<DerivationPath, (SecretKey, bitcoin::secp256k1::PublicKey)>,
+    >,
 }
+
+/// Derived keys a [`SigningKey`] keeps with their public keys: one per escrow it
+/// signs for, about 100 bytes each (6.5 MB at most).
+const LEAVES_KEPT: usize = 65_536;
 
 impl SigningKey {
     /// Parse an xprv/tprv (the BIP32 root) or a BIP39 mnemonic (empty passphrase). An
@@ -276,7 +284,31 @@ impl SigningKey {
             fingerprint: master.fingerprint(&Secp256k1::signing_only()),
             master,
             chains: Default::default(),
+            leaves: Default::default(),
         }
+    }
+
+    /// The private key at `path` and its public key. A signer checks the public key
+    /// against the one a PSBT lists before signing; computing it is an EC
+    /// multiplication as dear as the signature, so each pair is kept (up to
+    /// [`LEAVES_KEPT`]): an escrow's second signature (a fee bump, a co-signature)
+    /// derives nothing.
+    pub fn derive_pair(
+        &self,
+        secp: &Secp256k1<All>,
+        path: &DerivationPath,
+    ) -> Result<(SecretKey, bitcoin::secp256k1::PublicKey), bitcoin::bip32::Error> {
+        if let Some(pair) = self.leaves.lock().ok().and_then(|m| m.get(path).copied()) {
+            return Ok(pair);
+        }
+        let secret = self.derive(secp, path)?;
+        let pair = (secret, secret.public_key(secp));
+        if let Ok(mut m) = self.leaves.lock() {
+            if m.len() < LEAVES_KEPT {
+                m.insert(path.clone(), pair);
+            }
+        }
+        Ok(pair)
     }
 
     /// The private key at `path` from the master. The parent of the last step (an

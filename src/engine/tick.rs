@@ -4,11 +4,25 @@
 //! cannot be decided (no chain view yet, or an error) never holds the others back:
 //! it is left as it was and reported. The tick's writes are flushed once, together,
 //! before it returns.
+//!
+//! A crash breaching thousands of loans at once: the tick first applies the price to
+//! every candidate, then builds and arbiter-signs the liquidations on every core
+//! (pure work on the engine's read-only state), then stores each decision with its
+//! transition, in order, from this thread (the store's single writer), and flushes
+//! once.
 
-use crate::loan::{apply, Input, Loan, LoanState, PriceEvidence};
-use crate::store::Durability;
+use crate::loan::{apply, Event, Input, Loan, LoanState, PriceEvidence};
+use crate::store::{Durability, PreparedDecision};
+use crate::tx::EscrowInput;
 
-use super::core::{Engine, EngineError};
+use super::core::{numbered, Engine, EngineError};
+
+/// Below this many breaches in one tick the decisions are made on this thread alone
+/// (starting threads would cost more than it saves).
+pub(super) const PARALLEL_FROM: usize = 32;
+
+/// Decisions stored per transaction.
+const STORE_BATCH: usize = 64;
 
 /// What a price tick did.
 #[derive(Debug, Default)]
@@ -27,7 +41,15 @@ pub struct TickOutcome {
 enum Step {
     Unchanged,
     Moved(Box<Loan>),
+    Breached(Box<Breach>),
     WaitingForChain,
+}
+
+/// A loan the tick moved into `Liquidating`, before its decision.
+struct Breach {
+    before: Loan,
+    next: (Loan, Vec<Event>),
+    inputs: Vec<EscrowInput>,
 }
 
 impl Engine {
@@ -51,10 +73,12 @@ impl Engine {
             seq,
             ..TickOutcome::default()
         };
+        let mut breached = Vec::new();
         for id in self.book.candidates(evidence.price, now) {
-            match self.tick_loan(&id, &tick, &evidence, now, tip, fee_sat_per_kvb) {
+            match self.tick_loan(&id, &tick, now) {
                 Ok(Step::Unchanged) => {}
                 Ok(Step::Moved(loan)) => outcome.moved.push(*loan),
+                Ok(Step::Breached(breach)) => breached.push(*breach),
                 Ok(Step::WaitingForChain) => {
                     tracing::warn!(loan = %id, "breach not decided: no chain view yet");
                     outcome.waiting_for_chain.push(id);
@@ -65,11 +89,29 @@ impl Engine {
                 }
             }
         }
+        let started = std::time::Instant::now();
+        let count = breached.len();
+        let (stored, failed) =
+            self.decide_and_store(breached, &evidence, now, tip, fee_sat_per_kvb);
+        let stored_in = started.elapsed();
+        for loan in stored {
+            self.book.update(&loan, now);
+            outcome.moved.push(loan);
+        }
+        outcome.failed.extend(failed);
         // One flush for the whole tick: each loan's transition is atomic, sled
         // recovers a prefix of the writes, and the tick returns only once all of it is
         // durable.
         if !outcome.moved.is_empty() {
             self.store.flush()?;
+        }
+        if count > 0 {
+            tracing::debug!(
+                breached = count,
+                ?stored_in,
+                flushed_in = ?(started.elapsed() - stored_in),
+                "liquidations decided"
+            );
         }
         Ok(outcome)
     }
@@ -100,15 +142,7 @@ impl Engine {
         Ok(moved)
     }
 
-    fn tick_loan(
-        &mut self,
-        id: &str,
-        tick: &Input,
-        evidence: &PriceEvidence,
-        now: u64,
-        tip: u32,
-        fee_sat_per_kvb: u64,
-    ) -> Result<Step, EngineError> {
+    fn tick_loan(&mut self, id: &str, tick: &Input, now: u64) -> Result<Step, EngineError> {
         let loan = self.loan(id)?;
         if !matches!(loan.state, LoanState::Active | LoanState::MarginCall) {
             return Ok(Step::Unchanged);
@@ -117,26 +151,143 @@ impl Engine {
         if next == loan {
             return Ok(Step::Unchanged);
         }
-        let next = if next.state == LoanState::Liquidating {
+        if next.state == LoanState::Liquidating {
             let Ok(inputs) = self.inputs_of(id) else {
                 return Ok(Step::WaitingForChain);
             };
-            let (next, events, decision) = self.liquidation_decision(
-                &loan,
-                (next, events),
+            return Ok(Step::Breached(Box::new(Breach {
+                before: loan,
+                next: (next, events),
                 inputs,
+            })));
+        }
+        self.store
+            .apply(loan.version, &next, &events, Durability::Buffered)?;
+        self.book.update(&next, now);
+        Ok(Step::Moved(Box::new(next)))
+    }
+
+    /// Decide every breach and store each decision with its transition: the decisions
+    /// are built and arbiter-signed on every core while this thread stores those
+    /// already made, [`STORE_BATCH`] per transaction (see the module doc). Returns the
+    /// loans stored and those that failed, with why.
+    fn decide_and_store(
+        &self,
+        breached: Vec<Breach>,
+        evidence: &PriceEvidence,
+        now: u64,
+        tip: u32,
+        fee_sat_per_kvb: u64,
+    ) -> (Vec<Loan>, Vec<(String, String)>) {
+        let decide = |b: Breach| -> Result<PreparedDecision, (String, String)> {
+            let id = b.before.id.clone();
+            self.liquidation_decision(
+                &b.before,
+                b.next,
+                b.inputs,
                 evidence,
                 now,
                 fee_sat_per_kvb,
                 tip,
-            )?;
-            self.decide(&loan, &next, &events, decision, Durability::Buffered)?
-        } else {
-            self.store
-                .apply(loan.version, &next, &events, Durability::Buffered)?;
-            next
+            )
+            .and_then(|(after, events, mut decision)| {
+                decision.number = b.before.decisions;
+                let record = self.sign_record(decision)?;
+                let (after, record) = numbered(&b.before, after, record);
+                Ok(PreparedDecision::new(
+                    b.before.version,
+                    after,
+                    events,
+                    record.store_key(),
+                    &record,
+                ))
+            })
+            .map_err(|e| {
+                tracing::error!(loan = %id, error = %e, "liquidation not decided");
+                (id, e.to_string())
+            })
         };
-        self.book.update(&next, now);
-        Ok(Step::Moved(Box::new(next)))
+        let mut stored = Vec::with_capacity(breached.len());
+        let mut failed = Vec::new();
+        let mut store = |results: Vec<Result<PreparedDecision, (String, String)>>| {
+            let mut batch = Vec::with_capacity(results.len());
+            for r in results {
+                match r {
+                    Ok(prepared) => batch.push(prepared),
+                    Err(f) => failed.push(f),
+                }
+            }
+            self.store_batch(batch, &mut stored, &mut failed);
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if breached.len() < PARALLEL_FROM || threads < 2 {
+            let mut rest = breached.into_iter();
+            loop {
+                let batch: Vec<_> = rest.by_ref().take(STORE_BATCH).map(decide).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                store(batch);
+            }
+            return (stored, failed);
+        }
+        // This thread stores (about as dear as deciding): the other cores decide. Every
+        // `workers`-th breach to each, so all of them finish together.
+        let workers = threads - 1;
+        let mut shares: Vec<Vec<Breach>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, b) in breached.into_iter().enumerate() {
+            shares[i % workers].push(b);
+        }
+        let (sender, batches) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            for share in shares {
+                let (sender, decide) = (sender.clone(), &decide);
+                scope.spawn(move || {
+                    let mut rest = share.into_iter();
+                    loop {
+                        let batch: Vec<_> = rest.by_ref().take(STORE_BATCH).map(decide).collect();
+                        if batch.is_empty() || sender.send(batch).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(sender);
+            for batch in batches {
+                store(batch);
+            }
+        });
+        (stored, failed)
+    }
+
+    /// Store prepared decisions in one transaction; if that fails, one at a time, so
+    /// one loan's failure holds no other back.
+    fn store_batch(
+        &self,
+        batch: Vec<PreparedDecision>,
+        stored: &mut Vec<Loan>,
+        failed: &mut Vec<(String, String)>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.apply_prepared(&batch, Durability::Buffered) {
+            tracing::warn!(error = %e, "a batch of decisions refused: storing them one by one");
+            for write in batch {
+                match self
+                    .store
+                    .apply_prepared(std::slice::from_ref(&write), Durability::Buffered)
+                {
+                    Ok(()) => stored.push(write.into_loan()),
+                    Err(e) => {
+                        let id = write.loan().id.clone();
+                        tracing::error!(loan = %id, error = %e, "liquidation not stored");
+                        failed.push((id, e.to_string()));
+                    }
+                }
+            }
+            return;
+        }
+        stored.extend(batch.into_iter().map(PreparedDecision::into_loan));
     }
 }

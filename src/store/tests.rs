@@ -341,3 +341,61 @@ fn a_buffered_write_is_unsettled_until_a_flush_covers_it() {
     store.flush().unwrap();
     assert!(reader.is_settled());
 }
+
+#[test]
+fn prepared_decisions_are_written_all_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (accepted_1, events) = accepted();
+    let mut offered_2 = Loan::offered("loan-2", terms());
+    offered_2.version = 0;
+    for loan in [Loan::offered("loan-1", terms()), offered_2.clone()] {
+        store.insert_loan(&loan, &[], Durability::Buffered).unwrap();
+    }
+    let accepted_2 = Loan {
+        id: "loan-2".into(),
+        ..accepted_1.clone()
+    };
+    let prepared = |loan: &Loan, before: u64, key: &str| {
+        PreparedDecision::new(
+            before,
+            loan.clone(),
+            events.clone(),
+            key.into(),
+            &serde_json::json!({"decision": key}),
+        )
+    };
+    // The second is stale (its loan is at version 0, not 5): neither is written.
+    let batch = [
+        prepared(&accepted_1, 0, "loan-1/d"),
+        prepared(&accepted_2, 5, "loan-2/d"),
+    ];
+    assert!(matches!(
+        store.apply_prepared(&batch, Durability::Durable),
+        Err(StoreError::VersionConflict { .. })
+    ));
+    assert_eq!(store.loan("loan-1").unwrap().unwrap().version, 0);
+    assert!(store.events("loan-1").unwrap().is_empty());
+    assert!(store
+        .decision::<serde_json::Value>("loan-1/d")
+        .unwrap()
+        .is_none());
+    // Both good: both written, each with its events and its decision.
+    let batch = [
+        prepared(&accepted_1, 0, "loan-1/d"),
+        prepared(&accepted_2, 0, "loan-2/d"),
+    ];
+    store.apply_prepared(&batch, Durability::Durable).unwrap();
+    for id in ["loan-1", "loan-2"] {
+        assert_eq!(store.loan(id).unwrap().unwrap().version, 1);
+        assert_eq!(store.events(id).unwrap().len(), events.len());
+        let d: serde_json::Value = store.decision(&format!("{id}/d")).unwrap().unwrap();
+        assert_eq!(d["decision"], format!("{id}/d"));
+    }
+    let globals: Vec<u64> = ["loan-1", "loan-2"]
+        .iter()
+        .flat_map(|id| store.events(id).unwrap())
+        .map(|e| e.global_seq)
+        .collect();
+    assert_eq!(globals, [1, 2], "one global sequence across the batch");
+}

@@ -157,8 +157,8 @@ fn sign_as(
             if ours.get(&listed) != Some(&path) {
                 return Err(TxError::UnexpectedDerivation { index, path });
             }
-            let secret = key.derive(secp, &path)?;
-            if secret.public_key(secp) != listed {
+            let (secret, public) = key.derive_pair(secp, &path)?;
+            if public != listed {
                 return Err(TxError::DerivedKeyMismatch { index, path });
             }
             let value = input

@@ -527,3 +527,5 @@ fn a_decided_transaction_confirmed_before_its_broadcast_was_recorded_is_ours() {
     assert_eq!(loan.broadcasts, vec![(TxKind::Liquidation, txid)]);
     assert_eq!(loan.confirmed_tx, Some((TxKind::Liquidation, txid)));
 }
+
+mod mass;
