@@ -243,6 +243,17 @@ async fn load(name: &str, want: u16, requests: Vec<reqwest::RequestBuilder>) -> 
         p(0.50).as_secs_f64() * 1e3,
         p(0.99).as_secs_f64() * 1e3
     );
+    // For the bench report (`cargo bench --bench report`).
+    let key = if name.starts_with("GET") {
+        "get_loan"
+    } else {
+        "cosign_post"
+    };
+    println!(
+        "figure: {key}_rps = {:.0} req/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!("figure: {key}_p99 = {:.1} ms", p(0.99).as_secs_f64() * 1e3);
     Ok(())
 }
 

@@ -25,7 +25,7 @@ use btc_escrow::loan::{
 };
 use btc_escrow::policy::{EscrowHeights, EscrowKeys, PolicyTemplate};
 use btc_escrow::store::{Durability, Store};
-use btc_escrow::tx::{EscrowInput, FeeCap};
+use btc_escrow::tx::{self, EscrowInput, FeeCap};
 
 const NOW: u64 = 1_800_000_000;
 const OWED: u64 = 10_000_000; // $100,000
@@ -160,6 +160,10 @@ fn ticks() {
         }
         println!(
             "engine tick over {n} loans moving {k:>5} into margin call (durable writes): {:>10.3} ms",
+            median(times.clone()).as_secs_f64() * 1e3
+        );
+        println!(
+            "figure: tick_{k} = {:.3} ms",
             median(times).as_secs_f64() * 1e3
         );
     }
@@ -229,8 +233,69 @@ fn decisions() {
     println!(
         "1,000 liquidation decisions built and arbiter-signed: {:>10.1} ms ({:.0} us each)",
         median(times.clone()).as_secs_f64() * 1e3,
+        median(times.clone()).as_secs_f64() * 1e3
+    );
+    println!(
+        "figure: decisions_1000 = {:.1} ms",
         median(times).as_secs_f64() * 1e3
     );
+
+    // The PSBT alone: built from the decision and arbiter-signed (its key derived
+    // beforehand, as the engine does when it opens); then a co-signed copy verified,
+    // merged and finalized.
+    let cap = FeeCap::default();
+    let d = Decision::liquidation(&loan, &escrow, inputs.clone(), &price, NOW, 2_000, 500)
+        .expect("decision");
+    let unsigned = d.unsigned(&escrow).expect("builds").psbt;
+    let expected = tx::SpendDecision {
+        tx: unsigned.unsigned_tx.clone(),
+    };
+    let per = |f: &mut dyn FnMut()| {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t0 = Instant::now();
+            for _ in 0..1_000 {
+                f();
+            }
+            times.push(t0.elapsed() / 1_000);
+        }
+        median(times)
+    };
+    let build_sign = per(&mut || {
+        let mut psbt = d.unsigned(&escrow).expect("builds").psbt;
+        tx::sign_decision(&mut psbt, &a, &escrow, &expected, &cap, &secp).expect("signs");
+        std::hint::black_box(psbt);
+    });
+    let mut ours = unsigned.clone();
+    tx::sign_decision(&mut ours, &a, &escrow, &expected, &cap, &secp).expect("signs");
+    let mut theirs = unsigned.clone();
+    tx::sign(&mut theirs, &l, &escrow, &cap, &secp).expect("signs");
+    let merge_finalize = per(&mut || {
+        let merged = tx::merge(&ours, &theirs, &secp).expect("merges");
+        std::hint::black_box(tx::finalize(&merged, &secp).expect("finalizes"));
+    });
+    let ecdsa = {
+        let sk = bitcoin::secp256k1::SecretKey::from_slice(&[7; 32]).expect("key");
+        let msg = bitcoin::secp256k1::Message::from_digest([9; 32]);
+        per(&mut || {
+            std::hint::black_box(secp.sign_ecdsa(&msg, &sk));
+        })
+    };
+    println!(
+        "liquidation PSBT built and arbiter-signed: {:.1} us; co-signed copy verified, merged and finalized: {:.1} us; one ECDSA signature: {:.1} us",
+        build_sign.as_secs_f64() * 1e6,
+        merge_finalize.as_secs_f64() * 1e6,
+        ecdsa.as_secs_f64() * 1e6
+    );
+    println!(
+        "figure: psbt_build_sign = {:.1} us",
+        build_sign.as_secs_f64() * 1e6
+    );
+    println!(
+        "figure: merge_finalize = {:.1} us",
+        merge_finalize.as_secs_f64() * 1e6
+    );
+    println!("figure: ecdsa_sign = {:.1} us", ecdsa.as_secs_f64() * 1e6);
     // The same breach under terms asking for a partial liquidation back to 50 %.
     let partial_terms = {
         let mut i = terms().get().clone();
@@ -394,6 +459,45 @@ fn mass_breach() {
         "mass breach: one tick over {n} loans liquidating {breached} (decided, built, arbiter-signed, stored, one flush): {:>8.1} ms",
         took.as_secs_f64() * 1e3
     );
+    println!("figure: mass_breach = {:.1} ms", took.as_secs_f64() * 1e3);
+}
+
+/// One loan transition (the loan rewritten with one event) stored durably (flushed
+/// each) and buffered.
+fn store_writes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&dir.path().join("db")).expect("store");
+    let mut loan = active(0, &terms());
+    store
+        .insert_loan(&loan, &[], Durability::Durable)
+        .expect("insert");
+    let event = btc_escrow::loan::Event::BreachHeld {
+        reason: "bench".into(),
+        after_ticks: 0,
+    };
+    let mut step = |durability: Durability| {
+        let before = loan.version;
+        loan.version += 1;
+        loan.event_count += 1;
+        store
+            .apply(before, &loan, std::slice::from_ref(&event), durability)
+            .expect("stored");
+    };
+    for (name, durability, count) in [
+        ("durable", Durability::Durable, 300u32),
+        ("buffered", Durability::Buffered, 10_000),
+    ] {
+        let t0 = Instant::now();
+        for _ in 0..count {
+            step(durability);
+        }
+        let each = t0.elapsed() / count;
+        println!(
+            "store: one transition with its event, {name}: {:.1} us",
+            each.as_secs_f64() * 1e6
+        );
+        println!("figure: store_{name} = {:.1} us", each.as_secs_f64() * 1e6);
+    }
 }
 
 fn main() {
@@ -401,11 +505,14 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    // BTC_ESCROW_BENCH_PARTS=decisions,mass_breach,ticks (default: all).
+    // BTC_ESCROW_BENCH_PARTS=decisions,store,mass_breach,ticks (default: all).
     let parts = std::env::var("BTC_ESCROW_BENCH_PARTS").unwrap_or_default();
     let wanted = |part: &str| parts.is_empty() || parts.split(',').any(|p| p == part);
     if wanted("decisions") {
         decisions();
+    }
+    if wanted("store") {
+        store_writes();
     }
     if wanted("mass_breach") {
         mass_breach();

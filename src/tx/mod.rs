@@ -123,8 +123,6 @@ pub enum TxError {
     Derive(#[from] bitcoin::bip32::Error),
     #[error("cannot finalize: {0}")]
     Finalize(String),
-    #[error("extracted transaction fails the script check: {0}")]
-    Extract(#[source] miniscript::psbt::Error),
 }
 
 /// An escrow UTXO with its full previous transaction (segwit v0 amount attack,
@@ -348,9 +346,16 @@ pub fn check_inputs(psbt: &Psbt) -> Result<(), TxError> {
 }
 
 /// Finalize with miniscript (the cheapest satisfaction the signatures allow) and extract
-/// the transaction, which miniscript's interpreter checks against every input.
+/// the transaction. Miniscript's interpreter checks every input's final witness against
+/// the transaction (every signature verified) as it finalizes it; no input is taken as
+/// already final (their final fields are cleared first), so the extracted transaction
+/// is the one checked, and extracting it does not run the interpreter a second time.
 pub fn finalize<C: Verification>(psbt: &Psbt, secp: &Secp256k1<C>) -> Result<Transaction, TxError> {
     let mut work = psbt.clone();
+    for input in &mut work.inputs {
+        input.final_script_sig = None;
+        input.final_script_witness = None;
+    }
     if let Err(errors) = work.finalize_mut(secp) {
         let mut reasons = Vec::new();
         for (index, input) in psbt.inputs.iter().enumerate() {
@@ -384,7 +389,12 @@ pub fn finalize<C: Verification>(psbt: &Psbt, secp: &Secp256k1<C>) -> Result<Tra
             reasons.join("; ")
         )));
     }
-    work.extract(secp).map_err(TxError::Extract)
+    let mut tx = work.unsigned_tx.clone();
+    for (txin, input) in tx.input.iter_mut().zip(&work.inputs) {
+        txin.witness = input.final_script_witness.clone().unwrap_or_default();
+        txin.script_sig = input.final_script_sig.clone().unwrap_or_default();
+    }
+    Ok(tx)
 }
 
 #[cfg(test)]
