@@ -268,7 +268,8 @@ fn decisions() {
     });
     let mut ours = unsigned.clone();
     tx::sign_decision(&mut ours, &a, &escrow, &expected, &cap, &secp).expect("signs");
-    let mut theirs = unsigned.clone();
+    // The lender signs the arbiter-signed PSBT the API shows it (as the co-signer does).
+    let mut theirs = ours.clone();
     tx::sign(&mut theirs, &l, &escrow, &cap, &secp).expect("signs");
     let merge_finalize = per(&mut || {
         let merged = tx::merge(&ours, &theirs, &secp).expect("merges");

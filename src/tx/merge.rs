@@ -134,6 +134,11 @@ pub fn merge<C: Verification>(
             if !mine.bip32_derivation.contains_key(&key.inner) {
                 return Err(MergeError::UnknownKey { index, key: *key });
             }
+            // Our own signature handed back (the party signed the PSBT we showed it):
+            // the same bytes under the same key, nothing to verify or add.
+            if mine.partial_sigs.get(key) == Some(sig) {
+                continue;
+            }
             let sighash = cache
                 .p2wsh_signature_hash(index, script, utxo.value, EcdsaSighashType::All)
                 .map_err(|e| MergeError::Sighash {

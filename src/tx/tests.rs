@@ -290,6 +290,33 @@ mod merge_refusals {
     }
 
     #[test]
+    fn our_signature_handed_back_is_kept_and_a_different_one_under_our_key_refused() {
+        let (f, ours, mut theirs) = pair();
+        // The lender signed the copy we showed it: our signature comes back with its.
+        for (mine, their) in ours.inputs.iter().zip(&mut theirs.inputs) {
+            their.partial_sigs.extend(mine.partial_sigs.clone());
+        }
+        let merged = merge(&ours, &theirs, &f.secp).unwrap();
+        finalize(&merged, &f.secp).unwrap();
+        // Under our key, a signature that is not ours (the lender's bytes) is verified,
+        // and refused.
+        let (arbiter_key, _) = ours.inputs[0].partial_sigs.iter().next().unwrap();
+        let lender_sig = *theirs.inputs[0]
+            .partial_sigs
+            .iter()
+            .find(|(k, _)| *k != arbiter_key)
+            .unwrap()
+            .1;
+        theirs.inputs[0]
+            .partial_sigs
+            .insert(*arbiter_key, lender_sig);
+        assert!(matches!(
+            refused(&ours, &theirs, &f),
+            MergeError::BadSignature { index: 0, .. }
+        ));
+    }
+
+    #[test]
     fn changed_transactions_are_refused() {
         let (f, ours, theirs) = pair();
         type Edit = Box<dyn Fn(&mut Psbt)>;
