@@ -272,8 +272,7 @@ fn decisions() {
     let mut theirs = ours.clone();
     tx::sign(&mut theirs, &l, &escrow, &cap, &secp).expect("signs");
     let merge_finalize = per(&mut || {
-        let merged = tx::merge(&ours, &theirs, &secp).expect("merges");
-        std::hint::black_box(tx::finalize(&merged, &secp).expect("finalizes"));
+        std::hint::black_box(tx::merge_and_finalize(&ours, &theirs, &secp).expect("merges"));
     });
     let ecdsa = {
         let sk = bitcoin::secp256k1::SecretKey::from_slice(&[7; 32]).expect("key");

@@ -157,8 +157,11 @@ impl DecisionRecord {
                 status: self.progress.name(),
             });
         }
-        let merged = tx::merge(&self.psbt()?, theirs, secp)?;
-        let tx = tx::finalize(&merged, secp).map_err(|e| RecordError::Finalize(Box::new(e)))?;
+        let (merged, tx) = match tx::merge_and_finalize(&self.psbt()?, theirs, secp) {
+            Ok(done) => done,
+            Err(tx::CosignError::Merge(e)) => return Err(e.into()),
+            Err(tx::CosignError::Finalize(e)) => return Err(RecordError::Finalize(Box::new(e))),
+        };
         let next = Self {
             decision: self.decision.clone(),
             signed_at: self.signed_at,

@@ -97,6 +97,73 @@ pub fn merge<C: Verification>(
     theirs: &Psbt,
     secp: &Secp256k1<C>,
 ) -> Result<Psbt, MergeError> {
+    merge_with(ours, theirs, secp, true)
+}
+
+/// Why a co-signed PSBT was not merged and finalized.
+#[derive(Debug, thiserror::Error)]
+pub enum CosignError {
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error(transparent)]
+    Finalize(TxError),
+}
+
+/// [`merge`] then [`finalize`](super::finalize), verifying each signature once. The
+/// finalizer's interpreter verifies every signature the final witnesses carry, so
+/// those are not verified first as well; a signature added that no final witness
+/// carries is verified here. If finalizing fails, the verifying [`merge`] runs to name
+/// a bad signature (or any other refusal) as it would have; otherwise the finalizer's
+/// error is returned. `ours` is never changed.
+pub fn merge_and_finalize<C: Verification>(
+    ours: &Psbt,
+    theirs: &Psbt,
+    secp: &Secp256k1<C>,
+) -> Result<(Psbt, bitcoin::Transaction), CosignError> {
+    let merged = merge_with(ours, theirs, secp, false)?;
+    let tx = match super::finalize(&merged, secp) {
+        Ok(tx) => tx,
+        Err(e) => {
+            merge(ours, theirs, secp)?;
+            return Err(CosignError::Finalize(e));
+        }
+    };
+    let mut cache = SighashCache::new(&merged.unsigned_tx);
+    for (index, (input, txin)) in merged.inputs.iter().zip(&tx.input).enumerate() {
+        for (key, sig) in &input.partial_sigs {
+            let in_witness = txin
+                .witness
+                .iter()
+                .any(|item| item == sig.to_vec().as_slice());
+            if in_witness || ours.inputs[index].partial_sigs.get(key) == Some(sig) {
+                continue;
+            }
+            let (Some(script), Some(utxo)) = (&input.witness_script, &input.witness_utxo) else {
+                return Err(MergeError::Sighash {
+                    index,
+                    reason: "the service's copy lacks witness_script or witness_utxo".into(),
+                }
+                .into());
+            };
+            let sighash = cache
+                .p2wsh_signature_hash(index, script, utxo.value, EcdsaSighashType::All)
+                .map_err(|e| MergeError::Sighash {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            secp.verify_ecdsa(&Message::from(sighash), &sig.signature, &key.inner)
+                .map_err(|_| MergeError::BadSignature { index, key: *key })?;
+        }
+    }
+    Ok((merged, tx))
+}
+
+fn merge_with<C: Verification>(
+    ours: &Psbt,
+    theirs: &Psbt,
+    secp: &Secp256k1<C>,
+    verify: bool,
+) -> Result<Psbt, MergeError> {
     if ours.unsigned_tx != theirs.unsigned_tx {
         return Err(MergeError::TxDiffers(differences(
             &ours.unsigned_tx,
@@ -139,15 +206,17 @@ pub fn merge<C: Verification>(
             if mine.partial_sigs.get(key) == Some(sig) {
                 continue;
             }
-            let sighash = cache
-                .p2wsh_signature_hash(index, script, utxo.value, EcdsaSighashType::All)
-                .map_err(|e| MergeError::Sighash {
-                    index,
-                    reason: e.to_string(),
-                })?;
-            let msg = Message::from(sighash);
-            secp.verify_ecdsa(&msg, &signature, &key.inner)
-                .map_err(|_| MergeError::BadSignature { index, key: *key })?;
+            if verify {
+                let sighash = cache
+                    .p2wsh_signature_hash(index, script, utxo.value, EcdsaSighashType::All)
+                    .map_err(|e| MergeError::Sighash {
+                        index,
+                        reason: e.to_string(),
+                    })?;
+                let msg = Message::from(sighash);
+                secp.verify_ecdsa(&msg, &signature, &key.inner)
+                    .map_err(|_| MergeError::BadSignature { index, key: *key })?;
+            }
             if mine.partial_sigs.insert(*key, *sig).is_none() {
                 added += 1;
             }

@@ -8,7 +8,7 @@ mod merge;
 mod sign;
 
 pub use describe::describe;
-pub use merge::{merge, MergeError};
+pub use merge::{merge, merge_and_finalize, CosignError, MergeError};
 pub use sign::{sign, sign_decision, FeeCap, SpendDecision};
 
 use std::collections::BTreeSet;

@@ -317,6 +317,48 @@ mod merge_refusals {
     }
 
     #[test]
+    fn merge_and_finalize_verifies_each_signature_once_and_refuses_as_merge_does() {
+        let (f, ours, theirs) = pair();
+        let (merged, tx) = crate::tx::merge_and_finalize(&ours, &theirs, &f.secp).unwrap();
+        let expected = merge(&ours, &theirs, &f.secp).unwrap();
+        assert_eq!(merged, expected);
+        assert_eq!(tx, finalize(&expected, &f.secp).unwrap());
+
+        let (_, lender_sig) = theirs.inputs[0].partial_sigs.iter().next().unwrap();
+        let lender_sig = *lender_sig;
+        // A bad signature the final witness needs: the finalizer fails, and the
+        // verifying merge names it.
+        let mut bad = theirs.clone();
+        let lender_key = *bad.inputs[1].partial_sigs.keys().next().unwrap();
+        bad.inputs[1].partial_sigs.insert(lender_key, lender_sig);
+        assert!(matches!(
+            crate::tx::merge_and_finalize(&ours, &bad, &f.secp),
+            Err(crate::tx::CosignError::Merge(MergeError::BadSignature {
+                index: 1,
+                ..
+            }))
+        ));
+        // A bad signature under every other key of the escrow: whether a final witness
+        // carries it or not, it is verified and refused.
+        let mut extra = theirs.clone();
+        for key in ours.inputs[0].bip32_derivation.keys() {
+            let key = bitcoin::PublicKey::new(*key);
+            if !extra.inputs[0].partial_sigs.contains_key(&key)
+                && !ours.inputs[0].partial_sigs.contains_key(&key)
+            {
+                extra.inputs[0].partial_sigs.insert(key, lender_sig);
+            }
+        }
+        assert!(matches!(
+            crate::tx::merge_and_finalize(&ours, &extra, &f.secp),
+            Err(crate::tx::CosignError::Merge(MergeError::BadSignature {
+                index: 0,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
     fn changed_transactions_are_refused() {
         let (f, ours, theirs) = pair();
         type Edit = Box<dyn Fn(&mut Psbt)>;
