@@ -98,6 +98,22 @@ fn active(i: u64, terms: &LoanTerms) -> Loan {
     loan
 }
 
+/// A stand-in deposit paying `value` to `spk` (no chain is needed for what is measured).
+fn deposit(spk: bitcoin::ScriptBuf, value: Amount) -> Transaction {
+    Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            ..TxIn::default()
+        }],
+        output: vec![TxOut {
+            value,
+            script_pubkey: spk,
+        }],
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -196,18 +212,7 @@ fn decisions() {
             Network::Regtest,
         )
         .expect("escrow");
-    let prev = Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::null(),
-            ..TxIn::default()
-        }],
-        output: vec![TxOut {
-            value: collateral(0),
-            script_pubkey: escrow.script_pubkey(),
-        }],
-    };
+    let prev = deposit(escrow.script_pubkey(), collateral(0));
     let inputs = vec![EscrowInput {
         outpoint: OutPoint::new(prev.compute_txid(), 0),
         prev_tx: prev,
@@ -411,18 +416,7 @@ fn mass_breach() {
     for i in 0..breached {
         let id = format!("loan-{i:07}");
         let spk = engine.escrows()[&id].script_pubkey();
-        let prev = Transaction {
-            version: bitcoin::transaction::Version::TWO,
-            lock_time: bitcoin::absolute::LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint::null(),
-                ..TxIn::default()
-            }],
-            output: vec![TxOut {
-                value: collateral(i),
-                script_pubkey: spk,
-            }],
-        };
+        let prev = deposit(spk, collateral(i));
         let view = EscrowView {
             confirmed: vec![EscrowInput {
                 outpoint: OutPoint::new(prev.compute_txid(), 0),

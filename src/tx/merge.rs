@@ -145,24 +145,45 @@ pub fn merge_and_finalize<C: Verification>(
                 }
                 .into());
             };
-            let sighash = cache
-                .p2wsh_signature_hash(index, script, utxo.value, EcdsaSighashType::All)
-                .map_err(|e| MergeError::Sighash {
-                    index,
-                    reason: e.to_string(),
-                })?;
-            secp.verify_ecdsa(&Message::from(sighash), &sig.signature, &key.inner)
-                .map_err(|_| MergeError::BadSignature { index, key: *key })?;
+            verify(
+                &mut cache,
+                index,
+                script,
+                utxo.value,
+                key,
+                &sig.signature,
+                secp,
+            )?;
         }
     }
     Ok((merged, tx))
+}
+
+/// Verify `signature` by `key` of input `index` (P2WSH, SIGHASH_ALL).
+fn verify<C: Verification>(
+    cache: &mut SighashCache<&bitcoin::Transaction>,
+    index: usize,
+    script: &bitcoin::Script,
+    value: bitcoin::Amount,
+    key: &PublicKey,
+    signature: &bitcoin::secp256k1::ecdsa::Signature,
+    secp: &Secp256k1<C>,
+) -> Result<(), MergeError> {
+    let sighash = cache
+        .p2wsh_signature_hash(index, script, value, EcdsaSighashType::All)
+        .map_err(|e| MergeError::Sighash {
+            index,
+            reason: e.to_string(),
+        })?;
+    secp.verify_ecdsa(&Message::from(sighash), signature, &key.inner)
+        .map_err(|_| MergeError::BadSignature { index, key: *key })
 }
 
 fn merge_with<C: Verification>(
     ours: &Psbt,
     theirs: &Psbt,
     secp: &Secp256k1<C>,
-    verify: bool,
+    verify_now: bool,
 ) -> Result<Psbt, MergeError> {
     if ours.unsigned_tx != theirs.unsigned_tx {
         return Err(MergeError::TxDiffers(differences(
@@ -206,16 +227,8 @@ fn merge_with<C: Verification>(
             if mine.partial_sigs.get(key) == Some(sig) {
                 continue;
             }
-            if verify {
-                let sighash = cache
-                    .p2wsh_signature_hash(index, script, utxo.value, EcdsaSighashType::All)
-                    .map_err(|e| MergeError::Sighash {
-                        index,
-                        reason: e.to_string(),
-                    })?;
-                let msg = Message::from(sighash);
-                secp.verify_ecdsa(&msg, &signature, &key.inner)
-                    .map_err(|_| MergeError::BadSignature { index, key: *key })?;
+            if verify_now {
+                verify(&mut cache, index, script, utxo.value, key, &signature, secp)?;
             }
             if mine.partial_sigs.insert(*key, *sig).is_none() {
                 added += 1;
