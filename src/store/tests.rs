@@ -1,3 +1,4 @@
+use super::codec::event_key;
 use super::*;
 use crate::loan::terms::tests::{terms, NOW};
 use crate::loan::{apply, Input};
