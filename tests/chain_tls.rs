@@ -278,6 +278,8 @@ fn watcher_over_tls_with_a_ca_file_sees_deposits_and_survives_a_cut() -> anyhow:
     watcher.register("loan-tls", escrow.clone())?;
     let first = sync_until(&mut watcher, |_| true)?;
     ensure!(first.escrows[0].deposits.is_empty(), "{first:?}");
+    // Batch arrays through TLS too (the proxy pumps bytes to electrs).
+    ensure!(watcher.uses_batch_arrays() == Some(true));
 
     let deposit = fund(&mut wallet, &env, &escrow, Amount::from_sat(30_000_000))?;
     let u = sync_until(&mut watcher, |u| !u.escrows[0].deposits.is_empty())?;

@@ -96,6 +96,8 @@ fn deposit_then_confirmations_then_top_up() -> anyhow::Result<()> {
     let (u, events) = sync_until(&mut watcher, |u| !u.escrows[0].deposits.is_empty())?;
     ensure!(u.escrows[0].unconfirmed_collateral() == Amount::from_sat(30_000_000));
     ensure!(collateral(&u, 1) == Amount::ZERO);
+    // electrs takes JSON-RPC batch arrays: subscriptions go out as one array.
+    ensure!(watcher.uses_batch_arrays() == Some(true));
     ensure!(
         matches!(events.as_slice(), [ChainEvent::DepositSeen { outpoint, .. }] if *outpoint == first.outpoint),
         "{events:?}"

@@ -332,6 +332,12 @@ impl Watcher {
         self.last_requests
     }
 
+    /// Whether batches of subscriptions go to the server as one JSON-RPC array (see
+    /// `chain::transport`); `None` before the first connection.
+    pub fn uses_batch_arrays(&self) -> Option<bool> {
+        self.connector.as_ref().and_then(Connector::uses_arrays)
+    }
+
     pub fn status(&self) -> &ConnectionStatus {
         &self.status
     }

@@ -9,8 +9,10 @@
 //! `S: Read + Write`.
 //!
 //! One client type serves both schemes: [`ElectrumClient`] is
-//! `RawClient<ElectrumStream>`, where [`ElectrumStream`] is an enum of the plain and
-//! the TLS socket that implements `Read` and `Write` by delegation. The schemes differ
+//! `RawClient<ElectrumStream>`, where [`ElectrumStream`] holds the plain or the TLS
+//! socket and implements `Read` and `Write` by delegation (and sends batches of
+//! subscriptions as one JSON-RPC array when the server takes them: see [`stream`]).
+//! The schemes differ
 //! only in the byte stream, so that is where the choice is made: four methods to
 //! delegate rather than the thirty-odd of `ElectrumApi` (an enum of clients); no trait
 //! object (`ElectrumApi` has generic batch methods, so it cannot be boxed); and no
@@ -20,12 +22,13 @@
 //! connection silently and lose our script subscriptions): a failed connection is
 //! returned, and the watcher reconnects and subscribes again.
 
-use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use electrum_client::raw_client::RawClient;
 use electrum_client::ElectrumApi;
@@ -35,8 +38,21 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
 
+mod stream;
+
+pub use stream::ElectrumStream;
+use stream::Socket;
+
 /// The Electrum client the service uses, over TCP or TLS alike.
 pub type ElectrumClient = RawClient<ElectrumStream>;
+
+/// How long the server gets to answer the batch-array probe (see [`stream::probe`]).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the server takes batch arrays: not asked yet, yes, no.
+const ARRAYS_UNKNOWN: u8 = 0;
+const ARRAYS_YES: u8 = 1;
+const ARRAYS_NO: u8 = 2;
 
 /// How the server's certificate is checked on `ssl://` URLs (ignored on `tcp://`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,46 +128,6 @@ impl ConnectError {
     }
 }
 
-/// A connected socket, plain or TLS.
-pub enum ElectrumStream {
-    Tcp(TcpStream),
-    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
-}
-
-impl fmt::Debug for ElectrumStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ElectrumStream::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
-            ElectrumStream::Tls(s) => f.debug_tuple("Tls").field(&s.sock).finish(),
-        }
-    }
-}
-
-impl Read for ElectrumStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            ElectrumStream::Tcp(s) => s.read(buf),
-            ElectrumStream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for ElectrumStream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            ElectrumStream::Tcp(s) => s.write(buf),
-            ElectrumStream::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            ElectrumStream::Tcp(s) => s.flush(),
-            ElectrumStream::Tls(s) => s.flush(),
-        }
-    }
-}
-
 /// A parsed Electrum URL with its TLS settings loaded: built once (the CA file read
 /// and checked then), it opens any number of connections.
 #[derive(Debug, Clone)]
@@ -160,6 +136,9 @@ pub struct Connector {
     host: String,
     port: u16,
     tls: Option<Tls>,
+    /// Whether the server takes batch arrays, asked on the first connection and kept
+    /// for the next ones (shared by the connector's clones).
+    arrays: Arc<AtomicU8>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +197,7 @@ impl Connector {
             host: host.to_owned(),
             port,
             tls,
+            arrays: Arc::new(AtomicU8::new(ARRAYS_UNKNOWN)),
         })
     }
 
@@ -231,8 +211,54 @@ impl Connector {
 
     /// Open a connection: `timeout` bounds the TCP connect and every later socket read
     /// and write (so the handshake too). The protocol version is negotiated before the
-    /// client is returned.
+    /// client is returned, and on the connector's first connection the server is asked
+    /// whether it takes batch arrays (a server that does not answer within
+    /// [`PROBE_TIMEOUT`] is taken as a no, and connected to again).
     pub fn connect(&self, timeout: Duration) -> Result<ElectrumClient, ConnectError> {
+        let known = self.arrays.load(Ordering::Relaxed);
+        let (client, socket) = self.open(timeout, known != ARRAYS_NO)?;
+        if known != ARRAYS_UNKNOWN {
+            return Ok(client);
+        }
+        let probe_timeout = Some(PROBE_TIMEOUT.min(timeout));
+        let set_timeout = |t| {
+            socket
+                .set_read_timeout(t)
+                .map_err(|source| ConnectError::Io {
+                    url: self.url.clone(),
+                    action: "setting the socket options",
+                    source,
+                })
+        };
+        set_timeout(probe_timeout)?;
+        if stream::probe(&client) {
+            set_timeout(Some(timeout))?;
+            self.arrays.store(ARRAYS_YES, Ordering::Relaxed);
+            return Ok(client);
+        }
+        self.arrays.store(ARRAYS_NO, Ordering::Relaxed);
+        // Both handles on the socket, so that the server sees it closed.
+        drop((client, socket));
+        Ok(self.open(timeout, false)?.0)
+    }
+
+    /// Whether this connector's connections send subscriptions as one array (`None`
+    /// before the first connection asked the server).
+    pub fn uses_arrays(&self) -> Option<bool> {
+        match self.arrays.load(Ordering::Relaxed) {
+            ARRAYS_YES => Some(true),
+            ARRAYS_NO => Some(false),
+            _ => None,
+        }
+    }
+
+    /// One connection, the protocol version negotiated; with a handle on its socket
+    /// (for its timeouts).
+    fn open(
+        &self,
+        timeout: Duration,
+        arrays: bool,
+    ) -> Result<(ElectrumClient, TcpStream), ConnectError> {
         let io_err = |action| {
             move |source| ConnectError::Io {
                 url: self.url.clone(),
@@ -261,11 +287,14 @@ impl Connector {
             .and_then(|()| socket.set_write_timeout(Some(timeout)))
             .and_then(|()| socket.set_nodelay(true))
             .map_err(io_err("setting the socket options"))?;
-        let stream = match &self.tls {
-            None => ElectrumStream::Tcp(socket),
-            Some(tls) => ElectrumStream::Tls(Box::new(self.handshake(tls, socket)?)),
+        let handle = socket
+            .try_clone()
+            .map_err(io_err("setting the socket options"))?;
+        let socket = match &self.tls {
+            None => Socket::Tcp(socket),
+            Some(tls) => Socket::Tls(Box::new(self.handshake(tls, socket)?)),
         };
-        let client = RawClient::from(stream);
+        let client = RawClient::from(ElectrumStream::new(socket, arrays));
         // The first request, as the protocol asks (and as electrum-client's own
         // constructors do).
         client
@@ -274,7 +303,7 @@ impl Connector {
                 url: self.url.clone(),
                 source,
             })?;
-        Ok(client)
+        Ok((client, handle))
     }
 
     fn handshake(
@@ -546,6 +575,61 @@ mod tests {
             .expect_err("nobody listens");
         assert!(err.is_transient(), "{err}");
         assert!(err.to_string().contains(&url), "{err}");
+    }
+
+    /// A server that speaks the protocol one request per line and never answers an
+    /// array (as a server without JSON-RPC batches would): the probe gives up after
+    /// its timeout, and the connector connects again and speaks in lines.
+    #[test]
+    fn a_server_without_batch_arrays_is_spoken_to_in_lines() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
+        let port = listener.local_addr().expect("a bound address").port();
+        let server = std::thread::spawn(move || {
+            let mut arrays = 0;
+            for _ in 0..2 {
+                let (socket, _) = listener.accept().expect("a connection");
+                let mut out = socket.try_clone().expect("a socket handle");
+                for line in BufReader::new(socket).lines() {
+                    let Ok(line) = line else { break };
+                    if line.starts_with('[') {
+                        arrays += 1;
+                        continue;
+                    }
+                    let req: serde_json::Value = serde_json::from_str(&line).expect("json");
+                    let result = match req["method"].as_str() {
+                        Some("server.version") => serde_json::json!(["lines only", "1.4"]),
+                        _ => serde_json::Value::Null,
+                    };
+                    let answer =
+                        serde_json::json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
+                    if writeln!(out, "{answer}").is_err() {
+                        break;
+                    }
+                }
+            }
+            arrays
+        });
+        let connector = parse(&format!("tcp://127.0.0.1:{port}")).expect("valid url");
+        assert_eq!(connector.uses_arrays(), None);
+        let client = connector
+            .connect(Duration::from_millis(500))
+            .expect("connected after the probe");
+        assert_eq!(connector.uses_arrays(), Some(false));
+        let scripts = [
+            bitcoin::ScriptBuf::new(),
+            bitcoin::ScriptBuf::from_bytes(vec![0x51]),
+        ];
+        let statuses = client
+            .batch_script_subscribe(scripts.iter().map(|s| s.as_script()))
+            .expect("subscribed in lines");
+        assert_eq!(statuses, vec![None, None]);
+        drop(client);
+        assert_eq!(
+            server.join().expect("the server"),
+            1,
+            "one array: the probe"
+        );
     }
 
     #[test]
