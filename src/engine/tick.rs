@@ -6,7 +6,7 @@
 //! before it returns.
 //!
 //! A crash breaching thousands of loans at once: the tick first applies the price to
-//! every candidate, then builds and arbiter-signs the liquidations on every core
+//! every candidate (read and priced on every core, then stored), then builds and arbiter-signs the liquidations on every core
 //! (pure work on the engine's read-only state), then stores each decision with its
 //! transition, in order, from this thread (the store's single writer), and flushes
 //! once.
@@ -40,7 +40,12 @@ pub struct TickOutcome {
 /// What one loan did on a tick.
 enum Step {
     Unchanged,
-    Moved(Box<Loan>),
+    /// Moved without a decision (a margin call, a breach counted), not stored yet.
+    Moved {
+        before_version: u64,
+        next: Box<Loan>,
+        events: Vec<Event>,
+    },
     Breached(Box<Breach>),
     WaitingForChain,
 }
@@ -74,10 +79,26 @@ impl Engine {
             ..TickOutcome::default()
         };
         let mut breached = Vec::new();
-        for id in self.book.candidates(evidence.price, now) {
-            match self.tick_loan(&id, &tick, now) {
+        let candidates = self.book.candidates(evidence.price, now);
+        for (id, step) in self.tick_loans(candidates, &tick) {
+            match step {
                 Ok(Step::Unchanged) => {}
-                Ok(Step::Moved(loan)) => outcome.moved.push(*loan),
+                Ok(Step::Moved {
+                    before_version,
+                    next,
+                    events,
+                }) => {
+                    if let Err(e) =
+                        self.store
+                            .apply(before_version, &next, &events, Durability::Buffered)
+                    {
+                        tracing::error!(loan = %id, error = %e, "price tick not applied");
+                        outcome.failed.push((id, e.to_string()));
+                        continue;
+                    }
+                    self.book.update(&next, now);
+                    outcome.moved.push(*next);
+                }
                 Ok(Step::Breached(breach)) => breached.push(*breach),
                 Ok(Step::WaitingForChain) => {
                     tracing::warn!(loan = %id, "breach not decided: no chain view yet");
@@ -142,7 +163,38 @@ impl Engine {
         Ok(moved)
     }
 
-    fn tick_loan(&mut self, id: &str, tick: &Input, now: u64) -> Result<Step, EngineError> {
+    /// Every candidate read and priced (nothing written), on every core when there are
+    /// many; in the candidates' order.
+    fn tick_loans(
+        &self,
+        candidates: Vec<String>,
+        tick: &Input,
+    ) -> Vec<(String, Result<Step, EngineError>)> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let run = |ids: &[String]| -> Vec<(String, Result<Step, EngineError>)> {
+            ids.iter()
+                .map(|id| (id.clone(), self.tick_loan(id, tick)))
+                .collect()
+        };
+        if candidates.len() < PARALLEL_FROM || threads < 2 {
+            return run(&candidates);
+        }
+        let mut chunks = candidates.chunks(candidates.len().div_ceil(threads));
+        let first = chunks.next().unwrap_or_default();
+        std::thread::scope(|scope| {
+            let others: Vec<_> = chunks.map(|c| scope.spawn(move || run(c))).collect();
+            let mut steps = run(first);
+            for other in others {
+                match other.join() {
+                    Ok(more) => steps.extend(more),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            steps
+        })
+    }
+
+    fn tick_loan(&self, id: &str, tick: &Input) -> Result<Step, EngineError> {
         let loan = self.loan(id)?;
         if !matches!(loan.state, LoanState::Active | LoanState::MarginCall) {
             return Ok(Step::Unchanged);
@@ -161,10 +213,11 @@ impl Engine {
                 inputs,
             })));
         }
-        self.store
-            .apply(loan.version, &next, &events, Durability::Buffered)?;
-        self.book.update(&next, now);
-        Ok(Step::Moved(Box::new(next)))
+        Ok(Step::Moved {
+            before_version: loan.version,
+            next: Box::new(next),
+            events,
+        })
     }
 
     /// Decide every breach and store each decision with its transition: the decisions
