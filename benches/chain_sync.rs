@@ -20,7 +20,12 @@ use common::wallet::TestWallet;
 use common::Regtest;
 use electrum_client::ElectrumApi;
 
+/// The allocator the service binary runs with (see `btc_escrow::alloc`).
+#[global_allocator]
+static ALLOCATOR: btc_escrow::alloc::Allocator = btc_escrow::alloc::ALLOCATOR;
+
 fn main() -> anyhow::Result<()> {
+    btc_escrow::alloc::configure();
     let escrows_wanted: usize = std::env::var("BTC_ESCROW_BENCH_ESCROWS")
         .ok()
         .and_then(|v| v.parse().ok())

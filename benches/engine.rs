@@ -506,7 +506,12 @@ fn store_writes() {
     }
 }
 
+/// The allocator the service binary runs with (see `btc_escrow::alloc`).
+#[global_allocator]
+static ALLOCATOR: btc_escrow::alloc::Allocator = btc_escrow::alloc::ALLOCATOR;
+
 fn main() {
+    btc_escrow::alloc::configure();
     // `cargo bench` passes --bench; nothing else is taken.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

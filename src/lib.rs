@@ -5,6 +5,7 @@
 //! Electrum, `api/` the only one that serves HTTP (`client` is its other side, for the parties'
 //! tools; `oracle/` fetches the exchanges' prices).
 
+pub mod alloc;
 pub mod api;
 pub mod chain;
 pub mod client;

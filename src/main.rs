@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// The service's allocator (see `btc_escrow::alloc`).
+#[global_allocator]
+static ALLOCATOR: btc_escrow::alloc::Allocator = btc_escrow::alloc::ALLOCATOR;
+
 #[derive(Parser)]
 #[command(
     name = "btc-escrow",
@@ -122,6 +126,7 @@ enum ChainCmd {
 }
 
 fn main() -> ExitCode {
+    btc_escrow::alloc::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -79,6 +79,7 @@ impl Engine {
             ..TickOutcome::default()
         };
         let mut breached = Vec::new();
+        let priced = std::time::Instant::now();
         let candidates = self.book.candidates(evidence.price, now);
         for (id, step) in self.tick_loans(candidates, &tick) {
             match step {
@@ -110,6 +111,7 @@ impl Engine {
                 }
             }
         }
+        let priced_in = priced.elapsed();
         let started = std::time::Instant::now();
         let count = breached.len();
         let (stored, failed) =
@@ -129,6 +131,7 @@ impl Engine {
         if count > 0 {
             tracing::debug!(
                 breached = count,
+                ?priced_in,
                 ?stored_in,
                 flushed_in = ?(started.elapsed() - stored_in),
                 "liquidations decided"

@@ -13,8 +13,8 @@ use crate::loan::{Event, Loan};
 
 /// A record written in the same transaction as a loan transition.
 enum Extra<'a> {
-    Decision(&'a str, Vec<u8>),
-    Escrow(Vec<u8>),
+    Decision(&'a str, &'a [u8]),
+    Escrow(&'a [u8]),
 }
 
 /// One transition to write (see `Store::write_all`).
@@ -110,7 +110,8 @@ impl Store {
         record: &T,
         durability: Durability,
     ) -> Result<(), StoreError> {
-        let extra = Extra::Decision(decision_key, encode(record));
+        let record = encode(record);
+        let extra = Extra::Decision(decision_key, &record);
         self.write(Some(before_version), after, events, Some(extra), durability)
     }
 
@@ -129,7 +130,7 @@ impl Store {
                 loan: &w.after,
                 value: &w.value,
                 events: &w.events,
-                extra: Some(Extra::Decision(&w.key, w.record.clone())),
+                extra: Some(Extra::Decision(&w.key, &w.record)),
             })
             .collect();
         self.write_all(writes, durability)
@@ -145,7 +146,8 @@ impl Store {
         escrow: &T,
         durability: Durability,
     ) -> Result<(), StoreError> {
-        let extra = Extra::Escrow(encode(escrow));
+        let escrow = encode(escrow);
+        let extra = Extra::Escrow(&escrow);
         self.write(Some(before_version), after, events, Some(extra), durability)
     }
     fn write(
@@ -272,10 +274,10 @@ impl Store {
                     loans.insert(loan.id.as_bytes(), w.value)?;
                     match &w.extra {
                         Some(Extra::Decision(key, bytes)) => {
-                            decisions.insert(key.as_bytes(), bytes.clone())?;
+                            decisions.insert(key.as_bytes(), *bytes)?;
                         }
                         Some(Extra::Escrow(bytes)) => {
-                            escrows.insert(loan.id.as_bytes(), bytes.clone())?;
+                            escrows.insert(loan.id.as_bytes(), *bytes)?;
                         }
                         None => {}
                     }
