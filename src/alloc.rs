@@ -2,8 +2,9 @@
 //!
 //! A price crash is decided in one tick that allocates and frees a lot at once (sled
 //! copies a page per write, every decision builds a PSBT). Under glibc's malloc about
-//! half of such a tick went to its free lists (`malloc_consolidate`, `unlink_chunk`)
-//! beside sled's page cache of a large book; under mimalloc with its default purging,
+//! half of a profile around such a tick (it also took in the bench's teardown) was
+//! malloc's free lists (`malloc_consolidate`, `unlink_chunk`) beside sled's page cache
+//! of a large book; under mimalloc with its default purging,
 //! memory freed while the service was quiet had gone back to the kernel, and the tick
 //! spent a fifth of its engine thread faulting zeroed pages back in. Kept, a tick
 //! liquidating 10,000 of a million loans took about 0.5 s instead of 0.75-0.9 s
