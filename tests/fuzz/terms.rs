@@ -1,7 +1,7 @@
 //! Loan terms JSON: an offer's terms (`TermsInput`, then `LoanTerms::new`) and a stored
 //! terms record (`LoanTerms`, validated again when read).
 
-use btc_escrow::loan::{LoanTerms, TermsInput};
+use btc_escrow::loan::{Bps, LoanTerms, TermsInput};
 use proptest::prelude::*;
 
 use super::{bounded, config, input, refused_quickly, Seeds, JSON_DICT, MAX_INPUT, NETWORK, NOW};
@@ -38,10 +38,16 @@ fn terms_bases() -> &'static [Vec<u8>] {
         let terms = LoanTerms::new(input.clone(), NETWORK, NOW).expect("valid terms");
         let mut offer = input.clone();
         offer.borrower_return_address.clear();
+        let mut partial = input.clone();
+        partial.partial_liquidation = true;
+        partial.target_ltv = Some(Bps(4_000));
+        partial.margin_call_levels = vec![Bps(7_000), Bps(7_500)];
+        LoanTerms::new(partial.clone(), NETWORK, NOW).expect("valid partial terms");
         vec![
             serde_json::to_vec(&input).expect("serializes"),
             serde_json::to_vec_pretty(&offer).expect("serializes"),
             serde_json::to_vec(&terms).expect("serializes"),
+            serde_json::to_vec(&partial).expect("serializes"),
         ]
     })
 }
@@ -64,6 +70,8 @@ const TERMS_FIELDS: &[&str] = &[
     "borrower_return_address:",
     "lender_payout_address:",
     "min_confirmations:",
+    "target_ltv:",
+    "margin_call_levels:",
 ];
 
 fn names_a_terms_field(shown: &str) -> bool {
@@ -151,9 +159,44 @@ fn terms_json_nested_a_million_deep_or_a_megabyte_long_is_refused_quickly() {
 
 /// The offered terms are valid; the stored record reads back.
 pub(crate) fn seeds_are_accepted() {
-    for b in &terms_bases()[..2] {
+    let bases = terms_bases();
+    for b in [&bases[0], &bases[1], &bases[3]] {
         let input: TermsInput = serde_json::from_slice(b).expect("terms JSON");
         LoanTerms::new(input, NETWORK, NOW).expect("valid terms");
     }
-    serde_json::from_slice::<LoanTerms>(&terms_bases()[2]).expect("stored terms");
+    serde_json::from_slice::<LoanTerms>(&bases[2]).expect("stored terms");
+}
+
+/// Stop 23's CI: an offer with `partial_liquidation: false` (a mangled key) and
+/// `target_ltv: 0` was refused naming `target_ltv`, a field this test's list lacked.
+/// Every refusal of the partial-liquidation fields names its field.
+#[test]
+fn partial_liquidation_refusals_name_their_field() {
+    let base = serde_json::to_value(terms_input()).expect("serializes");
+    for (field, value, named) in [
+        ("target_ltv", serde_json::json!(0), "target_ltv:"),
+        (
+            "margin_call_levels",
+            serde_json::json!([7_500, 7_000]),
+            "margin_call_levels:",
+        ),
+        (
+            "margin_call_levels",
+            serde_json::json!([6_000]),
+            "margin_call_levels:",
+        ),
+    ] {
+        let mut offer = base.clone();
+        offer[field] = value;
+        offer["partial_liquidation"] = serde_json::json!(true);
+        if field != "target_ltv" {
+            offer["target_ltv"] = serde_json::json!(4_000);
+        }
+        let input: TermsInput = serde_json::from_value(offer).expect("well-formed JSON");
+        let shown = LoanTerms::new(input, NETWORK, NOW)
+            .expect_err("refused")
+            .to_string();
+        assert!(shown.starts_with(named), "{shown}");
+        assert!(names_a_terms_field(&shown), "{shown}");
+    }
 }
