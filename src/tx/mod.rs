@@ -350,7 +350,19 @@ pub fn check_inputs(psbt: &Psbt) -> Result<(), TxError> {
 /// the transaction (every signature verified) as it finalizes it; no input is taken as
 /// already final (their final fields are cleared first), so the extracted transaction
 /// is the one checked, and extracting it does not run the interpreter a second time.
+///
+/// An input without a witness UTXO whose previous transaction lacks the output it
+/// spends is refused here: miniscript's finalizer would index past that transaction's
+/// outputs and panic.
 pub fn finalize<C: Verification>(psbt: &Psbt, secp: &Secp256k1<C>) -> Result<Transaction, TxError> {
+    for (index, (input, txin)) in psbt.inputs.iter().zip(&psbt.unsigned_tx.input).enumerate() {
+        let vout = txin.previous_output.vout;
+        if let (None, Some(prev)) = (&input.witness_utxo, &input.non_witness_utxo) {
+            if prev.output.len() <= vout as usize {
+                return Err(TxError::NoSuchPrevOutput { index, vout });
+            }
+        }
+    }
     let mut work = psbt.clone();
     for input in &mut work.inputs {
         input.final_script_sig = None;

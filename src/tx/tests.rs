@@ -182,6 +182,31 @@ fn one_signature_on_a_two_key_path_does_not_finalize() {
     );
 }
 
+/// Found by the fuzz target at 30,000 cases: no witness UTXO, and a previous
+/// transaction without the output the input spends, made miniscript's finalizer
+/// index past its outputs and panic.
+#[test]
+fn a_previous_transaction_without_the_spent_output_is_refused_not_a_panic() {
+    let f = fixture();
+    let built = build(
+        &f.escrow,
+        &request(&f, PathName::Liquidation, &[100_000_000]),
+    )
+    .unwrap();
+    let mut psbt = built.psbt;
+    sign_party(&mut psbt, &f.arbiter, &f).unwrap();
+    sign_party(&mut psbt, &f.lender, &f).unwrap();
+    let input = &mut psbt.inputs[0];
+    input.witness_utxo = None;
+    let outputs = input.non_witness_utxo.as_ref().unwrap().output.len() as u32;
+    psbt.unsigned_tx.input[0].previous_output.vout = outputs;
+    let err = finalize(&psbt, &f.secp).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("input 0: non_witness_utxo has no output {outputs}")
+    );
+}
+
 #[test]
 fn a_key_not_in_the_psbt_signs_nothing() {
     let f = fixture();
