@@ -20,6 +20,7 @@ use std::str::FromStr;
 
 use bitcoin::Network;
 use miniscript::descriptor::{Descriptor, DescriptorPublicKey};
+use miniscript::ForEachKey;
 use serde_json::{json, Map, Value};
 
 use crate::keys::AccountKey;
@@ -382,6 +383,13 @@ pub fn multipath_address(text: &str, index: u32, network: Network) -> Result<Str
         .into_iter()
         .next()
         .ok_or("no single descriptor")?;
+    // miniscript's `at_derivation_index` panics on a key with a hardened step after its
+    // xpub (no definite key can be made of it): refused here first.
+    if !receive.for_each_key(|k| !k.has_hardened_step()) {
+        return Err(
+            "a key has a hardened step after its xpub: a public key cannot derive it".into(),
+        );
+    }
     let at = receive
         .at_derivation_index(index)
         .map_err(|e| e.to_string())?;

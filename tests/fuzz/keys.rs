@@ -152,6 +152,22 @@ proptest! {
     }
 }
 
+/// Found by `escrow_descriptor` at 150,000 cases: a multipath step made hardened
+/// (`/<0';1>/*`) made miniscript's `at_derivation_index` panic.
+#[test]
+fn a_hardened_step_after_an_xpub_is_refused_not_a_panic() {
+    let multipath = escrow().escrow.multipath_descriptor();
+    let body = multipath.split('#').next().unwrap_or(&multipath);
+    let hardened = body.replacen("/<0;1>/*", "/<0';1>/*", 1);
+    assert_ne!(hardened, body, "the multipath descriptor has a <0;1> step");
+    let refused = multipath_address(&hardened, 7, NETWORK).unwrap_err();
+    assert!(refused.contains("hardened step"), "{refused}");
+    let hardened = body.replacen("/<0;1>/*", "/0'/<0;1>/*", 1);
+    let refused = multipath_address(&hardened, 7, NETWORK).unwrap_err();
+    assert!(refused.contains("hardened step"), "{refused}");
+    multipath_address(body, 7, NETWORK).expect("the escrow's own multipath descriptor");
+}
+
 fn template_bases() -> &'static [Vec<u8>] {
     static B: Seeds = Seeds::new();
     B.get(|| vec![PolicyTemplate::default().text().as_bytes().to_vec()])
