@@ -19,7 +19,7 @@
 use std::str::FromStr;
 
 use bitcoin::Network;
-use miniscript::descriptor::{Descriptor, DescriptorPublicKey};
+use miniscript::descriptor::{Descriptor, DescriptorPublicKey, Wildcard};
 use miniscript::ForEachKey;
 use serde_json::{json, Map, Value};
 
@@ -383,9 +383,10 @@ pub fn multipath_address(text: &str, index: u32, network: Network) -> Result<Str
         .into_iter()
         .next()
         .ok_or("no single descriptor")?;
-    // miniscript's `at_derivation_index` panics on a key with a hardened step after its
-    // xpub (no definite key can be made of it): refused here first.
-    if !receive.for_each_key(|k| !k.has_hardened_step()) {
+    // miniscript's `at_derivation_index` panics on a key with a hardened step or a
+    // hardened wildcard after its xpub (no definite key can be made of it): refused
+    // here first.
+    if !receive.for_each_key(publicly_derivable) {
         return Err(
             "a key has a hardened step after its xpub: a public key cannot derive it".into(),
         );
@@ -396,4 +397,14 @@ pub fn multipath_address(text: &str, index: u32, network: Network) -> Result<Str
     at.address(network)
         .map(|a| a.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// Whether every step after the key's xpub, its wildcard included, is unhardened.
+fn publicly_derivable(key: &DescriptorPublicKey) -> bool {
+    let wildcard = match key {
+        DescriptorPublicKey::Single(_) => Wildcard::None,
+        DescriptorPublicKey::XPub(x) => x.wildcard,
+        DescriptorPublicKey::MultiXPub(x) => x.wildcard,
+    };
+    !key.has_hardened_step() && wildcard != Wildcard::Hardened
 }
