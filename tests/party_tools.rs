@@ -7,7 +7,8 @@
 //! - verify-escrow passes the honest escrow and refuses, naming it, a loan JSON with
 //!   another borrower key, an extra arbiter-alone branch, other heights (shifted with
 //!   a matching descriptor, or only the shown field), and terms other than agreed;
-//! - the exports: the multipath descriptor parsed back by rust-miniscript derives the
+//! - the exports, verified from the party's own key first (the wrong key exports
+//!   nothing): the multipath descriptor parsed back by rust-miniscript derives the
 //!   escrow's address at its index; the BIP-388 policy keeps the BIP's rules; the
 //!   BIP-129 record names the first address.
 
@@ -409,21 +410,33 @@ fn verify_escrow_accepts_the_honest_escrow_and_names_each_tampering() -> anyhow:
         "{ran:?}"
     );
 
-    // The exports.
+    // The exports: each verified from the party's own key first.
     let api = m.api().base.clone();
-    let export = |format: &str| {
+    let export_as = |format: &str, key: &std::path::Path| {
         run(&[
             "loan",
             "export",
             &id,
             "--format",
             format,
+            "--key",
+            key.to_str().context("path")?,
+            "--arbiter",
+            &m.data.arbiter_account_key,
             "--api",
             &api,
             "--token",
             &m.borrower,
         ])
     };
+    let export = |format: &str| export_as(format, &borrower_key);
+    // The borrower's token with the lender's key: the escrow's borrower key is not
+    // this key's, so nothing is exported.
+    let wrong = export_as("descriptor", &lender_key)?;
+    ensure!(
+        wrong.code != 0 && wrong.stdout.is_empty() && wrong.stderr.contains("does NOT check"),
+        "{wrong:?}"
+    );
     let index = loan["escrow"]["index"].as_u64().context("index")? as u32;
     let core: Value = serde_json::from_str(&export("descriptor")?.ok()?.stdout)?;
     let multipath = core[0]["desc"].as_str().context("desc")?;

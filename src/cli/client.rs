@@ -10,6 +10,7 @@ use bitcoin::Network;
 use btc_escrow::client::{ApiClient, ClientError};
 
 use super::loan_ops;
+use super::tools::OwnKey;
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
@@ -289,13 +290,20 @@ pub enum LoanCmd {
     },
     /// The escrow for another wallet: a BIP-388 wallet policy (hardware wallets), the
     /// multipath descriptor with checksum (Bitcoin Core's importdescriptors), or a
-    /// BIP-129 descriptor record.
+    /// BIP-129 descriptor record. The escrow is verified from your own key first (as
+    /// verify-escrow, without the tip and terms checks) and exported as derived here.
     Export {
         #[command(flatten)]
         api: ApiArgs,
         id: String,
         #[arg(long, value_parser = ["bip388", "descriptor", "bsms"])]
         format: String,
+        /// Your key: the escrow is verified from it before anything is exported.
+        #[command(flatten)]
+        own: OwnKey,
+        /// The service's arbiter account key, pinned.
+        #[arg(long)]
+        arbiter: Option<String>,
         #[arg(long, env = "BTC_ESCROW_NETWORK", default_value = "regtest")]
         network: Network,
     },
@@ -463,10 +471,14 @@ pub fn loan(cmd: LoanCmd) -> anyhow::Result<()> {
             api,
             id,
             format,
+            own,
+            arbiter,
             network,
         } => {
-            let loan = api.client()?.get(&format!("/loans/{id}"))?;
-            println!("{}", loan_ops::export(&loan, &format, network)?);
+            let own = own.account(network)?;
+            let text =
+                loan_ops::verified_export(&api, &id, own, arbiter.as_deref(), &format, network)?;
+            println!("{text}");
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! The loan commands that do more than one call: `loan sign` (fetch, check from the
 //! party's own key, sign locally, post), `loan events` (the list, then the stream) and
-//! `loan export` (the escrow for another wallet).
+//! `loan export` (the escrow for another wallet, as this party verified it).
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -13,7 +13,7 @@ use btc_escrow::client::{ClientError, ErrorKind};
 use btc_escrow::cosigner::review::{review, CosignPolicy, Review};
 use btc_escrow::keys::{account_path, AccountKey, SigningKey};
 use btc_escrow::policy::{Party, PolicyTemplate};
-use btc_escrow::verify::{multipath_address, verify_escrow, Expectation};
+use btc_escrow::verify::{multipath_address, verify_escrow, Expectation, Verified};
 use serde_json::{json, Value};
 
 use super::client::{read_terms, ApiArgs};
@@ -235,36 +235,84 @@ pub(super) fn events(api: &ApiArgs, id: &str, follow: bool) -> anyhow::Result<()
     }
 }
 
-/// The loan's escrow in `format`: `bip388`, `descriptor` or `bsms`.
-pub fn export(loan: &Value, format: &str, network: Network) -> anyhow::Result<String> {
-    let escrow = loan["escrow"]
-        .as_object()
-        .context("the loan has no escrow yet (not accepted)")?;
-    let multipath = escrow["multipath_descriptor"]
-        .as_str()
-        .context("escrow.multipath_descriptor")?;
-    let index = escrow["index"].as_u64().context("escrow.index")? as u32;
+/// The loan's escrow in `format`: `bip388`, `descriptor` or `bsms`. What a wallet
+/// imports is the escrow this party verified from its own account key (`verified`,
+/// derived here), never the server's text: a server showing another descriptor is
+/// refused by the verification before anything is printed.
+pub fn export(
+    id: &str,
+    verified: &Verified,
+    format: &str,
+    network: Network,
+) -> anyhow::Result<String> {
+    let escrow = &verified.escrow;
+    let multipath = escrow.multipath_descriptor();
+    let index = escrow.index();
     Ok(match format {
-        "bip388" => serde_json::to_string_pretty(&json!({
-            "name": format!("escrow {}", loan["id"].as_str().unwrap_or("")),
-            "template": escrow["wallet_policy"]["template"],
-            "keys": escrow["wallet_policy"]["keys"],
-            "receive_index": index,
-            "address": escrow["address"],
-        }))?,
+        "bip388" => {
+            let policy = escrow.wallet_policy();
+            serde_json::to_string_pretty(&json!({
+                "name": format!("escrow {id}"),
+                "template": policy.template,
+                "keys": policy.keys,
+                "receive_index": index,
+                "address": escrow.address().to_string(),
+            }))?
+        }
         "descriptor" => serde_json::to_string_pretty(&json!([{
             "desc": multipath,
             "active": false,
             "range": [index, index],
             "timestamp": "now",
-            "label": format!("escrow {}", loan["id"].as_str().unwrap_or("")),
+            "label": format!("escrow {id}"),
         }]))?,
         "bsms" => {
             // BIP-129's descriptor record: version, descriptor, path restrictions (the
             // multipath steps are in the descriptor), the first address.
-            let first = multipath_address(multipath, 0, network).map_err(anyhow::Error::msg)?;
+            let first = multipath_address(&multipath, 0, network).map_err(anyhow::Error::msg)?;
             format!("BSMS 1.0\n{multipath}\nNo path restrictions\n{first}")
         }
         other => bail!("--format {other}: bip388, descriptor or bsms"),
     })
+}
+
+/// `loan export`: the loan fetched, its escrow verified from the party's own account
+/// key (the role the server gives this token; the arbiter's key when pinned), then
+/// exported.
+pub(super) fn verified_export(
+    api: &ApiArgs,
+    id: &str,
+    own: AccountKey,
+    arbiter: Option<&str>,
+    format: &str,
+    network: Network,
+) -> anyhow::Result<String> {
+    let client = api.client()?;
+    let me = client.get("/parties/me")?;
+    let party = match me["role"].as_str() {
+        Some("lender") => Party::Lender,
+        Some("borrower") => Party::Borrower,
+        other => bail!("a {other:?} has no escrow to export"),
+    };
+    let loan = client.get(&format!("/loans/{id}"))?;
+    if !loan["escrow"].is_object() {
+        bail!("loan {id} has no escrow yet (not accepted)");
+    }
+    let expectation = Expectation {
+        network,
+        party,
+        own,
+        arbiter: arbiter
+            .map(|k| AccountKey::parse("--arbiter", k, network))
+            .transpose()?,
+        counterparty: None,
+        agreed_terms: None,
+        tip: None,
+        now: btc_escrow::util::unix_now(),
+        max_extra_blocks: 0,
+        template: PolicyTemplate::default(),
+    };
+    let verified = verify_escrow(&loan, &expectation)
+        .context("the escrow does NOT check; nothing exported")?;
+    export(id, &verified, format, network)
 }

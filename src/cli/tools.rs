@@ -60,7 +60,7 @@ pub struct OwnKey {
 }
 
 impl OwnKey {
-    fn account(&self, network: Network) -> anyhow::Result<AccountKey> {
+    pub(super) fn account(&self, network: Network) -> anyhow::Result<AccountKey> {
         match (&self.key, &self.account_key) {
             (Some(f), _) => own_account(&SigningKey::from_file(f, network)?, self.account, network),
             (None, Some(k)) => Ok(AccountKey::parse("--account-key", k, network)?),
