@@ -164,15 +164,20 @@ fn every_path_builds_signs_and_finalizes_with_an_honest_fee() {
     }
 }
 
+/// An unsigned liquidation of one 1 BTC escrow output.
+fn liquidation_psbt(f: &Fixture) -> Psbt {
+    build(
+        &f.escrow,
+        &request(f, PathName::Liquidation, &[100_000_000]),
+    )
+    .unwrap()
+    .psbt
+}
+
 #[test]
 fn one_signature_on_a_two_key_path_does_not_finalize() {
     let f = fixture();
-    let built = build(
-        &f.escrow,
-        &request(&f, PathName::Liquidation, &[100_000_000]),
-    )
-    .unwrap();
-    let mut psbt = built.psbt;
+    let mut psbt = liquidation_psbt(&f);
     sign_party(&mut psbt, &f.arbiter, &f).unwrap();
     let err = finalize(&psbt, &f.secp).unwrap_err();
     assert!(matches!(err, TxError::Finalize(_)), "{err}");
@@ -188,12 +193,7 @@ fn one_signature_on_a_two_key_path_does_not_finalize() {
 #[test]
 fn a_previous_transaction_without_the_spent_output_is_refused_not_a_panic() {
     let f = fixture();
-    let built = build(
-        &f.escrow,
-        &request(&f, PathName::Liquidation, &[100_000_000]),
-    )
-    .unwrap();
-    let mut psbt = built.psbt;
+    let mut psbt = liquidation_psbt(&f);
     sign_party(&mut psbt, &f.arbiter, &f).unwrap();
     sign_party(&mut psbt, &f.lender, &f).unwrap();
     let input = &mut psbt.inputs[0];
@@ -210,12 +210,7 @@ fn a_previous_transaction_without_the_spent_output_is_refused_not_a_panic() {
 #[test]
 fn a_key_not_in_the_psbt_signs_nothing() {
     let f = fixture();
-    let built = build(
-        &f.escrow,
-        &request(&f, PathName::Liquidation, &[100_000_000]),
-    )
-    .unwrap();
-    let mut psbt = built.psbt;
+    let mut psbt = liquidation_psbt(&f);
     let stranger = SigningKey::parse(
         &Xpriv::new_master(Network::Regtest, &[99; 32])
             .unwrap()
