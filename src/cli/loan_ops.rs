@@ -14,7 +14,7 @@ use btc_escrow::cosigner::review::{review, CosignPolicy, Review};
 use btc_escrow::keys::{account_path, AccountKey, SigningKey};
 use btc_escrow::policy::{Party, PolicyTemplate};
 use btc_escrow::verify::{multipath_address, verify_escrow, Expectation, Verified};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::client::{read_terms, ApiArgs};
 use super::render::{print, psbt_text};
@@ -27,6 +27,38 @@ pub fn own_account(key: &SigningKey, account: u32, network: Network) -> anyhow::
         &account_path(network, account)?,
         &secp,
     )?)
+}
+
+/// What a party's command checks the loan's escrow against, without a chain view
+/// (heights checked against each other and the terms only): its own account key, in
+/// the role the server gives its token (`me`, `GET /parties/me`); the arbiter's key
+/// when pinned; the agreed terms when given.
+fn expectation(
+    me: &Value,
+    own: AccountKey,
+    arbiter: Option<&str>,
+    agreed_terms: Option<Map<String, Value>>,
+    network: Network,
+) -> anyhow::Result<Expectation> {
+    let party = match me["role"].as_str() {
+        Some("lender") => Party::Lender,
+        Some("borrower") => Party::Borrower,
+        other => bail!("a {other:?} has no escrow to check: a borrower's or a lender's token"),
+    };
+    Ok(Expectation {
+        network,
+        party,
+        own,
+        arbiter: arbiter
+            .map(|k| AccountKey::parse("--arbiter", k, network))
+            .transpose()?,
+        counterparty: None,
+        agreed_terms,
+        tip: None,
+        now: btc_escrow::util::unix_now(),
+        max_extra_blocks: 0,
+        template: PolicyTemplate::default(),
+    })
 }
 
 /// What `loan sign` checks against.
@@ -61,32 +93,15 @@ pub(super) fn sign(
             ClientError::new(ErrorKind::NotFound, format!("loan {id}: no pending PSBT")).into(),
         );
     }
-    let party = match me["role"].as_str() {
-        Some("lender") => Party::Lender,
-        Some("borrower") => Party::Borrower,
-        other => bail!("a {other:?} does not co-sign"),
-    };
     let secp = Secp256k1::new();
     let policy = match &policy {
         Some(p) => toml::from_str(&std::fs::read_to_string(p)?)
             .with_context(|| format!("{}", p.display()))?,
         None => CosignPolicy::default(),
     };
-    let expectation = Expectation {
-        network,
-        party,
-        own,
-        arbiter: arbiter
-            .as_deref()
-            .map(|k| AccountKey::parse("--arbiter", k, network))
-            .transpose()?,
-        counterparty: None,
-        agreed_terms: terms.as_ref().map(read_terms).transpose()?,
-        tip: None,
-        now: btc_escrow::util::unix_now(),
-        max_extra_blocks: 0,
-        template: PolicyTemplate::default(),
-    };
+    let agreed_terms = terms.as_ref().map(read_terms).transpose()?;
+    let expectation = expectation(&me, own, arbiter.as_deref(), agreed_terms, network)?;
+    let party = expectation.party;
     let pending = &loan["pending_psbt"];
     let signed = match party {
         Party::Lender => {
@@ -289,29 +304,11 @@ pub(super) fn verified_export(
 ) -> anyhow::Result<String> {
     let client = api.client()?;
     let me = client.get("/parties/me")?;
-    let party = match me["role"].as_str() {
-        Some("lender") => Party::Lender,
-        Some("borrower") => Party::Borrower,
-        other => bail!("a {other:?} has no escrow to export"),
-    };
+    let expectation = expectation(&me, own, arbiter, None, network)?;
     let loan = client.get(&format!("/loans/{id}"))?;
     if !loan["escrow"].is_object() {
         bail!("loan {id} has no escrow yet (not accepted)");
     }
-    let expectation = Expectation {
-        network,
-        party,
-        own,
-        arbiter: arbiter
-            .map(|k| AccountKey::parse("--arbiter", k, network))
-            .transpose()?,
-        counterparty: None,
-        agreed_terms: None,
-        tip: None,
-        now: btc_escrow::util::unix_now(),
-        max_extra_blocks: 0,
-        template: PolicyTemplate::default(),
-    };
     let verified = verify_escrow(&loan, &expectation)
         .context("the escrow does NOT check; nothing exported")?;
     export(id, &verified, format, network)
