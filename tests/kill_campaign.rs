@@ -638,7 +638,23 @@ fn serve_killed_at_random_moments_loses_nothing_acknowledged() -> anyhow::Result
 fn settle_and_check_the_chain(d: &mut Driver) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let waiting = d.ids_in(&["liquidating", "releasing"]);
+        // An open loan whose breach is still being confirmed (breach ticks counted,
+        // not yet liquidating) is waited for too: at a steady price it becomes liquidating a
+        // few ticks later, after a check that looked only for `liquidating` loans.
+        // The list is read strictly: a failed read is not "nothing waits".
+        let all = d.m.api().get("/loans", &d.m.admin)?;
+        let waiting: Vec<String> = all
+            .as_array()
+            .context("loans")?
+            .iter()
+            .filter(|l| {
+                let open = l["state"] == "active" || l["state"] == "margin_call";
+                l["state"] == "liquidating"
+                    || l["state"] == "releasing"
+                    || (open && l["breach_ticks"].as_u64().is_some_and(|t| t > 0))
+            })
+            .filter_map(|l| l["id"].as_str().map(str::to_owned))
+            .collect();
         if waiting.is_empty() {
             break;
         }
